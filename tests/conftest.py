@@ -1,0 +1,34 @@
+"""Shared test fixtures: paths to the real data beside the repository, and the repo root on sys.path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+REAL_SUBSET = SHARED_DATA / "steeldefectx-real-subset"
+ORACLE = SHARED_DATA / "attribute-oracle"
+
+
+def _require(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path}: clone the repository with ../shared beside it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_subset() -> Path:
+    """The 3,160-image real fixture (read in place, never copied)."""
+    return _require(REAL_SUBSET)
+
+
+@pytest.fixture(scope="session")
+def oracle_dir() -> Path:
+    """The 300 image/mask pairs with the authors' exact T3 values."""
+    return _require(ORACLE)
