@@ -1,0 +1,98 @@
+"""sdx.metrics against hand-computed values (and scikit-learn where it defines the same number)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdx import metrics as M
+
+
+def test_accuracy_macc_f1_by_hand():
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 0, 3]
+    # 3 of 6 correct
+    assert M.accuracy(y_true, y_pred) == pytest.approx(50.0)
+    # recall: class0 2/3, class1 1/2, class2 0/1; class 3 is absent from y_true -> not in mAcc
+    assert M.mean_class_accuracy(y_true, y_pred) == pytest.approx(100 * (2 / 3 + 1 / 2 + 0) / 3)
+    # F1 per class over {0,1,2,3}: c0 P=2/3 R=2/3 -> 2/3; c1 P=1/2 R=1/2 -> 1/2; c2 0; c3 0
+    assert M.macro_f1(y_true, y_pred) == pytest.approx(100 * (2 / 3 + 1 / 2) / 4)
+    cm = M.confusion(y_true, y_pred, labels=[0, 1, 2, 3])
+    assert cm.tolist() == [[2, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+
+
+def test_per_class_table_rows():
+    rows = M.per_class_table([0, 0, 1], [0, 1, 1], labels=[0, 1, 2], names=["a", "b", "c"])
+    assert [r["class"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["support"] == 2 and rows[0]["recall"] == pytest.approx(50.0)
+    assert rows[0]["precision"] == pytest.approx(100.0)
+    assert rows[1]["precision"] == pytest.approx(50.0) and rows[1]["recall"] == pytest.approx(100.0)
+    assert rows[1]["f1"] == pytest.approx(100 * 2 * 0.5 * 1.0 / 1.5)
+    assert rows[2]["support"] == 0 and rows[2]["recall"] is None
+
+
+def test_retrieval_recall_multiple_relevant():
+    sim = np.array([[0.9, 0.8, 0.1, 0.0],   # relevant {1}: rank 2 -> hit at 5, miss at 1
+                    [0.1, 0.2, 0.3, 0.4],   # relevant {0, 3}: item 3 ranked first -> hit at 1
+                    [0.5, 0.5, 0.5, 0.5],   # tie everywhere, relevant {2}: stable order puts it third
+                    [0.0, 0.0, 0.0, 0.0]])  # no relevant item -> left out
+    rel = np.zeros_like(sim, dtype=bool)
+    rel[0, 1] = rel[1, 0] = rel[1, 3] = rel[2, 2] = True
+    out = M.retrieval_recall(sim, rel, ks=(1, 2, 3))
+    assert out["queries"] == 3 and out["skipped"] == 1
+    assert out["R@1"] == pytest.approx(100 / 3)
+    assert out["R@2"] == pytest.approx(200 / 3)
+    assert out["R@3"] == pytest.approx(100.0)
+
+
+def test_pixel_auroc_by_hand_and_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.5])
+    target = np.array([1, 0, 1, 0, 1, 0])
+    # pairs (pos, neg): pos 0.9 beats 3 negs; pos 0.7 beats 2 (0.6, 0.5); pos 0.5 ties 0.5 (1/2), loses 2
+    assert M.pixel_auroc(scores, target) == pytest.approx(100 * (3 + 2 + 0.5) / 9)
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 20, 5000).astype(float)
+    y = (rng.random(5000) < 0.2 + 0.02 * s).astype(int)
+    assert M.pixel_auroc(s, y) == pytest.approx(100 * roc_auc_score(y, s))
+
+
+def test_f1_max_and_iou_by_hand():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.5])
+    target = np.array([1, 0, 1, 0, 1, 0])
+    # thresholds: .9 tp1 fp0 F1=2/4 ; .8 tp1 fp1 F1=2/5 ; .7 tp2 fp1 F1=4/6 ; .6 tp2 fp2 F1=4/7 ;
+    # .5 tp3 fp3 F1=6/9  -> max 2/3 at 0.7 first (argmax keeps the first, the higher threshold)
+    f1, thr, iou = M.f1_max(scores, target)
+    assert f1 == pytest.approx(2 / 3)
+    assert thr == pytest.approx(0.7)
+    assert iou == pytest.approx(2 / (2 + 1 + 1))  # tp / (tp + fp + fn)
+    out = M.localization_metrics(scores.reshape(2, 3), target.reshape(2, 3))
+    assert out["f1_max"] == pytest.approx(200 / 3) and out["iou"] == pytest.approx(50.0)
+    assert out["positive_pixels"] == 3
+
+
+def test_f1_max_matches_bruteforce():
+    rng = np.random.default_rng(1)
+    s = np.round(rng.random(400), 2)
+    y = rng.random(400) < s
+    best = 0.0
+    for t in np.unique(s):
+        pred = s >= t
+        tp = (pred & y).sum()
+        best = max(best, 2 * tp / (pred.sum() + y.sum()))
+    assert M.f1_max(s, y)[0] == pytest.approx(best)
+
+
+def test_errors_name_argument():
+    with pytest.raises(ValueError, match="y_pred"):
+        M.accuracy([0, 1], [0])
+    with pytest.raises(ValueError, match="targets"):
+        M.pixel_auroc([0.1, 0.2], [0, 0])
+    with pytest.raises(ValueError, match="relevant"):
+        M.retrieval_recall(np.zeros((2, 2)), np.zeros((2, 3), bool))
+
+
+def test_mean_std():
+    assert M.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
+    assert M.mean_std([5.0]) == (5.0, 0.0)
