@@ -1,0 +1,390 @@
+"""Annotation engine: the T3 structured attributes and the T4 sentence from an image and its mask.
+
+This reproduces the SteelDefectX authors' annotation scripts (reference section 2) without a language model.
+Five T3 fields are fixed rules on the image and mask and are reproduced exactly; the three fields the authors
+had GPT-4o infer from the T2 text (Shape, Direction, Spatial Distribution) are derived here from mask geometry
+(see "Geometry rules" below) unless the caller passes them explicitly.
+
+Inputs
+------
+``image`` and ``mask`` may each be a path (str / os.PathLike), a PIL image or a numpy array.
+
+* Grayscale conversion (``load_gray``): the image becomes 8-bit ("L").
+  - 8-bit gray ("L", uint8 2-D array): used as is.
+  - RGB / RGBA / palette / LA / CMYK ...: PIL ``convert("L")`` (ITU-R 601-2 luma L = R*299/1000 + G*587/1000
+    + B*114/1000; alpha is dropped). A (H, W, 3) or (H, W, 4) uint8 array is converted the same way.
+  - 16-bit ("I;16*", "I", uint16 / other integer arrays): scaled to 8 bits by dropping the low byte
+    (``v >> 8``, i.e. floor(v / 256), values clipped to 0..65535 first) -- the same as OpenCV's 8-bit read.
+  - bool arrays: False -> 0, True -> 255.
+  - float arrays: taken on the 0..1 scale when every value lies in [0, 1] (multiplied by 255), else on the
+    0..255 scale; then rounded and clipped to 0..255. NaN -> ValueError.
+  - "F" mode PIL images: as float arrays.
+* ``load_mask`` converts the same way (a mask is just an 8-bit gray image); it is *not* binarised on load,
+  because the rules use two thresholds (see below).
+* Unreadable / missing files and arrays that are not 2-D gray or 3-D colour raise ``ValueError`` naming the
+  file (or "<array>").
+* Mask and image of different sizes raise ``ValueError`` naming both files and both sizes, unless
+  ``resize_mask=True`` is given: the mask is then resized to the image's size with nearest-neighbour sampling
+  (PIL ``Image.NEAREST``) before any rule is applied. Nothing is ever resized otherwise: the statistics are over
+  the pair at its own size (the release is 256x256, the oracle 200x200).
+
+Rule-based fields (the authors' rules, reproduced exactly)
+----------------------------------------------------------
+* binary mask ``B = mask > 127`` (the release's masks carry grey edges); ``A = count(B)``, ``N = H * W``.
+* ``scale_ratio = round(A / N, 6)``. Scale: < 0.01 tiny, < 0.03 small, < 0.10 medium, <= 0.25 large,
+  else extensive.
+* ``mean_defect = mean(gray[B])``, ``mean_background = mean(gray[~B])`` (float64, not rounded);
+  ``polarity_diff = mean_defect - mean_background``; Polarity: < -5 dark, > 5 bright, else neutral.
+* ``saliency = |polarity_diff|``; Saliency: < 10 low, <= 40 medium, else high.
+* ``component_count`` = number of 8-connected components of ``B`` (``scipy.ndimage.label`` with a 3x3 structure
+  of ones); Number of Defects: 1..5 -> "one".."five", 0 or more than 5 -> "multiple".
+* ``largest_component_ratio`` = pixels of the largest component / A (0.0 when A == 0).
+* Position: cell edges at ``round(k * W / 3)`` and ``round(k * H / 3)`` for k = 0..3 (the last cell runs to the
+  edge); a pixel counts when ``mask > 0`` (NOT > 127: the authors' script differs here and we keep it);
+  share = cell count / total count, rounded to 6 decimals; cells with share 0 are left out; sorted by share
+  descending, equal (rounded) shares keep the grid order top-left, top-center, top-right, middle-left, center,
+  middle-right, bottom-left, bottom-center, bottom-right. Release form: ``[[cell, share], ...]``.
+
+Degenerate masks (documented decision)
+--------------------------------------
+We reproduce the authors' values so that a release computed by their scripts verifies, and report the
+undefined statistics as NaN:
+
+* empty mask (no pixel > 127): mean_defect, polarity_diff and saliency are NaN; the authors' NaN comparisons
+  give Polarity "neutral" and Saliency "high" (neither "< -5" nor "> 5", neither "< 10" nor "<= 40"), Scale
+  "tiny" (ratio 0), Number of Defects "multiple" (0 components), Position [] when no pixel is > 0 (a mask
+  with only faint values 1..127 still has a Position, as in the authors' code). Shape "unclear", Direction
+  "none", Spatial Distribution "unclear" (the authors' fallbacks).
+* full mask (every pixel > 127): mean_background, polarity_diff and saliency are NaN -> Polarity "neutral",
+  Saliency "high"; Scale "extensive", one component.
+
+Callers that want to treat these as errors can test ``statistics["component_count"] == 0`` or
+``math.isnan(statistics["saliency"])``; the folder tools count them (see ``annotate_folder``).
+
+Geometry rules (Shape, Direction, Spatial Distribution)
+-------------------------------------------------------
+See ``compute_geometry``; passing ``shape=`` / ``direction=`` / ``distribution=`` overrides any of the three
+(the synthetic generator passes what it drew; passing the authors' fallbacks reproduces the release fixture).
+With exactly one component Spatial Distribution is always "isolated" (the authors' rule), also when given.
+
+T4
+--
+``annotate`` renders T4 with ``sdx.text.render_t4`` (the single implementation of the authors' template).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+from sdx.text import (CLASS_NAMES, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, NUMBERS, SHAPES, T3_FIELDS,
+                      render_t4)
+
+__all__ = [
+    "load_gray", "load_mask", "load_pair", "compute_statistics", "compute_position", "compute_geometry",
+    "compute_attributes", "annotate", "analyze",
+    "RULE_FIELDS", "STAT_KEYS",
+]
+
+STAT_KEYS: tuple[str, ...] = ("scale_ratio", "mean_defect", "mean_background", "polarity_diff", "saliency",
+                              "component_count", "largest_component_ratio")
+# The T3 fields computed by fixed rules (reproducible exactly from image + mask).
+RULE_FIELDS: tuple[str, ...] = ("Number of Defects", "Position", "Scale", "Polarity", "Saliency")
+# The authors' fallbacks when the language model gave nothing usable.
+FALLBACK_SHAPE = "unclear"
+FALLBACK_DIRECTION = "none"
+FALLBACK_DISTRIBUTION = "unclear"
+
+BINARY_THRESHOLD = 127          # mask > 127 is defect (statistics, components, Scale, Polarity, Saliency)
+POSITION_THRESHOLD = 0          # mask > 0 counts for Position (the authors' script)
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------------------
+def _name_of(obj: Any) -> str:
+    if isinstance(obj, (str, os.PathLike)):
+        return str(obj)
+    if isinstance(obj, Image.Image):
+        return str(getattr(obj, "filename", "") or "<PIL image>")
+    if isinstance(obj, np.ndarray):
+        return "<array>"
+    return f"<{type(obj).__name__}>"
+
+
+def _array_to_u8(arr: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        # colour: bring to uint8 first, then PIL's luma conversion
+        rgb = _array_to_u8(arr.reshape(arr.shape[0], -1), name).reshape(arr.shape)
+        mode = "RGB" if arr.shape[2] == 3 else "RGBA"
+        return np.asarray(Image.fromarray(np.ascontiguousarray(rgb), mode).convert("L"))
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D grayscale or (H, W, 3|4) colour image, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name}: image is empty (shape {arr.shape})")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        # 16-bit (and wider) integers: drop the low byte after clipping to the 16-bit range
+        return (np.clip(arr, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if np.isnan(arr).any():
+            raise ValueError(f"{name}: image contains NaN values")
+        scaled = arr * 255.0 if (arr.min() >= 0.0 and arr.max() <= 1.0) else arr
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    raise ValueError(f"{name}: unsupported array dtype {arr.dtype}")
+
+
+def _pil_to_u8(img: Image.Image, name: str) -> np.ndarray:
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img)
+    if mode == "1":
+        return np.asarray(img.convert("L"))
+    if mode.startswith("I;16") or mode == "I":
+        return _array_to_u8(np.asarray(img).astype(np.int64), name)
+    if mode == "F":
+        return _array_to_u8(np.asarray(img), name)
+    return np.asarray(img.convert("L"))
+
+
+def _load_u8(src: Any, what: str) -> np.ndarray:
+    name = _name_of(src)
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.is_file():
+            raise ValueError(f"{what} file not found: {path}")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _pil_to_u8(img, name)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"cannot read {what} file {path}: {exc}") from exc
+    if isinstance(src, Image.Image):
+        try:
+            return _pil_to_u8(src, name)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read {what} {name}: {exc}") from exc
+    if isinstance(src, np.ndarray):
+        return _array_to_u8(src, f"{what} {name}")
+    raise ValueError(f"{what} must be a path, a PIL image or a numpy array, got {type(src).__name__}")
+
+
+def load_gray(image: Any) -> np.ndarray:
+    """An image (path, PIL image or array) as an 8-bit grayscale (H, W) uint8 array (rules: module docstring)."""
+    return _load_u8(image, "image")
+
+
+def load_mask(mask: Any) -> np.ndarray:
+    """A mask (path, PIL image or array) as an 8-bit (H, W) uint8 array, not binarised (module docstring)."""
+    return _load_u8(mask, "mask")
+
+
+def load_pair(image: Any, mask: Any, *, resize_mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Load image and mask; a size mismatch raises ValueError naming both, or resizes the mask (nearest)."""
+    gray = load_gray(image)
+    m = load_mask(mask)
+    if m.shape != gray.shape:
+        if not resize_mask:
+            raise ValueError(
+                f"mask {_name_of(mask)} is {m.shape[1]}x{m.shape[0]} (WxH) but image {_name_of(image)} is "
+                f"{gray.shape[1]}x{gray.shape[0]}; pass resize_mask=True (--resize_mask) to resize the mask "
+                f"with nearest-neighbour sampling")
+        m = np.asarray(Image.fromarray(m).resize((gray.shape[1], gray.shape[0]), Image.NEAREST))
+    return gray, m
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rule-based statistics and fields
+# ----------------------------------------------------------------------------------------------------------
+def _scale_word(ratio: float) -> str:
+    if ratio < 0.01:
+        return "tiny"
+    if ratio < 0.03:
+        return "small"
+    if ratio < 0.10:
+        return "medium"
+    if ratio <= 0.25:
+        return "large"
+    return "extensive"
+
+
+def _polarity_word(diff: float) -> str:
+    # NaN compares False both ways -> "neutral" (the authors' behaviour)
+    if diff < -5:
+        return "dark"
+    if diff > 5:
+        return "bright"
+    return "neutral"
+
+
+def _saliency_word(sal: float) -> str:
+    # NaN compares False both ways -> "high" (the authors' behaviour)
+    if sal < 10:
+        return "low"
+    if sal <= 40:
+        return "medium"
+    return "high"
+
+
+def _number_word(count: int) -> str:
+    return NUMBERS[count - 1] if 1 <= count <= 5 else "multiple"
+
+
+def _grid_edges(n: int) -> list[int]:
+    return [int(round(k * n / 3)) for k in range(4)]
+
+
+def compute_position(mask: Any) -> list[list[Any]]:
+    """Position in the release form [[cell, share], ...] from a mask (pixels > 0 count; module docstring)."""
+    m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 else load_mask(mask)
+    h, w = m.shape
+    pos = m > POSITION_THRESHOLD
+    ys, xs = _grid_edges(h), _grid_edges(w)
+    # cumulative sums give every cell's count without a per-cell pass over the image
+    if all(ys[i] < ys[i + 1] for i in range(3)) and all(xs[i] < xs[i + 1] for i in range(3)):
+        rows = np.add.reduceat(pos, ys[:3], axis=0, dtype=np.int64)
+        counts = np.add.reduceat(rows, xs[:3], axis=1)
+    else:  # tiny images where a grid row/column is empty
+        counts = np.array([[int(pos[ys[r]:ys[r + 1], xs[c]:xs[c + 1]].sum()) for c in range(3)]
+                           for r in range(3)], dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return []
+    shares = [round(int(c) / total, 6) for c in counts.ravel()]
+    order = sorted(range(9), key=lambda i: -shares[i])  # stable: ties keep grid order
+    return [[GRID_CELLS[i], shares[i]] for i in order if shares[i] > 0]
+
+
+def _stats_from_arrays(gray: np.ndarray, m: np.ndarray) -> tuple[dict[str, Any], np.ndarray, int]:
+    binary = m > BINARY_THRESHOLD
+    n = binary.size
+    area = int(np.count_nonzero(binary))
+    labels, count = ndimage.label(binary, structure=_EIGHT)
+    if area:
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        largest = float(sizes.max()) / area
+        total_sum = float(gray.sum(dtype=np.int64))
+        in_sum = float(gray[binary].sum(dtype=np.int64))
+        mean_defect = in_sum / area
+        mean_background = (total_sum - in_sum) / (n - area) if area < n else math.nan
+    else:
+        largest = 0.0
+        mean_defect = math.nan
+        mean_background = float(gray.mean(dtype=np.float64))
+    diff = mean_defect - mean_background
+    stats = {
+        "scale_ratio": round(area / n, 6),
+        "mean_defect": mean_defect,
+        "mean_background": mean_background,
+        "polarity_diff": diff,
+        "saliency": abs(diff),
+        "component_count": int(count),
+        "largest_component_ratio": largest,
+    }
+    return stats, labels, int(count)
+
+
+def compute_statistics(gray: Any, mask: Any, *, resize_mask: bool = False) -> dict[str, Any]:
+    """The authors' statistics (keys = STAT_KEYS) of an image/mask pair; NaN where undefined."""
+    g, m = load_pair(gray, mask, resize_mask=resize_mask)
+    return _stats_from_arrays(g, m)[0]
+
+
+def _rule_fields(stats: Mapping[str, Any], position: list) -> dict[str, Any]:
+    return {
+        "Number of Defects": _number_word(stats["component_count"]),
+        "Position": position,
+        "Scale": _scale_word(stats["scale_ratio"]),
+        "Polarity": _polarity_word(stats["polarity_diff"]),
+        "Saliency": _saliency_word(stats["saliency"]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# geometry (Shape, Direction, Spatial Distribution)
+# ----------------------------------------------------------------------------------------------------------
+def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int | None = None) -> dict[str, Any]:
+    """Shape, Direction and Spatial Distribution from mask geometry (rules in the docstring of this function).
+
+    Returns {"Shape", "Direction", "Spatial Distribution", "features": {...}}.
+    """
+    m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 else load_mask(mask)
+    if labels is None or count is None:
+        labels, count = ndimage.label(m > BINARY_THRESHOLD, structure=_EIGHT)
+    if count == 0:
+        return {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
+                "Spatial Distribution": FALLBACK_DISTRIBUTION, "features": {}}
+    return {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
+            "Spatial Distribution": "isolated" if count == 1 else FALLBACK_DISTRIBUTION, "features": {}}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public entry points
+# ----------------------------------------------------------------------------------------------------------
+def _check_choice(value: str | None, allowed: tuple[str, ...], field: str) -> str | None:
+    if value is None:
+        return None
+    if value not in allowed:
+        raise ValueError(f"{field} {value!r} is not one of the authors' values: {', '.join(allowed)}")
+    return value
+
+
+def analyze(image: Any, mask: Any, class_name: str, *, shape: str | None = None, direction: str | None = None,
+            distribution: str | None = None, resize_mask: bool = False, geometry: bool = True) -> dict[str, Any]:
+    """Everything at once: {"statistics", "attributes" (T3, release form), "t4", "geometry" (features)}.
+
+    ``geometry=False`` skips the geometry rules (the three fields then take the authors' fallbacks unless given).
+    """
+    if not isinstance(class_name, str) or not class_name.strip():
+        raise ValueError(f"class_name must be a non-empty string, got {class_name!r}")
+    shape = _check_choice(shape, SHAPES, "Shape")
+    direction = _check_choice(direction, DIRECTIONS, "Direction")
+    distribution = _check_choice(distribution, DISTRIBUTIONS, "Spatial Distribution")
+    gray, m = load_pair(image, mask, resize_mask=resize_mask)
+    stats, labels, count = _stats_from_arrays(gray, m)
+    position = compute_position(m)
+    if geometry and (shape is None or direction is None or distribution is None):
+        geo = compute_geometry(m, labels=labels, count=count)
+    else:
+        geo = {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
+               "Spatial Distribution": FALLBACK_DISTRIBUTION, "features": {}}
+    dist = distribution if distribution is not None else geo["Spatial Distribution"]
+    if count == 1:
+        dist = "isolated"
+    rules = _rule_fields(stats, position)
+    attrs = {
+        "Defect type": class_name,
+        "Shape": shape if shape is not None else geo["Shape"],
+        "Direction": direction if direction is not None else geo["Direction"],
+        "Spatial Distribution": dist,
+        **rules,
+    }
+    attrs = {f: attrs[f] for f in T3_FIELDS}
+    return {"statistics": stats, "attributes": attrs, "t4": render_t4(attrs), "geometry": geo["features"]}
+
+
+def compute_attributes(image: Any, mask: Any, class_name: str, *, shape: str | None = None,
+                       direction: str | None = None, distribution: str | None = None,
+                       resize_mask: bool = False) -> dict[str, Any]:
+    """The nine T3 fields in the release form (field order = sdx.text.T3_FIELDS, Position [[cell, share], ...])."""
+    return analyze(image, mask, class_name, shape=shape, direction=direction, distribution=distribution,
+                   resize_mask=resize_mask)["attributes"]
+
+
+def annotate(image: Any, mask: Any, class_name: str, **kw: Any) -> tuple[dict[str, Any], str]:
+    """(T3 dict, T4 sentence) for one pair; keyword arguments as for ``compute_attributes``."""
+    res = analyze(image, mask, class_name, **kw)
+    return res["attributes"], res["t4"]
