@@ -1,0 +1,804 @@
+"""The SteelDefectX `datasets` builder: raw files in the official layout -> a checked, cached DatasetDict.
+
+Official layout (a local folder, or the Hub repo ``Zhaosxian/SteelDefectX`` fetched with huggingface_hub)::
+
+    class_descriptions.json   {class_name: T1 sentence}
+    train/ val/               <prefix>_<n>.jpg
+    train_mask/ val_mask/     <stem>.png (optional per image; binarised here at > 127)
+    train-text.json           [{image_name, class_name, natural_language_description,
+    val-text.json               structured_attributes, template_sentence}, ...]
+
+Splits (the paper reports on the official val split, so it is our ``test``):
+
+==============  =====================================================================================
+``train``       the official train split minus the carve-out (or its k-shot subset when ``shots`` is set)
+``validation``  a stratified, seeded carve-out of the official train split (``validation_fraction``)
+``test``        the official val split exactly as released
+==============  =====================================================================================
+
+Missing fine text (the real fixture has empty T2 and null T3): the caption of the config's level falls back
+along a documented chain and every fallback is counted in the build report:
+
+* T2 empty  -> T4 (or T4 rendered from T3) -> T1
+* T3 null   -> T3 computed from the mask when ``annotate_missing=True`` -> T1
+* T4 empty  -> T4 rendered from T3 when T3 exists -> T3 computed from the mask (``annotate_missing``) -> T1
+
+``strict=True`` raises instead of falling back. Bad raw input raises :class:`DataError` naming the file and
+the field; with ``on_error="skip"`` the item is skipped and counted instead. Nothing is dropped silently:
+for each split, records in = rows out + skipped records, and images in = rows out + skipped images.
+
+The cache follows the raw files: the config hash includes a fingerprint of every raw file's name, size and
+modification time, and this module's source, so an edited caption or an added image rebuilds. `datasets`
+writes into ``<cache>.incomplete`` and renames on success, so an interrupted build is never loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import datasets
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from sdx import text as T
+
+logger = logging.getLogger(__name__)
+
+HUB_REPO = "Zhaosxian/SteelDefectX"
+SPLITS = {"train": ("train", "train_mask", "train-text.json"), "val": ("val", "val_mask", "val-text.json")}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+EXT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+CONFIG_LEVELS = {"default": "t1", "t0": "t0", "coarse": "t1", "fine": "t2", "attributes": "t3", "structured": "t4"}
+LEVEL_CONFIGS = {"t0": "t0", "t1": "coarse", "t2": "fine", "t3": "attributes", "t4": "structured"}
+REPORT_PREFIX = "SteelDefectX build report: "
+_CODE_HASH = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+
+OFFLINE_HELP = (
+    "SteelDefectX: no data_dir was given and the Hub dataset {repo} could not be fetched ({error}).\n"
+    "  * On a machine with internet: `hf download {repo} --repo-type dataset --local-dir SteelDefectX`,\n"
+    "    copy the folder here and pass it: load_steeldefectx(data_dir='SteelDefectX') or --data_dir SteelDefectX.\n"
+    "  * Any folder in the official layout works (class_descriptions.json, train/, val/, train-text.json, ...).\n"
+    "  * For the embedded synthetic demo data (no download): data_dir='synthetic' / --data_dir synthetic."
+)
+
+
+class DataError(ValueError):
+    """Bad raw input; the message names the file and the field."""
+
+    def __init__(self, file: str | os.PathLike, field: str, message: str):
+        self.file, self.field = str(file), field
+        super().__init__(f"{file}: field '{field}': {message}")
+
+
+class DataSourceError(RuntimeError):
+    """The data could not be located (offline with no data_dir, missing folder)."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Features (declared once)
+
+T3_FEATURE = {
+    name: (datasets.List({"cell": datasets.Value("string"), "share": datasets.Value("float64")})
+           if name == "Position" else datasets.Value("string"))
+    for name in T.T3_FIELDS
+}
+
+
+def make_features(class_names: Sequence[str]) -> datasets.Features:
+    return datasets.Features({
+        "image": datasets.Image(),
+        "mask": datasets.Image(),
+        "label": datasets.ClassLabel(names=list(class_names)),
+        "class_name": datasets.Value("string"),
+        "image_name": datasets.Value("string"),
+        "t0": datasets.Value("string"),
+        "t1": datasets.Value("string"),
+        "t2": datasets.Value("string"),
+        "t3": T3_FEATURE,
+        "t4": datasets.Value("string"),
+        "caption": datasets.Value("string"),
+    })
+
+
+# --------------------------------------------------------------------------------------------------------
+# Locating the data
+
+def resolve_data_dir(data_dir: str | os.PathLike | None, hub_repo: str = HUB_REPO) -> Path:
+    """A local folder as given, "synthetic" for the embedded generator, or None for the Hub release."""
+    if data_dir is not None and str(data_dir) == "synthetic":
+        from sdx.synthetic import default_dataset_dir
+
+        return Path(default_dataset_dir())
+    if data_dir is not None:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise DataSourceError(f"data_dir {path} does not exist or is not a folder")
+        return path.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=hub_repo, repo_type="dataset"))
+    except Exception as error:  # offline, no such repo, no permission: one clear message
+        raise DataSourceError(OFFLINE_HELP.format(repo=hub_repo, error=f"{type(error).__name__}: {error}")) from None
+
+
+def fingerprint_layout(data_dir: Path) -> str:
+    """Hash of every raw file's name, size and mtime (cheap: stat only), for cache invalidation."""
+    h = hashlib.sha1()
+    entries = ["class_descriptions.json"] + [name for triple in SPLITS.values() for name in triple]
+    for entry in entries:
+        path = data_dir / entry
+        if path.is_file():
+            st = path.stat()
+            h.update(f"{entry}:{st.st_size}:{st.st_mtime_ns};".encode())
+        elif path.is_dir():
+            with os.scandir(path) as it:
+                for e in sorted(it, key=lambda e: e.name):
+                    st = e.stat()
+                    h.update(f"{entry}/{e.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        else:
+            h.update(f"{entry}:absent;".encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading and checking the raw files
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(path, "<file>", "file not found")
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(path, "<file>", f"not valid UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+    try:
+        return json.loads(content)
+    except json.JSONDecodeError as e:
+        raise DataError(path, "<file>", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def read_class_descriptions(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "class_descriptions.json"
+    obj = read_json(path)
+    if not isinstance(obj, dict) or not obj:
+        raise DataError(path, "<root>", "expected a non-empty object {class_name: description}")
+    for name, desc in obj.items():
+        if not isinstance(desc, str) or not desc.strip():
+            raise DataError(path, name, "class description must be a non-empty string")
+    return {name: obj[name] for name in sorted(obj)}
+
+
+def class_texts(data_dir: str | os.PathLike) -> dict[str, str]:
+    """{class name: T1 sentence} of a data folder ("synthetic" accepted)."""
+    return read_class_descriptions(resolve_data_dir(data_dir))
+
+
+@dataclass
+class Item:
+    split: str            # "train" or "val" (official)
+    image_path: Path
+    mask_path: Path | None
+    record: dict
+    label: int
+    size: tuple[int, int]
+    mask_png: bytes | None = None   # the binarised mask, encoded once while checking
+
+
+@dataclass
+class ScanReport:
+    """What the scan saw, per official split: inputs, outputs, skips by reason, and notes."""
+
+    records_in: collections.Counter = field(default_factory=collections.Counter)
+    images_in: collections.Counter = field(default_factory=collections.Counter)
+    rows_out: collections.Counter = field(default_factory=collections.Counter)
+    skipped: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
+    notes: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
+    fallbacks: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
+    messages: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "records_in": dict(self.records_in), "images_in": dict(self.images_in),
+            "rows_out": dict(self.rows_out),
+            "skipped": {k: dict(v) for k, v in self.skipped.items()},
+            "notes": {k: dict(v) for k, v in self.notes.items()},
+            "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
+            "messages": self.messages[:50],
+        }
+
+
+class _Checker:
+    """Raise DataError, or count a skip when on_error == "skip"."""
+
+    def __init__(self, on_error: str, report: ScanReport):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        self.on_error, self.report = on_error, report
+
+    def fail(self, split: str, reason: str, error: DataError) -> None:
+        if self.on_error == "raise":
+            raise error
+        self.report.skipped[split][reason] += 1
+        self.report.messages.append(str(error))
+        logger.warning("skipped (%s): %s", reason, error)
+
+
+_REQUIRED_FIELDS = {
+    "image_name": (str,),
+    "class_name": (str,),
+    "natural_language_description": (str, type(None)),
+    "structured_attributes": (dict, type(None)),
+    "template_sentence": (str, type(None)),
+}
+
+
+def _check_record(path: Path, index: int, rec: Any, classes: dict[str, str]) -> dict:
+    where = f"record {index}"
+    if not isinstance(rec, dict):
+        raise DataError(path, where, f"expected an object, got {type(rec).__name__}")
+    for name, types in _REQUIRED_FIELDS.items():
+        if name not in rec:
+            if types[-1] is type(None):
+                continue
+            raise DataError(path, f"{where}.{name}", "missing")
+        if not isinstance(rec[name], types):
+            raise DataError(path, f"{where}.{name}", f"expected {' or '.join(t.__name__ for t in types)}, "
+                                                   f"got {type(rec[name]).__name__}")
+    name = rec["image_name"]
+    if not name or "/" in name or "\\" in name or ".." in name or name != name.strip():
+        raise DataError(path, f"{where}.image_name", f"{name!r} is not a plain file name (no paths, no '..')")
+    if rec["class_name"] not in classes:
+        raise DataError(path, f"{where}.class_name",
+                        f"{rec['class_name']!r} ({name}) is not in class_descriptions.json")
+    attrs = rec.get("structured_attributes")
+    if attrs is not None:
+        for f_name in T.T3_FIELDS:
+            if f_name not in attrs:
+                raise DataError(path, f"{where}.structured_attributes.{f_name}", f"missing ({name})")
+        pos = attrs["Position"]
+        if not isinstance(pos, list) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[1], (int, float)) for p in pos):
+            raise DataError(path, f"{where}.structured_attributes.Position",
+                            f"expected [[cell, share], ...] ({name})")
+    return rec
+
+
+def _verify_image(path: Path) -> tuple[tuple[int, int], str | None]:
+    """Decode fully; return (size, repair note). Raises DataError for unreadable files."""
+    if path.stat().st_size == 0:
+        raise DataError(path, "image", "zero-byte file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            fmt, size = im.format, im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(path, "image", f"cannot be decoded ({type(e).__name__}: {e})") from None
+    expected = EXT_FORMATS.get(path.suffix.lower())
+    note = f"extension {path.suffix} but {fmt} content: read by content" if expected and fmt != expected else None
+    return size, note
+
+
+def _load_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """Decode a mask, check its size, binarise at > 127. Returns (uint8 0/255 array, was_non_binary)."""
+    if path.stat().st_size == 0:
+        raise DataError(path, "mask", "zero-byte file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(path, "mask", f"cannot be decoded ({type(e).__name__}: {e})") from None
+    if arr.ndim == 3:  # RGB(A) masks: any channel above threshold (they are grey in practice)
+        arr = arr[..., :3].max(axis=2)
+    if arr.dtype == np.uint16 or arr.max(initial=0) > 255:
+        arr = (arr.astype(np.float64) / 257.0).round()
+    if (arr.shape[1], arr.shape[0]) != tuple(size):
+        raise DataError(path, "mask", f"size {arr.shape[1]}x{arr.shape[0]} differs from its image's "
+                                      f"{size[0]}x{size[1]}")
+    binary = arr > 127
+    non_binary = bool(np.any((arr != 0) & (arr != 255)))
+    return (binary.astype(np.uint8) * 255), non_binary
+
+
+def scan_layout(data_dir: Path, *, on_error: str = "raise", with_masks: bool = True,
+                progress: bool = False) -> tuple[dict[str, str], list[Item], ScanReport]:
+    """Read and check every raw file; returns (class descriptions, items, report)."""
+    report = ScanReport()
+    check = _Checker(on_error, report)
+    classes = read_class_descriptions(data_dir)
+    label_of = {name: i for i, name in enumerate(classes)}
+    items: list[Item] = []
+    for split, (image_dir, mask_dir, text_file) in SPLITS.items():
+        text_path, image_root, mask_root = data_dir / text_file, data_dir / image_dir, data_dir / mask_dir
+        records = read_json(text_path)
+        if not isinstance(records, list):
+            raise DataError(text_path, "<root>", "expected a list of records")
+        if not image_root.is_dir():
+            raise DataError(image_root, "<folder>", f"image folder for split '{split}' not found")
+        images = {p.name: p for p in image_root.iterdir() if p.is_file() and not p.name.startswith(".")}
+        report.records_in[split] = len(records)
+        report.images_in[split] = len(images)
+        masks = ({p.stem: p for p in mask_root.iterdir() if p.is_file()} if mask_root.is_dir() else {})
+        seen: dict[str, int] = {}
+        matched: set[str] = set()
+        iterator = enumerate(records)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, total=len(records), desc=f"checking {split}", unit="img")
+        for index, rec in iterator:
+            try:
+                rec = _check_record(text_path, index, rec, classes)
+            except DataError as e:
+                check.fail(split, "bad record", e)
+                continue
+            name = rec["image_name"]
+            if name in seen:
+                check.fail(split, "duplicate image_name", DataError(
+                    text_path, f"record {index}.image_name", f"{name!r} already used by record {seen[name]}"))
+                continue
+            seen[name] = index
+            image_path = images.get(name)
+            if image_path is None:
+                check.fail(split, "record without image", DataError(
+                    text_path, f"record {index}.image_name", f"no file {image_root / name}"))
+                continue
+            matched.add(name)
+            try:
+                size, note = _verify_image(image_path)
+            except DataError as e:
+                check.fail(split, "unreadable image", e)
+                continue
+            mask_path = masks.get(Path(name).stem) if with_masks else None
+            mask_png = None
+            if mask_path is not None:
+                try:
+                    binary, non_binary = _load_mask(mask_path, size)
+                except DataError as e:
+                    check.fail(split, "bad mask", e)
+                    continue
+                buf = io.BytesIO()
+                Image.fromarray(binary, mode="L").save(buf, format="PNG", compress_level=1)
+                mask_png = buf.getvalue()
+                if non_binary:
+                    report.notes[split]["masks binarised (> 127)"] += 1
+            elif with_masks:
+                report.notes[split]["images without mask"] += 1
+            if note:
+                report.notes[split]["extension differs from content"] += 1
+                report.messages.append(f"{image_path}: {note}")
+            items.append(Item(split, image_path, mask_path, rec, label_of[rec["class_name"]], size, mask_png))
+            report.rows_out[split] += 1
+        for name in sorted(set(images) - matched - set(seen)):
+            check.fail(split, "image without record", DataError(
+                image_root / name, "image_name", f"no record in {text_path.name}"))
+    return classes, items, report
+
+
+# --------------------------------------------------------------------------------------------------------
+# Splits: stratified carve-out, k-shot subsets, class subsets
+
+def _per_class(items: Iterable[Item]) -> dict[int, list[Item]]:
+    groups: dict[int, list[Item]] = collections.defaultdict(list)
+    for it in sorted(items, key=lambda it: it.record["image_name"]):
+        groups[it.label].append(it)
+    return groups
+
+
+def carve_validation(train: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """Stratified, seeded carve-out: per class round(fraction * n) images (at least one, never all)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
+    keep, held = [], []
+    for label, group in _per_class(train).items():
+        n = len(group)
+        n_val = int(round(fraction * n))
+        if fraction > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+        order = np.random.default_rng([seed, label]).permutation(n)
+        held += [group[i] for i in order[:n_val]]
+        keep += [group[i] for i in order[n_val:]]
+    return keep, held
+
+
+def draw_shots(train: list[Item], shots: int, seed: int, report: ScanReport | None = None) -> list[Item]:
+    """k images per class (CoOp style); for one seed a smaller k is a prefix, so a subset, of a larger one."""
+    if shots < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    out = []
+    for label, group in _per_class(train).items():
+        order = np.random.default_rng([seed, label, 7919]).permutation(len(group))
+        out += [group[i] for i in order[:shots]]
+        if report is not None and len(group) < shots:
+            report.notes["train"][f"classes with fewer than {shots} images (all taken)"] += 1
+    return out
+
+
+def select_classes(all_classes: Sequence[str], classes: Sequence[str] | None,
+                   exclude: Sequence[str] | None) -> set[str]:
+    for given in (classes or []), (exclude or []):
+        unknown = [c for c in given if c not in all_classes]
+        if unknown:
+            raise ValueError(f"unknown class name(s) {unknown}; known: {list(all_classes)}")
+    chosen = set(classes) if classes else set(all_classes)
+    return chosen - set(exclude or [])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Text levels and fallbacks
+
+def _t3_feature(attrs: dict | None) -> dict | None:
+    if attrs is None:
+        return None
+    out = {name: (None if attrs.get(name) is None else str(attrs[name])) for name in T.T3_FIELDS if name != "Position"}
+    out["Position"] = T.position_to_records(attrs.get("Position"))
+    return {name: out[name] for name in T.T3_FIELDS}
+
+
+def _annotate(item: Item) -> dict:
+    from sdx.attributes import annotate
+
+    t3, _ = annotate(item.image_path, item.mask_path, item.record["class_name"])
+    return t3
+
+
+def resolve_levels(item: Item, class_desc: str, level: str, *, strict: bool, annotate_missing: bool,
+                   report: ScanReport, split: str, source: Path) -> dict:
+    """All text levels of one row plus its caption, applying (and counting) the documented fallbacks."""
+    rec = item.record
+    t0, t1 = T.t0_prompt(rec["class_name"]), class_desc
+    t2 = rec.get("natural_language_description") or ""
+    attrs = rec.get("structured_attributes")
+    t4 = rec.get("template_sentence") or ""
+    computed = False
+    need_fine = level in ("t3", "t4") or (level == "t2" and T.is_missing_text(t2))
+    if attrs is None and annotate_missing and item.mask_path is not None and need_fine:
+        attrs, computed = _annotate(item), True
+        report.notes[split]["T3/T4 computed from the mask"] += 1
+    if T.is_missing_text(t4) and attrs is not None:
+        t4 = T.render_t4(attrs)
+        if not computed:
+            report.notes[split]["T4 rendered from T3"] += 1
+
+    available = {"t0": t0, "t1": t1, "t2": t2, "t3": T.render_t3(attrs) if attrs else "", "t4": t4}
+    caption = available[level]
+    if T.is_missing_text(caption):
+        if strict:
+            raise DataError(source, f"{rec['image_name']}.{T.LEVEL_FIELDS.get(level, level)}",
+                            f"level {level.upper()} is missing and strict=True")
+        chain = {"t2": ("t4", "t1"), "t3": ("t1",), "t4": ("t1",)}[level]
+        used = next(lv for lv in chain if not T.is_missing_text(available[lv]))
+        caption = available[used]
+        report.fallbacks[split][f"{level}->{used}"] += 1
+    return {"t0": t0, "t1": t1, "t2": t2, "t3": _t3_feature(attrs), "t4": t4, "caption": caption}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The builder
+
+@dataclass
+class SteelDefectXConfig(datasets.BuilderConfig):
+    """One SteelDefectX configuration. Every field below may be overridden in load_steeldefectx(**overrides)."""
+
+    caption_level: str = "t1"           # t0..t4 or an alias; the `caption` column
+    validation_fraction: float = 0.1    # stratified carve-out of the official train split
+    split_seed: int = 0                 # seed of the carve-out (kept fixed across few-shot seeds)
+    shots: int | None = None            # k images per class in `train` (drawn after the carve-out)
+    seed: int = 1                       # seed of the k-shot draw
+    classes: tuple | None = None        # keep only these classes (labels keep their full-list ids)
+    exclude_classes: tuple | None = None
+    with_masks: bool = True
+    on_error: str = "raise"             # or "skip": count and skip bad items
+    strict: bool = False                # raise instead of falling back when the caption level is missing
+    annotate_missing: bool = False      # fill missing T3/T4 from masks with sdx.attributes
+    hub_repo: str = HUB_REPO
+    fingerprint: str = ""               # of the raw files; set automatically, part of the cache key
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.caption_level = T.normalize_level(self.caption_level)
+        for name in ("classes", "exclude_classes"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [value]
+            setattr(self, name, tuple(value) if value else None)
+
+
+class SteelDefectX(datasets.GeneratorBasedBuilder):
+    """Builds SteelDefectX from a local folder in the official layout (or the Hub release)."""
+
+    BUILDER_CONFIG_CLASS = SteelDefectXConfig
+    BUILDER_CONFIGS = [
+        SteelDefectXConfig(name=name, caption_level=level, description=f"caption = {level.upper()}")
+        for name, level in CONFIG_LEVELS.items()
+    ]
+    DEFAULT_CONFIG_NAME = "default"
+    DEFAULT_WRITER_BATCH_SIZE = 256
+
+    def __init__(self, *args, data_dir: str | os.PathLike | None = None, **kwargs):
+        resolved = resolve_data_dir(data_dir, kwargs.get("hub_repo", HUB_REPO))
+        config_name = kwargs.get("config_name")
+        if config_name in LEVEL_CONFIGS:  # "t1" etc. accepted as config names
+            kwargs["config_name"] = LEVEL_CONFIGS[config_name]
+        kwargs.setdefault("fingerprint", fingerprint_layout(resolved))
+        kwargs.setdefault("dataset_name", "steeldefectx")
+        kwargs.setdefault("hash", _CODE_HASH)
+        super().__init__(*args, data_dir=str(resolved), **kwargs)
+
+    def _info(self) -> datasets.DatasetInfo:
+        classes = read_class_descriptions(Path(self.config.data_dir))
+        return datasets.DatasetInfo(
+            description="SteelDefectX steel-surface defects with coarse-to-fine text (T0-T4).",
+            features=make_features(list(classes)),
+            homepage="https://huggingface.co/datasets/Zhaosxian/SteelDefectX",
+            citation=CITATION,
+        )
+
+    def _split_generators(self, dl_manager):
+        cfg: SteelDefectXConfig = self.config
+        data_dir = Path(cfg.data_dir)
+        classes, items, report = scan_layout(data_dir, on_error=cfg.on_error, with_masks=cfg.with_masks,
+                                             progress=True)
+        keep = select_classes(list(classes), cfg.classes, cfg.exclude_classes)
+        items = [it for it in items if it.record["class_name"] in keep]
+        train, validation = carve_validation([it for it in items if it.split == "train"],
+                                             cfg.validation_fraction, cfg.split_seed)
+        if cfg.shots:
+            train = draw_shots(train, cfg.shots, cfg.seed, report)
+        test = [it for it in items if it.split == "val"]
+        splits = {"train": train, "validation": validation, "test": test}
+        rows = {}
+        for split, group in splits.items():
+            source = data_dir / SPLITS["val" if split == "test" else "train"][2]
+            rows[split] = [
+                (it, resolve_levels(it, classes[it.record["class_name"]], cfg.caption_level, strict=cfg.strict,
+                                    annotate_missing=cfg.annotate_missing, report=report, split=split,
+                                    source=source))
+                for it in sorted(group, key=lambda it: it.record["image_name"])
+            ]
+        summary = report.as_dict()
+        summary["splits"] = {split: len(r) for split, r in rows.items()}
+        summary["config"] = {"name": cfg.name, "caption_level": cfg.caption_level, "data_dir": str(data_dir),
+                             "validation_fraction": cfg.validation_fraction, "shots": cfg.shots, "seed": cfg.seed,
+                             "classes": list(cfg.classes or []), "exclude_classes": list(cfg.exclude_classes or [])}
+        self.info.description = REPORT_PREFIX + json.dumps(summary)
+        logger.info("%s", format_report(summary))
+        return [datasets.SplitGenerator(name=split, gen_kwargs={"rows": r}) for split, r in rows.items()]
+
+    def _generate_examples(self, rows):
+        for it, levels in rows:
+            rec = it.record
+            mask = None if it.mask_png is None else {"path": it.mask_path.name, "bytes": it.mask_png}
+            yield rec["image_name"], {
+                "image": {"path": rec["image_name"], "bytes": it.image_path.read_bytes()},
+                "mask": mask,
+                "label": it.label,
+                "class_name": rec["class_name"],
+                "image_name": rec["image_name"],
+                **levels,
+            }
+
+
+CITATION = """@inproceedings{steeldefectx2026,
+  title     = {SteelDefectX: A Coarse-to-Fine Vision-Language Benchmark for Steel Surface Defects},
+  booktitle = {CVPR},
+  year      = {2026},
+  note      = {arXiv:2603.21824}
+}"""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Public API
+
+def load_steeldefectx(data_dir: str | os.PathLike | None = None, config: str = "default", *,
+                      cache_dir: str | None = None, **overrides) -> datasets.DatasetDict:
+    """Build (or load from cache) SteelDefectX and return its DatasetDict (train / validation / test).
+
+    ``data_dir``: a folder in the official layout, "synthetic" for the embedded demo data, or None for the Hub
+    release (needs network). ``config``: default, t0, coarse, fine, attributes, structured (or t0..t4).
+    ``overrides``: any SteelDefectXConfig field (caption_level, validation_fraction, shots, seed, classes, ...).
+    """
+    builder = SteelDefectX(config_name=config, data_dir=data_dir, cache_dir=cache_dir, **overrides)
+    builder.download_and_prepare()
+    ds = builder.as_dataset()
+    return ds
+
+
+def build_report(ds: datasets.DatasetDict | datasets.Dataset) -> dict:
+    """The build report (counts in/out, skips, fallbacks) stored with a built dataset."""
+    first = ds[next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds
+    desc = first.info.description or ""
+    if not desc.startswith(REPORT_PREFIX):
+        return {}
+    return json.loads(desc[len(REPORT_PREFIX):])
+
+
+def class_names(ds: datasets.DatasetDict | datasets.Dataset) -> list[str]:
+    first = ds[next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds
+    return list(first.features["label"].names)
+
+
+def format_report(summary: dict) -> str:
+    lines = ["SteelDefectX build: " + ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items())]
+    for split in summary.get("records_in", {}):
+        lines.append(f"  {split}: records in {summary['records_in'][split]}, images in "
+                     f"{summary['images_in'][split]}, rows out {summary['rows_out'].get(split, 0)}")
+    for title in ("skipped", "notes", "fallbacks"):
+        for split, counts in summary.get(title, {}).items():
+            for reason, n in counts.items():
+                lines.append(f"  {title} [{split}] {reason}: {n}")
+    return "\n".join(lines)
+
+
+def dataset_stats(data_dir: str | os.PathLike | None, *, with_masks: bool = True) -> dict:
+    """Per class and official split: images, masks, records lacking T2 / T3 / T4; plus every problem, counted."""
+    root = resolve_data_dir(data_dir)
+    classes, items, report = scan_layout(root, on_error="skip", with_masks=with_masks, progress=True)
+    table: dict = {split: {name: collections.Counter() for name in classes} for split in SPLITS}
+    for it in items:
+        row = table[it.split][it.record["class_name"]]
+        row["images"] += 1
+        row["masks"] += it.mask_path is not None
+        row["lacking T2"] += T.is_missing_text(it.record.get("natural_language_description"))
+        row["lacking T3"] += it.record.get("structured_attributes") is None
+        row["lacking T4"] += T.is_missing_text(it.record.get("template_sentence"))
+    return {"data_dir": str(root), "classes": list(classes),
+            "per_class": {s: {c: dict(v) for c, v in t.items()} for s, t in table.items()},
+            "report": report.as_dict()}
+
+
+def format_stats(stats: dict) -> str:
+    cols = ("images", "masks", "lacking T2", "lacking T3", "lacking T4")
+    out = [f"SteelDefectX raw files in {stats['data_dir']} ({len(stats['classes'])} classes declared)"]
+    for split, table in stats["per_class"].items():
+        out.append(f"\n[{split}]\n{'class':<36}" + "".join(f"{c:>12}" for c in cols))
+        totals = collections.Counter()
+        for name, row in table.items():
+            out.append(f"{name:<36}" + "".join(f"{row.get(c, 0):>12}" for c in cols))
+            totals.update(row)
+        out.append(f"{'total':<36}" + "".join(f"{totals.get(c, 0):>12}" for c in cols))
+    rep = stats["report"]
+    out.append("")
+    out.append(format_report({**rep, "splits": {}}).split("\n", 1)[-1])
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Export (parquet + card) and push
+
+def export_dataset(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
+                   configs: Sequence[str] = tuple(CONFIG_LEVELS), card_template: str | os.PathLike | None = None,
+                   cache_dir: str | None = None, **overrides) -> dict:
+    """Write parquet per config and split, and a README.md dataset card with the `configs:` YAML block, so
+    plain ``datasets.load_dataset(out_dir, config)`` works without this project installed."""
+    from huggingface_hub import DatasetCard
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    yaml_configs, counts = [], {}
+    for cfg in configs:
+        ds = load_steeldefectx(data_dir, cfg, cache_dir=cache_dir, **overrides)
+        files = []
+        for split, d in ds.items():
+            counts[f"{cfg}/{split}"] = len(d)
+            if len(d) == 0:
+                continue
+            rel = f"{cfg}/{split}-00000-of-00001.parquet"
+            (out / cfg).mkdir(parents=True, exist_ok=True)
+            d.to_parquet(str(out / rel))
+            files.append({"split": split, "path": rel})
+        entry = {"config_name": cfg, "data_files": files}
+        if cfg == "default":
+            entry["default"] = True
+        yaml_configs.append(entry)
+    template = Path(card_template) if card_template else Path(__file__).resolve().parents[1] / "data_card.md"
+    card = DatasetCard(template.read_text(encoding="utf-8") if template.is_file() else "---\n---\n")
+    card.data["configs"] = yaml_configs
+    card.save(str(out / "README.md"))
+    return {"out_dir": str(out), "rows": counts}
+
+
+def push_dataset(repo_id: str, data_dir: str | os.PathLike | None, *, token: str | None = None,
+                 private: bool = False, **export_kwargs) -> dict:
+    """Export to a temporary folder and upload it as a Hub dataset repo (needs a write token)."""
+    from huggingface_hub import HfApi, get_token
+
+    token = token or os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise PermissionError("push needs a Hugging Face write token: pass --token, set HF_TOKEN or run `hf auth login`")
+    tmp = Path(tempfile.mkdtemp(prefix="steeldefectx-push-"))
+    try:
+        summary = export_dataset(tmp, data_dir, **export_kwargs)
+        api = HfApi(token=token)
+        api.create_repo(repo_id=repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(tmp), repo_id=repo_id, repo_type="dataset",
+                                   commit_message="Upload SteelDefectX (parquet configs) with steeldefectx.py push")
+        return {**summary, "repo_id": repo_id, "commit": str(commit)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# CLI (registered by steeldefectx.py)
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data_dir", default=None,
+                   help="folder in the official layout, 'synthetic' for the embedded demo data, "
+                        "or omit for the Hub release (needs network)")
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configs", nargs="+", default=list(CONFIG_LEVELS), choices=list(CONFIG_LEVELS),
+                   help="configs to write (default: all)")
+    p.add_argument("--validation_fraction", type=float, default=0.1)
+    p.add_argument("--on_error", choices=("raise", "skip"), default="raise")
+    p.add_argument("--annotate_missing", action="store_true",
+                   help="fill missing T3/T4 from masks with the annotation engine")
+    p.add_argument("--cache_dir", default=None, help="datasets cache folder")
+
+
+def _build_kwargs(args) -> dict:
+    return {"configs": args.configs, "validation_fraction": args.validation_fraction, "on_error": args.on_error,
+            "annotate_missing": args.annotate_missing, "cache_dir": args.cache_dir}
+
+
+def _cmd_stats(args) -> dict:
+    stats = dataset_stats(args.data_dir, with_masks=not args.no_masks)
+    print(format_stats(stats))
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def _cmd_export(args) -> dict:
+    result = export_dataset(args.out_dir, args.data_dir, **_build_kwargs(args))
+    print(f"exported to {result['out_dir']}: " + ", ".join(f"{k}={v}" for k, v in result["rows"].items()))
+    print(f"load it with: datasets.load_dataset({result['out_dir']!r}, 'fine')")
+    return result
+
+
+def _cmd_push(args) -> dict:
+    result = push_dataset(args.repo_id, args.data_dir, token=args.token, private=args.private,
+                          **_build_kwargs(args))
+    print(f"pushed to https://huggingface.co/datasets/{args.repo_id}")
+    return result
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("stats", help="per class and split: images, masks, records lacking each level",
+                              description="Check the raw files and count, per class and split, images, masks and "
+                                          "records lacking T2/T3/T4, and every problem found (counted, not fatal).")
+    _add_data_args(p)
+    p.add_argument("--no_masks", action="store_true", help="do not open masks")
+    p.add_argument("--json", default=None, help="also write the stats to this JSON file")
+    p.set_defaults(func=_cmd_stats)
+
+    p = subparsers.add_parser("export", help="write parquet per config + a dataset card (load_dataset-ready)",
+                              description="Build each config and write OUT/<config>/<split>-*.parquet and "
+                                          "OUT/README.md with the `configs:` YAML, so stock "
+                                          "datasets.load_dataset(OUT, 'fine') works without this project.")
+    p.add_argument("out_dir")
+    _add_data_args(p)
+    _add_build_args(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = subparsers.add_parser("push", help="export and upload to a Hub dataset repo (needs a token)",
+                              description="Export like `export` into a temporary folder and upload it to the Hub.")
+    p.add_argument("repo_id")
+    _add_data_args(p)
+    _add_build_args(p)
+    p.add_argument("--token", default=None, help="Hugging Face write token (default: HF_TOKEN or saved login)")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_cmd_push)
