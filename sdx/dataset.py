@@ -646,16 +646,17 @@ def dataset_stats(data_dir: str | os.PathLike | None, *, with_masks: bool = True
     """Per class and official split: images, masks, records lacking T2 / T3 / T4; plus every problem, counted."""
     root = resolve_data_dir(data_dir)
     classes, items, report = scan_layout(root, on_error="skip", with_masks=with_masks, progress=True)
-    table: dict = {split: {name: collections.Counter() for name in classes} for split in SPLITS}
+    columns = ("images", "masks", "lacking T2", "lacking T3", "lacking T4")
+    table: dict = {split: {name: dict.fromkeys(columns, 0) for name in classes} for split in SPLITS}
     for it in items:
         row = table[it.split][it.record["class_name"]]
         row["images"] += 1
-        row["masks"] += it.mask_path is not None
-        row["lacking T2"] += T.is_missing_text(it.record.get("natural_language_description"))
-        row["lacking T3"] += it.record.get("structured_attributes") is None
-        row["lacking T4"] += T.is_missing_text(it.record.get("template_sentence"))
+        row["masks"] += int(it.mask_path is not None)
+        row["lacking T2"] += int(T.is_missing_text(it.record.get("natural_language_description")))
+        row["lacking T3"] += int(it.record.get("structured_attributes") is None)
+        row["lacking T4"] += int(T.is_missing_text(it.record.get("template_sentence")))
     return {"data_dir": str(root), "classes": list(classes),
-            "per_class": {s: {c: dict(v) for c, v in t.items()} for s, t in table.items()},
+            "per_class": table,
             "report": report.as_dict()}
 
 

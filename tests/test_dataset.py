@@ -1,0 +1,496 @@
+"""The dataset builder: real-fixture counts, configs, splits, cache, export/push, and every bad input."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+import steeldefectx
+from sdx import dataset as D
+from sdx import text as T
+
+NEU_CLASSES = {"Crazing", "Inclusion", "Patches", "Pitted surface", "Rolled in scale", "Bright scratch"}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _jpeg(seed: int, size=(32, 32)) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, size=(size[1], size[0]), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _mask_png(size=(32, 32), values=(0, 255)) -> bytes:
+    arr = np.full((size[1], size[0]), values[0], dtype=np.uint8)
+    arr[8:16, 8:20] = values[1]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_layout(root: Path, per_class=(4, 2), classes=("Bright scratch", "Crazing", "Patches")) -> Path:
+    """A tiny official-layout folder: images, masks on every other image, all text levels."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "class_descriptions.json").write_text(json.dumps({c: f"A photo of {c}, which shows test." for c in classes}))
+    seed = 0
+    for split, n in zip(("train", "val"), per_class):
+        (root / split).mkdir()
+        (root / f"{split}_mask").mkdir()
+        records = []
+        for c in classes:
+            for i in range(n):
+                seed += 1
+                name = f"{T.CLASS_TO_PREFIX[c]}_{split}{i}.jpg"
+                (root / split / name).write_bytes(_jpeg(seed))
+                attrs = None
+                if i % 2 == 0:
+                    (root / f"{split}_mask" / name.replace(".jpg", ".png")).write_bytes(_mask_png())
+                    attrs = {"Defect type": c, "Shape": "linear", "Direction": "none",
+                             "Spatial Distribution": "isolated", "Number of Defects": "one",
+                             "Position": [["top-left", 0.6], ["top-center", 0.4]], "Scale": "large",
+                             "Polarity": "bright", "Saliency": "high"}
+                records.append({"image_name": name, "class_name": c,
+                                "natural_language_description": f"a {c} number {i}" if i % 3 else "",
+                                "structured_attributes": attrs,
+                                "template_sentence": T.render_t4(attrs) if attrs else ""})
+        (root / f"{split}-text.json").write_text(json.dumps(records))
+    return root
+
+
+@pytest.fixture
+def layout(tmp_path) -> Path:
+    return make_layout(tmp_path / "raw")
+
+
+@pytest.fixture
+def cache(tmp_path) -> str:
+    return str(tmp_path / "cache")
+
+
+def _records(root: Path, split="train") -> list:
+    return json.loads((root / f"{split}-text.json").read_text())
+
+
+def _write_records(root: Path, records, split="train") -> None:
+    (root / f"{split}-text.json").write_text(json.dumps(records))
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+@pytest.fixture(scope="module")
+def real_default(real_subset, tmp_path_factory):
+    return D.load_steeldefectx(real_subset, "default", cache_dir=str(tmp_path_factory.mktemp("c")))
+
+
+def test_real_fixture_counts(real_subset, real_default):
+    ds = real_default
+    assert len(ds["train"]) + len(ds["validation"]) == 2212
+    assert len(ds["test"]) == 948
+    names = D.class_names(ds)
+    assert len(names) == 25 and names == sorted(names)
+    with open(real_subset / "sources.csv") as f:
+        sources = list(csv.DictReader(f))
+    expected = collections.Counter((r["split"], r["image_name"].rsplit("_", 1)[0]) for r in sources)
+    got = collections.Counter()
+    for split, official in (("train", "train"), ("validation", "train"), ("test", "val")):
+        for name in ds[split]["image_name"]:
+            got[(official, name.rsplit("_", 1)[0])] += 1
+    assert got == expected
+    # masks on exactly the 1,800 NEU images
+    neu = {r["image_name"] for r in sources if r["source_dataset"].startswith("NEU")}
+    with_mask = set()
+    for split in ds:
+        raw = ds[split].cast_column("mask", datasets.Image(decode=False))
+        with_mask |= {n for n, m in zip(raw["image_name"], raw["mask"]) if m is not None}
+    assert len(neu) == 1800 and with_mask == neu
+    # binarised masks
+    row = next(r for r in ds["test"] if r["mask"] is not None)
+    assert set(np.unique(np.asarray(row["mask"]))) <= {0, 255}
+
+
+def test_real_fixture_validation_is_stratified(real_default):
+    train = collections.Counter(real_default["train"]["class_name"])
+    val = collections.Counter(real_default["validation"]["class_name"])
+    for name, n in val.items():
+        assert n == round(0.1 * (n + train[name])) or n == 1
+
+
+def test_real_fixture_fallbacks_are_counted(real_subset, tmp_path):
+    ds = D.load_steeldefectx(real_subset, "fine", cache_dir=str(tmp_path))
+    rep = D.build_report(ds)
+    # every image lacks T2 in the fixture: NEU ones fall back to T4, X-SDD ones to T1
+    assert sum(rep["fallbacks"]["test"].values()) == 948
+    assert rep["fallbacks"]["test"] == {"t2->t4": 540, "t2->t1": 408}
+    with pytest.raises(D.DataError, match="natural_language_description"):
+        D.load_steeldefectx(real_subset, "fine", cache_dir=str(tmp_path / "s"), strict=True,
+                            classes=["Crazing"])
+
+
+def test_stats_cli_real(real_subset, capsys):
+    stats = steeldefectx.main(["stats", "--data_dir", str(real_subset)])
+    assert sum(r["images"] for r in stats["per_class"]["train"].values()) == 2212
+    assert sum(r["masks"] for s in stats["per_class"].values() for r in s.values()) == 1800
+    assert stats["per_class"]["val"]["Crease"]["images"] == 0
+    assert sum(r["lacking T3"] for r in stats["per_class"]["val"].values()) == 408
+    out = capsys.readouterr().out
+    assert "Red iron sheet" in out and "lacking T2" in out
+
+
+# ------------------------------------------------------------------------------------------------ configs and splits
+
+@pytest.mark.parametrize("config,level", list(D.CONFIG_LEVELS.items()))
+def test_each_config_caption(layout, cache, config, level):
+    ds = D.load_steeldefectx(layout, config, cache_dir=cache)
+    assert set(ds) == {"train", "validation", "test"}
+    row = ds["test"][0]
+    rec = {r["image_name"]: r for r in _records(layout, "val")}[row["image_name"]]
+    expected = {
+        "t0": T.t0_prompt(row["class_name"]),
+        "t1": f"A photo of {row['class_name']}, which shows test.",
+        "t2": rec["natural_language_description"] or rec["template_sentence"]
+              or f"A photo of {row['class_name']}, which shows test.",
+        "t3": T.render_t3(rec["structured_attributes"]) if rec["structured_attributes"]
+              else f"A photo of {row['class_name']}, which shows test.",
+        "t4": rec["template_sentence"] or f"A photo of {row['class_name']}, which shows test.",
+    }[level]
+    assert row["caption"] == expected
+    assert row["t0"] == T.t0_prompt(row["class_name"])
+
+
+def test_level_names_as_configs(layout, cache):
+    ds = D.load_steeldefectx(layout, "t2", cache_dir=cache)
+    assert D.build_report(ds)["config"]["caption_level"] == "t2"
+
+
+def test_t3_feature_shape(layout, cache):
+    ds = D.load_steeldefectx(layout, cache_dir=cache)
+    row = next(r for r in ds["train"] if r["t3"] is not None)
+    assert list(row["t3"]) == list(T.T3_FIELDS)
+    assert row["t3"]["Position"] == [{"cell": "top-left", "share": 0.6}, {"cell": "top-center", "share": 0.4}]
+
+
+def test_shots_are_nested_and_from_train(layout, cache):
+    full = D.load_steeldefectx(layout, cache_dir=cache, validation_fraction=0.25)
+    val_names = set(full["validation"]["image_name"]) | set(full["test"]["image_name"])
+    previous = set()
+    for k in (1, 2, 3):
+        ds = D.load_steeldefectx(layout, cache_dir=cache, validation_fraction=0.25, shots=k, seed=7)
+        names = set(ds["train"]["image_name"])
+        assert collections.Counter(ds["train"]["class_name"]) == {c: k for c in ("Bright scratch", "Crazing", "Patches")}
+        assert previous <= names and not names & val_names
+        assert list(ds["validation"]["image_name"]) == list(full["validation"]["image_name"])
+        previous = names
+    other = D.load_steeldefectx(layout, cache_dir=cache, validation_fraction=0.25, shots=2, seed=8)
+    assert set(other["train"]["image_name"]) <= set(full["train"]["image_name"])
+
+
+def test_class_subsets(layout, cache):
+    seen = D.load_steeldefectx(layout, cache_dir=cache, exclude_classes=["Patches"])
+    unseen = D.load_steeldefectx(layout, cache_dir=cache, classes=["Patches"])
+    assert "Patches" not in set(seen["train"]["class_name"]) | set(seen["test"]["class_name"])
+    assert set(unseen["test"]["class_name"]) == {"Patches"}
+    assert D.class_names(seen) == D.class_names(unseen)  # label ids stay those of the full list
+    assert set(unseen["test"]["label"]) == {D.class_names(unseen).index("Patches")}
+    with pytest.raises(ValueError, match="unknown class"):
+        D.load_steeldefectx(layout, cache_dir=cache, classes=["Nope"])
+
+
+def test_without_masks(layout, cache):
+    ds = D.load_steeldefectx(layout, cache_dir=cache, with_masks=False)
+    assert all(m is None for m in list(ds["train"]["mask"]))
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+def test_cache_follows_raw_files(layout, cache):
+    first = D.load_steeldefectx(layout, "fine", cache_dir=cache)
+    again = D.load_steeldefectx(layout, "fine", cache_dir=cache)
+    assert again["test"].cache_files == first["test"].cache_files  # reused
+    records = _records(layout, "val")
+    records[0]["natural_language_description"] = "an edited caption"
+    _write_records(layout, records, "val")
+    edited = D.load_steeldefectx(layout, "fine", cache_dir=cache)
+    assert "an edited caption" in list(edited["test"]["caption"])
+    # adding an image (and its record) rebuilds too
+    (layout / "val" / "bs_new.jpg").write_bytes(_jpeg(999))
+    _write_records(layout, records + [{**records[0], "image_name": "bs_new.jpg"}], "val")
+    grown = D.load_steeldefectx(layout, "fine", cache_dir=cache)
+    assert len(grown["test"]) == len(first["test"]) + 1
+
+
+def test_interrupted_build_is_never_loaded(layout, cache, monkeypatch):
+    calls = {"n": 0}
+    original = D.SteelDefectX._generate_examples
+
+    def broken(self, rows):
+        for i, example in enumerate(original(self, rows)):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt("simulated interruption")
+            yield example
+
+    monkeypatch.setattr(D.SteelDefectX, "_generate_examples", broken)
+    with pytest.raises(KeyboardInterrupt):
+        D.load_steeldefectx(layout, cache_dir=cache)
+    monkeypatch.setattr(D.SteelDefectX, "_generate_examples", original)
+    ds = D.load_steeldefectx(layout, cache_dir=cache)
+    assert len(ds["train"]) + len(ds["validation"]) == 12 and len(ds["test"]) == 6
+
+
+# ------------------------------------------------------------------------------------------------ export / push
+
+def test_export_then_plain_load_dataset(layout, cache, tmp_path):
+    out = tmp_path / "export"
+    result = steeldefectx.main(["export", str(out), "--data_dir", str(layout), "--cache_dir", cache])
+    card = (out / "README.md").read_text()
+    assert "configs:" in card and "config_name: fine" in card
+    for cfg in D.CONFIG_LEVELS:
+        ours = D.load_steeldefectx(layout, cfg, cache_dir=cache)
+        plain = datasets.load_dataset(str(out), cfg, cache_dir=str(tmp_path / "plain"))
+        for split in ours:
+            assert plain[split].features == ours[split].features
+            a, b = ours[split].to_list(), plain[split].to_list()
+            assert len(a) == len(b) == result["rows"][f"{cfg}/{split}"]
+            for x, y in zip(a, b):
+                assert x.keys() == y.keys()
+                assert x["image"]["bytes"] == y["image"]["bytes"]
+                assert {k: v for k, v in x.items() if k not in ("image", "mask")} == \
+                       {k: v for k, v in y.items() if k not in ("image", "mask")}
+
+
+def test_push_goes_up_to_the_network_call(layout, cache, monkeypatch):
+    sent = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            sent["token"] = token
+
+        def create_repo(self, **kw):
+            sent["create"] = kw
+
+        def upload_folder(self, folder_path, **kw):
+            sent["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+            sent["upload"] = kw
+            return "commit-url"
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    result = steeldefectx.main(["push", "me/steel", "--data_dir", str(layout), "--cache_dir", cache,
+                                "--token", "hf_test", "--configs", "default", "fine"])
+    assert sent["token"] == "hf_test"
+    assert sent["create"]["repo_id"] == "me/steel" and sent["create"]["repo_type"] == "dataset"
+    assert "README.md" in sent["files"] and "fine/test-00000-of-00001.parquet" in sent["files"]
+    assert result["repo_id"] == "me/steel"
+
+
+def test_push_without_token_fails_before_any_work(layout, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(PermissionError, match="token"):
+        D.push_dataset("me/steel", layout)
+
+
+def test_offline_without_data_dir_gives_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub
+
+    def offline(**kw):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(D.DataSourceError, match="--data_dir") as e:
+        D.load_steeldefectx(None)
+    assert "hf download Zhaosxian/SteelDefectX" in str(e.value)
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(D.DataSourceError, match="does not exist"):
+        D.load_steeldefectx(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+def _load(layout, cache, **kw):
+    return D.load_steeldefectx(layout, cache_dir=cache, **kw)
+
+
+def _skipped(ds, split="train"):
+    return D.build_report(ds)["skipped"].get(split, {})
+
+
+def _assert_counts_balance(ds):
+    rep = D.build_report(ds)
+    for split in rep["records_in"]:
+        skipped = rep["skipped"].get(split, {})
+        records_skipped = sum(n for r, n in skipped.items() if r != "image without record")
+        images_skipped = sum(n for r, n in skipped.items() if r not in ("record without image", "bad record",
+                                                                      "duplicate image_name"))
+        assert rep["records_in"][split] == rep["rows_out"][split] + records_skipped
+        assert rep["images_in"][split] == rep["rows_out"][split] + images_skipped
+
+
+@pytest.mark.parametrize("content,what", [
+    (b"", "zero-byte"),
+    (b"this is not an image at all", "cannot be decoded"),
+    ("truncated", "cannot be decoded"),
+])
+def test_corrupt_truncated_zero_byte_images(layout, cache, content, what):
+    target = layout / "train" / "bs_train1.jpg"
+    if content == "truncated":
+        content = target.read_bytes()[: len(target.read_bytes()) // 2]
+    target.write_bytes(content)
+    with pytest.raises(D.DataError, match=what) as e:
+        _load(layout, cache)
+    assert "bs_train1.jpg" in str(e.value) and "'image'" in str(e.value)
+    ds = _load(layout, cache, on_error="skip")
+    assert _skipped(ds) == {"unreadable image": 1}
+    assert "bs_train1.jpg" not in list(ds["train"]["image_name"]) + list(ds["validation"]["image_name"])
+    _assert_counts_balance(ds)
+
+
+def test_extension_lies_about_format(layout, cache):
+    # X-SDD ships JPEG files named .png: read by content, counted as a note
+    src = layout / "train" / "bs_train1.jpg"
+    src.rename(layout / "train" / "bs_train1.png")
+    records = _records(layout)
+    for r in records:
+        if r["image_name"] == "bs_train1.jpg":
+            r["image_name"] = "bs_train1.png"
+    _write_records(layout, records)
+    ds = _load(layout, cache)
+    rep = D.build_report(ds)
+    assert rep["notes"]["train"]["extension differs from content"] == 1
+    row = [r for s in ("train", "validation") for r in ds[s] if r["image_name"] == "bs_train1.png"][0]
+    assert row["image"].size == (32, 32)
+
+
+def test_missing_mask_gives_none(layout, cache):
+    ds = _load(layout, cache)
+    rows = {r["image_name"]: r for s in ds for r in ds[s]}
+    assert rows["bs_train1.jpg"]["mask"] is None and rows["bs_train0.jpg"]["mask"] is not None
+    assert D.build_report(ds)["notes"]["train"]["images without mask"] == 6
+
+
+def test_mask_of_another_size(layout, cache):
+    (layout / "train_mask" / "bs_train0.png").write_bytes(_mask_png(size=(16, 16)))
+    with pytest.raises(D.DataError, match="differs") as e:
+        _load(layout, cache)
+    assert "bs_train0.png" in str(e.value) and "'mask'" in str(e.value)
+    ds = _load(layout, cache, on_error="skip")
+    assert _skipped(ds) == {"bad mask": 1}
+    _assert_counts_balance(ds)
+
+
+def test_non_binary_mask_is_thresholded(layout, cache):
+    (layout / "train_mask" / "bs_train0.png").write_bytes(_mask_png(values=(7, 200)))
+    arr = np.asarray(Image.open(layout / "train_mask" / "bs_train2.png")).copy()
+    arr[arr == 255] = 128
+    arr[0, 0] = 127  # at the threshold: background
+    Image.fromarray(arr).save(layout / "train_mask" / "bs_train2.png")
+    ds = _load(layout, cache)
+    rows = {r["image_name"]: r for s in ("train", "validation") for r in ds[s]}
+    m0 = np.asarray(rows["bs_train0.jpg"]["mask"])
+    m2 = np.asarray(rows["bs_train2.jpg"]["mask"])
+    assert set(np.unique(m0)) == {0, 255} and m0[10, 10] == 255 and m0[0, 0] == 0
+    assert m2[10, 10] == 255 and m2[0, 0] == 0
+    assert D.build_report(ds)["notes"]["train"]["masks binarised (> 127)"] == 2
+
+
+def test_unknown_class_name(layout, cache):
+    records = _records(layout)
+    records[2]["class_name"] = "Unicorn"
+    _write_records(layout, records)
+    with pytest.raises(D.DataError, match="record 2.class_name.*Unicorn"):
+        _load(layout, cache)
+    ds = _load(layout, cache, on_error="skip")
+    assert _skipped(ds) == {"bad record": 1, "image without record": 1}
+    _assert_counts_balance(ds)
+
+
+def test_duplicate_image_name(layout, cache):
+    records = _records(layout)
+    _write_records(layout, records + [records[0]])
+    with pytest.raises(D.DataError, match="already used by record 0"):
+        _load(layout, cache)
+    ds = _load(layout, cache, on_error="skip")
+    assert _skipped(ds) == {"duplicate image_name": 1}
+
+
+def test_image_with_no_record(layout, cache):
+    (layout / "train" / "bs_orphan.jpg").write_bytes(_jpeg(5))
+    with pytest.raises(D.DataError, match="no record") as e:
+        _load(layout, cache)
+    assert "bs_orphan.jpg" in str(e.value)
+    ds = _load(layout, cache, on_error="skip")
+    assert _skipped(ds) == {"image without record": 1}
+    _assert_counts_balance(ds)
+
+
+def test_record_with_no_image(layout, cache):
+    (layout / "val" / "cracking_val1.jpg").unlink()
+    with pytest.raises(D.DataError, match="val-text.json.*cracking_val1.jpg|no file.*cracking_val1.jpg"):
+        _load(layout, cache)
+    ds = _load(layout, cache, on_error="skip")
+    assert _skipped(ds, "val") == {"record without image": 1}
+    assert len(ds["test"]) == 5
+    _assert_counts_balance(ds)
+
+
+def test_malformed_json(layout, cache):
+    (layout / "val-text.json").write_text('[{"image_name": "x.jpg",')
+    with pytest.raises(D.DataError, match=r"val-text.json.*malformed JSON at line 1"):
+        _load(layout, cache)
+    (layout / "class_descriptions.json").write_text("{oops")
+    with pytest.raises(D.DataError, match="class_descriptions.json.*malformed JSON"):
+        _load(layout, cache)
+
+
+@pytest.mark.parametrize("bad", ["../bs_train0.jpg", "sub/bs_train0.jpg", "sub\\bs.jpg", ".."])
+def test_image_name_with_path(layout, cache, bad):
+    records = _records(layout)
+    records[0]["image_name"] = bad
+    _write_records(layout, records)
+    with pytest.raises(D.DataError, match=r"record 0.image_name.*not a plain file name"):
+        _load(layout, cache)
+
+
+def test_non_utf8_text(layout, cache):
+    raw = (layout / "train-text.json").read_bytes().replace(b"a Bright", b"a Bri\xe9ght")
+    (layout / "train-text.json").write_bytes(raw)
+    with pytest.raises(D.DataError, match="train-text.json.*not valid UTF-8"):
+        _load(layout, cache)
+
+
+def test_bad_record_field_types(layout, cache):
+    records = _records(layout)
+    records[1]["structured_attributes"] = {"Shape": "linear"}
+    _write_records(layout, records)
+    with pytest.raises(D.DataError, match=r"record 1.structured_attributes.Defect type"):
+        _load(layout, cache)
+    records[1]["structured_attributes"] = None
+    records[1]["class_name"] = 3
+    _write_records(layout, records)
+    with pytest.raises(D.DataError, match=r"record 1.class_name.*expected str"):
+        _load(layout, cache)
+
+
+def test_stats_reports_problem_counts(layout, capsys):
+    (layout / "train" / "bs_train1.jpg").write_bytes(b"")
+    (layout / "train" / "bs_orphan.jpg").write_bytes(_jpeg(5))
+    stats = steeldefectx.main(["stats", "--data_dir", str(layout)])
+    assert stats["report"]["skipped"]["train"] == {"unreadable image": 1, "image without record": 1}
+    assert "unreadable image: 1" in capsys.readouterr().out
