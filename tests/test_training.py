@@ -1,0 +1,248 @@
+"""Tests of sdx.training: flag layering, output-dir rules, the loop (accumulation, checkpoints, exact resume,
+best-by-validation), model card and the Hub upload (HfApi mocked at the network call)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdx import training as T
+
+RECIPES = {"paper": {"optimizer": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "step", "num_train_epochs": 100}}
+
+
+def _parser(**defaults):
+    p = argparse.ArgumentParser()
+    T.add_training_args(p, recipes=RECIPES, **defaults)
+    p.add_argument("--own_flag", type=int, default=3)
+    return p
+
+
+# ---------------------------------------------------------------- flags
+
+
+def test_recipe_then_config_then_command_line(tmp_path):
+    args = T.parse_args(_parser(), ["--output_dir", str(tmp_path), "--recipe", "paper"], recipes=RECIPES)
+    assert (args.optimizer, args.learning_rate, args.num_train_epochs) == ("sgd", 0.1, 100)
+    # an explicit flag equal to the parser default still overrides the recipe
+    args = T.parse_args(_parser(), ["--output_dir", str(tmp_path), "--recipe", "paper", "--learning_rate", "5e-05"],
+                        recipes=RECIPES)
+    assert args.learning_rate == 5e-05 and args.optimizer == "sgd"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("recipe: paper\nnum-train-epochs: 7\nown_flag: '9'\noutput_dir: " + str(tmp_path / "o") + "\n")
+    args = T.parse_args(_parser(), ["--config", str(cfg), "--num_train_epochs", "2"], recipes=RECIPES)
+    assert args.num_train_epochs == 2 and args.own_flag == 9 and args.optimizer == "sgd"
+    assert args.output_dir == str(tmp_path / "o")
+    assert "num_train_epochs" in args.explicit and "own_flag" in args.explicit
+
+
+def test_config_errors_name_file_and_key(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"output_dir": "x", "learnin_rate": 1}))
+    with pytest.raises(ValueError, match=r"c\.json.*learnin_rate"):
+        T.parse_args(_parser(), ["--config", str(cfg)])
+    cfg.write_text(json.dumps({"output_dir": "x", "optimizer": "lion"}))
+    with pytest.raises(ValueError, match="optimizer"):
+        T.parse_args(_parser(), ["--config", str(cfg)])
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        T.parse_args(_parser(), ["--config", str(tmp_path / "nope.json")])
+
+
+def test_output_dir_holding_a_run_is_refused(tmp_path):
+    args = T.parse_args(_parser(), ["--output_dir", str(tmp_path)])
+    assert T.check_output_dir(args) == tmp_path  # empty folder: fine
+    (tmp_path / "all_results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="all_results.json"):
+        T.check_output_dir(args)
+    args.overwrite_output_dir = True
+    T.check_output_dir(args)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _toy_data(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def _run(out, extra=(), callback=None, evaluate=True):
+    args = T.parse_args(_parser(), ["--output_dir", str(out), "--per_device_train_batch_size", "4",
+                                    "--learning_rate", "0.05", "--num_train_epochs", "3", *extra])
+    T.check_output_dir(args)
+    acc = T.make_accelerator(args, cpu=True)
+    T.start_output_dir(args, acc)
+    model = Toy()
+    opt = T.create_optimizer(args, model)
+    data = _toy_data()
+    loader = torch.utils.data.DataLoader(data, batch_size=args.per_device_train_batch_size, shuffle=True)
+    eval_loader = acc.prepare(torch.utils.data.DataLoader(data, batch_size=16))
+
+    def compute_loss(m, batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(m(x), y)
+
+    def evaluate_fn(m):
+        m.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in eval_loader:
+                p, yy = acc.gather_for_metrics((m(x).argmax(-1), y))
+                correct += int((p == yy).sum())
+                total += len(yy)
+        return {"accuracy": correct / total, "n": total}
+
+    res = T.run_training(args, acc, model, opt, loader, compute_loss, evaluate_fn if evaluate else None,
+                         step_callback=callback)
+    return args, acc, res
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_loop_trains_checkpoints_and_keeps_best(tmp_path):
+    args, acc, res = _run(tmp_path / "a", ["--checkpointing_steps", "4", "--gradient_accumulation_steps", "2"])
+    # 40 samples / batch 4 = 10 batches, 2 per step -> 5 steps per epoch, 3 epochs
+    assert res.steps_per_epoch == 5 and res.completed_steps == 15 and len(res.history) == 3
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+    assert all(h["eval_n"] == 40 for h in res.history)
+    names = [p.name for p in T.list_checkpoints(tmp_path / "a")]
+    assert names == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]  # steps 4, 8, 12
+    steps = [json.loads((tmp_path / "a" / "checkpoints" / n / T.TRAINING_STATE).read_text())["completed_steps"]
+             for n in names]
+    assert steps == [4, 8, 12]
+    best_acc = max(h["eval_accuracy"] for h in res.history)
+    assert res.best_metric == best_acc
+    assert res.history[res.best_epoch]["eval_accuracy"] == best_acc
+    # load_best restores exactly what was saved for the best epoch
+    fresh = Toy()
+    T.load_best(acc, fresh, res.best_dir)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(res.best_dir / "model.safetensors"))
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, saved[k])
+
+
+def test_kill_and_resume_reproduces_uninterrupted_weights(tmp_path):
+    # uninterrupted: 3 epochs of 10 steps, checkpoint every 7 steps (mid-epoch) -> checkpoints at 7, 14, 21, 28
+    _, _, full = _run(tmp_path / "full", ["--checkpointing_steps", "7"])
+    want = _weights(full.model)
+
+    # killed after step 16 (an exception in the middle of epoch 1)
+    class Killed(RuntimeError):
+        pass
+
+    def kill(step):
+        if step == 16:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _run(tmp_path / "run", ["--checkpointing_steps", "7"], callback=kill)
+    assert [p.name for p in T.list_checkpoints(tmp_path / "run")] == ["checkpoint_0", "checkpoint_1"]
+    _, _, resumed = _run(tmp_path / "run", ["--checkpointing_steps", "7", "--resume_from_checkpoint", "latest"])
+    assert resumed.resumed_from.endswith("checkpoint_1") and resumed.completed_steps == 30
+    got = _weights(resumed.model)
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    # the counter moved past the old checkpoints: steps 21 and 28 were saved as checkpoint_2, checkpoint_3
+    assert [p.name for p in T.list_checkpoints(tmp_path / "run")][-2:] == ["checkpoint_2", "checkpoint_3"]
+    # the history spans all epochs exactly once and matches the uninterrupted run
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    assert [h["eval_accuracy"] for h in resumed.history] == [h["eval_accuracy"] for h in full.history]
+
+    # resuming from a middle checkpoint of another folder also gives the same weights
+    _, _, again = _run(tmp_path / "other",
+                       ["--resume_from_checkpoint", str(tmp_path / "full" / "checkpoints" / "checkpoint_0")])
+    for k, v in _weights(again.model).items():
+        assert torch.equal(want[k], v), k
+
+
+def test_bad_checkpoints_fail_before_any_step(tmp_path):
+    steps = []
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        _run(tmp_path / "a", ["--resume_from_checkpoint", str(tmp_path / "nowhere")], callback=steps.append)
+    with pytest.raises(FileNotFoundError, match="checkpoints"):
+        _run(tmp_path / "b", ["--resume_from_checkpoint", "latest"], callback=steps.append)
+    bogus = tmp_path / "bogus"
+    bogus.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"bogus.*training_state\.json"):
+        _run(tmp_path / "c", ["--resume_from_checkpoint", str(bogus)], callback=steps.append)
+    (bogus / T.TRAINING_STATE).write_text(json.dumps({"completed_steps": 3, "epoch": 0, "batches_done_in_epoch": 3}))
+    with pytest.raises(ValueError, match="cannot load .*bogus"):
+        _run(tmp_path / "d", ["--resume_from_checkpoint", str(bogus)], callback=steps.append)
+    assert steps == []
+
+
+def test_step_schedule_and_max_train_steps(tmp_path):
+    args, acc, res = _run(tmp_path / "s", ["--lr_scheduler_type", "step", "--lr_step_epochs", "1", "--lr_gamma",
+                                           "0.5", "--max_train_steps", "25"], evaluate=False)
+    assert res.completed_steps == 25 and res.num_train_epochs == 3
+    lrs = [h["learning_rate"] for h in res.history]
+    assert lrs == pytest.approx([0.05 * 0.5, 0.05 * 0.25, 0.05 * 0.25])  # decays after 10 and 20 steps
+    assert res.best_epoch == 2  # no evaluate: the last epoch counts as best
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_model_card_and_push_are_built_offline(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"x")
+    (out / "checkpoints" / "checkpoint_0").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint_0" / "optimizer.bin").write_bytes(b"x")
+    T.write_all_results(out, {"test_accuracy": 0.5})
+    card = T.write_model_card(out, model_name="vit-sdx", task="image-classification", base_model=None,
+                              init="random", dataset={"name": "SteelDefectX", "config": "default"},
+                              metrics={"test_accuracy": 0.5, "test_mean_class_accuracy": 0.25},
+                              hyperparameters={"learning_rate": 0.1}, command_line="train_vit.py --x 1")
+    text = card.read_text()
+    assert "random initialisation" in text and "train_vit.py --x 1" in text and "0.2500" in text
+    from huggingface_hub import ModelCard
+
+    loaded = ModelCard.load(card)
+    assert loaded.data.eval_results[0].metric_value == 0.5
+
+    from huggingface_hub import HfApi
+
+    sent = {}
+
+    def fake_create_repo(self, repo_id, **kw):
+        sent["repo"] = (repo_id, kw.get("private"), kw.get("exist_ok"))
+        return f"https://huggingface.co/{repo_id}"
+
+    def fake_create_commit(self, repo_id, operations, **kw):
+        sent["commit"] = (repo_id, sorted(op.path_in_repo for op in operations), kw.get("commit_message"))
+        return "commit-info"
+
+    def fake_validate_yaml(self, content, **kw):  # POST /api/validate-yaml: record what would be validated
+        sent["yaml"] = content
+
+    monkeypatch.setattr(HfApi, "_validate_yaml", fake_validate_yaml)
+    # the classic path (one create_commit) instead of the streamed xet pipeline, so create_commit is the boundary
+    monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
+    T.push_output_dir(out, "me/vit-sdx", token="hf_x", private=True)
+    assert sent["repo"] == ("me/vit-sdx", True, True)
+    assert sent["commit"][0] == "me/vit-sdx"
+    assert sent["commit"][1] == ["README.md", "all_results.json", "config.json", "model.safetensors"]
+    assert "model-index" in sent["yaml"] and "test_accuracy" in sent["yaml"]
