@@ -1,0 +1,1080 @@
+"""Embedded synthetic steel-defect generator: demo and test data in the official SteelDefectX layout.
+
+A fresh clone must run end to end without a download, so this module draws a small, seeded, fully annotated
+dataset of grayscale "steel" images with defects of distinct kinds and writes it exactly like the release
+(reference section 1)::
+
+    OUT/
+      class_descriptions.json        {class: T1}, only the classes generated
+      train/  val/                   <prefix>_<n>.jpg   8-bit grayscale JPEG (quality JPEG_QUALITY)
+      train_mask/  val_mask/         <stem>.png         8-bit, values 0 / 255 only
+      train-text.json  val-text.json records: image_name, class_name, natural_language_description (T2),
+                                     structured_attributes (T3), template_sentence (T4)
+      SYNTHETIC.md                   says this is synthetic demo data, with generator version, seed and sizes
+
+THIS IS NOT STEEL DATA. Nothing reported as a result may come from it without saying so. It exists so that the
+loaders, trainers, evaluator and the main job can be exercised (and tested) offline. Classifiers reach high
+accuracy on it easily; that number says nothing about SteelDefectX.
+
+Classes (real SteelDefectX names and file prefixes, so the label space matches the release)
+-------------------------------------------------------------------------------------------
+KINDS lists the 12 kinds drawn (``DEFAULT_CLASSES``), each with a fixed T3 Shape and a drawing rule:
+
+================  ========  =============  =====================================================================
+class             prefix    Shape          drawn as
+================  ========  =============  =====================================================================
+Bright scratch    bs        linear/curved  1-3 long thin bright lines (width 1-3 px), mostly along the rolling
+                                           axis, slightly bent; "curved" when the bend exceeds 6 % of the length
+Crazing           cracking  network-like   a Voronoi crack network (warped cell edges, 1-2 px, dark) over a
+                                           large elliptical region, partly faded out
+Crescent gap      cg        curved         one dark crescent (disc minus an offset disc) at an image edge
+Dark scratches    ds        linear/curved  1-4 long very thin dark lines (0.8-2 px)
+Inclusion         in        elongated      1-4 dark tapered streaks (length 18-80 px) along the rolling axis,
+                                           side by side in one band
+Oil spot          os        spot-like /    1-3 soft dark irregular blobs (radius 10-38 px); "irregular" when
+                            irregular      the outline's lobes exceed 0.18 of the radius
+Patches           pa        patch-like     large dark regions: a smoothed noise field thresholded at a random
+                                           area fraction inside a random region
+Pitted surface    ps        spot-like      12-70 small dark round pits (radius 1-3.5 px) in one cluster or band
+Punching          pu        circular       1 (sometimes 2) very dark round holes (radius 9-26 px), sharp edge
+Rolled in scale   rs        fragmented     8-30 dark irregular flakes elongated along the rolling axis,
+                                           scattered over a large area
+Water spot        ws        circular       1-4 round stains: a darker rim ring around a faintly lighter disc
+Welding line      wl        linear         one straight band (width 4-13 px) across the whole image,
+                                           perpendicular to the rolling axis, bright or dark
+================  ========  =============  =====================================================================
+
+Pixel sizes above are for 256x256 and scale with ``size / 256``.
+
+Background ("steel")
+--------------------
+Per image: a rolling axis (vertical or horizontal, 50/50); a base gray level U(70, 175); rolling streaks (two
+1-D noise profiles across the axis, smoothed with sigma 0.6-2.5 px and 6-14 px, slowly modulated along the
+axis); grain (white noise smoothed with sigma 0.6 px, amplitude 3-9 gray levels); low-frequency unevenness
+(a 4x4 random field upsampled); an illumination gradient (linear ramp of up to +-30 gray levels plus a radial
+fall-off); everything scaled by a random contrast factor U(0.6, 1.4). All of it is vectorised numpy/scipy.
+
+Defects and masks
+-----------------
+Each kind draws per object an *alpha* field in [0, 1] on the object's bounding box (coordinate grids and
+distance fields; objects are looped over, pixels never); the image gets ``delta * alpha`` (delta signed:
+dark or bright, textured for some kinds) and the mask is exactly ``alpha >= 0.5`` of the union of objects,
+written as 0 / 255. If a draw leaves the mask empty (objects fell off the image), the kind is drawn again
+with the next numbers of the same random stream (deterministic). Pixels are clipped to 0..255 and encoded as
+JPEG; the T3 statistics are computed on the *decoded* JPEG (what a reader of the files sees).
+
+Text levels
+-----------
+* T1: one sentence per class written for this generator (``T1_SENTENCES``), in the release's style
+  "A photo of X, which shows ... caused by ...". The release's own sentences are not copied.
+* T2: one sentence per image made from the drawn geometry: component count (8-connected components of the
+  mask, as T3 counts them), size (line length or object diameter in pixels, or area share), orientation,
+  position (the two 3x3 grid cells holding most mask pixels) and tone (measured mean gray inside the mask minus
+  outside: darker / brighter / similar; faint when |diff| < 10, clear when <= 40, else strong). Phrasing is
+  drawn from several templates and word lists with the image's own random stream.
+* T3/T4: the five rule fields (Scale, Polarity, Saliency, Number of Defects, Position) come from the annotation
+  engine ``sdx.attributes.annotate`` on the decoded JPEG and the mask. Shape is the kind's shape above;
+  Direction is derived from the drawn orientation angle (within 22.5 degrees of horizontal -> "horizontal",
+  of vertical -> "vertical", else "diagonal"; "none" for kinds without an orientation: Crazing, Crescent gap,
+  Oil spot, Patches, Pitted surface, Punching, Water spot); Spatial Distribution is "isolated" for one mask
+  component, else "clustered" when the mean distance of the components' centroids from their common centroid
+  is below 0.2 x image size, else "scattered". T4 is ``sdx.text.render_t4`` of T3 (done by the engine).
+
+Determinism and naming
+----------------------
+Every image has its own random stream ``numpy.random.default_rng([seed, class index in CLASS_NAMES, split
+(0 train, 1 val), n])``, so the same seed gives byte-identical files (on the same numpy / Pillow / libjpeg),
+and a class's images do not depend on which other classes or how many images were asked for. Files are named
+``<prefix>_<n>.jpg`` with n = 01.. over train first, then val (at least two digits, as in the release).
+
+Cache (``default_dataset_dir``)
+-------------------------------
+``default_dataset_dir(**params)`` generates once into ``$STEELDEFECTX_CACHE/synthetic-<hash>`` (default
+``~/.cache/steeldefectx``), the hash covering the parameters and ``GENERATOR_VERSION``. It writes to a temporary
+sibling folder and publishes it with ``os.replace``, so an interrupted generation never leaves a folder that a
+later call would use.
+
+Timing: the default size (12 kinds x (12 + 6) = 216 images at 256x256) generates in a few seconds (figures in the
+project's benchmark table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from sdx.text import (CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES,
+                      render_t4)
+
+__all__ = [
+    "GENERATOR_VERSION", "KINDS", "DEFAULT_CLASSES", "T1_SENTENCES", "generate", "render_sample",
+    "default_dataset_dir", "contact_sheet", "register_cli",
+]
+
+GENERATOR_VERSION = "1.0"
+JPEG_QUALITY = 92
+SPLITS = ("train", "val")
+CLUSTER_SPREAD = 0.2       # mean centroid distance / image size below which several components are "clustered"
+DIRECTION_TOLERANCE = 22.5  # degrees from an axis still called horizontal / vertical
+
+# T1: written for this generator in the release's style (not the release's sentences).
+T1_SENTENCES: dict[str, str] = {
+    "Bright scratch": "A photo of Bright scratch, which shows thin, long, light-toned lines running across the "
+                      "strip surface, caused by hard particles or guide parts rubbing the steel during rolling "
+                      "and coiling.",
+    "Crazing": "A photo of Crazing, which shows a fine web of short dark cracks linked into a net over a wide area, "
+               "caused by thermal stress and uneven cooling that split the surface layer.",
+    "Crescent gap": "A photo of Crescent gap, which shows a dark half-moon shaped notch near the edge of the "
+                    "strip, caused by a cutting or shearing fault that leaves a curved gap.",
+    "Dark scratches": "A photo of Dark scratches, which shows hair-thin dark lines scored into the surface, "
+                      "caused by sharp debris or worn rollers dragging across the moving strip.",
+    "Inclusion": "A photo of Inclusion, which shows short dark streaks stretched along the rolling direction, "
+                 "caused by non-metallic particles trapped in the steel and elongated by rolling.",
+    "Oil spot": "A photo of Oil spot, which shows soft-edged dark stains of irregular outline, caused by "
+                "lubricant or rolling oil dripping onto the strip surface.",
+    "Patches": "A photo of Patches, which shows large dark irregular areas with blurred borders, caused by "
+               "uneven oxidation or local contamination of the surface.",
+    "Pitted surface": "A photo of Pitted surface, which shows many small dark round pits gathered in a region, "
+                      "caused by corrosion or scale pressed into the surface and later removed.",
+    "Punching": "A photo of Punching, which shows a round, very dark hole with a sharp rim, caused by a punching "
+                "tool or a mechanical hit that perforated the strip.",
+    "Rolled in scale": "A photo of Rolled in scale, which shows scattered dark flaky fragments stretched along "
+                       "the rolling direction, caused by oxide scale being pressed into the steel by the rolls.",
+    "Water spot": "A photo of Water spot, which shows round stains with a darker rim and a lighter centre, "
+                  "caused by water droplets drying on the strip after cooling.",
+    "Welding line": "A photo of Welding line, which shows a straight band crossing the whole strip, caused by "
+                    "the weld seam that joins two coils together.",
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# small drawing primitives (all work on a local bounding box with coordinate grids)
+# ------------------------------------------------------------------------------------------------------------
+def _box(cx: float, cy: float, r: float, h: int, w: int):
+    """Slices of the bounding box of radius r around (cx, cy) clipped to the image, and its x/y grids."""
+    x0, x1 = max(int(math.floor(cx - r)), 0), min(int(math.ceil(cx + r)) + 1, w)
+    y0, y1 = max(int(math.floor(cy - r)), 0), min(int(math.ceil(cy + r)) + 1, h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    return (slice(y0, y1), slice(x0, x1)), xx, yy
+
+
+def _stamp(canvas: np.ndarray, box, alpha: np.ndarray) -> None:
+    sl = box[0]
+    np.maximum(canvas[sl], alpha, out=canvas[sl])
+
+
+def _arc_distance(xx, yy, cx, cy, length, angle, bend):
+    """Distance to a gently bent line (parabolic arc of sagitta bend*length), in rotated coordinates:
+    |v - f(u)| / sqrt(1 + f'(u)^2) along the arc, distance to the end points beyond it."""
+    c, s = math.cos(angle), math.sin(angle)
+    u = (xx - cx) * c + (yy - cy) * s
+    v = -(xx - cx) * s + (yy - cy) * c
+    half = length / 2
+    sag = bend * length
+    f = sag * (1.0 - (u / half) ** 2)
+    fp = -2.0 * sag * u / half ** 2
+    inside = np.abs(v - f) / np.sqrt(1.0 + fp * fp)
+    beyond = np.hypot(np.abs(u) - half, v)
+    return np.where(np.abs(u) <= half, inside, beyond)
+
+
+def _blob_alpha(xx, yy, cx, cy, a, b, angle, lobes, softness):
+    """Alpha of an irregular ellipse: outline radius 1 + sum c_k cos(k*theta + phi_k) in ellipse units."""
+    c, s = math.cos(angle), math.sin(angle)
+    u = (xx - cx) * c + (yy - cy) * s
+    v = -(xx - cx) * s + (yy - cy) * c
+    rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    theta = np.arctan2(v / b, u / a)
+    outline = np.ones_like(rho)
+    for k, (amp, phase) in enumerate(lobes, start=2):
+        outline += amp * np.cos(k * theta + phase)
+    # distance to the outline in pixels (approximately), then a soft ramp of `softness` pixels
+    d = (outline - rho) * min(a, b)
+    return np.clip(0.5 + d / max(softness, 1e-6), 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _upsample_matrix(n: int, cells: int) -> np.ndarray:
+    """(n, cells) cubic-spline interpolation matrix: M @ g upsamples a length-`cells` vector to length n."""
+    m = ndimage.zoom(np.eye(cells), ((n + 1) / cells * 1.0001, 1.0), order=3)[:n]
+    m.setflags(write=False)
+    return m
+
+
+def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Smooth random field, zero mean, unit std: a (cells+3)^2 random grid upsampled with cubic splines
+    (separable, as two small matrix products)."""
+    g = rng.normal(size=(cells + 3, cells + 3))
+    f = (_upsample_matrix(h, cells + 3) @ g @ _upsample_matrix(w, cells + 3).T).astype(np.float32)
+    f -= f.mean()
+    f /= f.std() + 1e-9
+    return f
+
+
+def _direction(angle: float) -> str:
+    """Image-plane direction word for an orientation angle (radians, 0 = along x)."""
+    deg = abs(math.degrees(angle)) % 180.0
+    deg = min(deg, 180.0 - deg)  # 0 = horizontal, 90 = vertical
+    if deg <= DIRECTION_TOLERANCE:
+        return "horizontal"
+    if deg >= 90.0 - DIRECTION_TOLERANCE:
+        return "vertical"
+    return "diagonal"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# background
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Surface:
+    size: int
+    axis: int           # 0: rolling streaks vertical (profile varies along x), 1: horizontal
+    image: np.ndarray   # float64 gray
+    contrast: float
+
+    @property
+    def rolling_angle(self) -> float:
+        return math.pi / 2 if self.axis == 0 else 0.0
+
+
+def _steel_surface(rng: np.random.Generator, size: int) -> Surface:
+    s = size / 256.0
+    axis = int(rng.integers(2))
+    base = rng.uniform(70, 175)
+    contrast = rng.uniform(0.6, 1.4)
+    # rolling streaks: 1-D profiles across the rolling axis, slowly modulated along it
+    fine = ndimage.gaussian_filter1d(rng.normal(size=size), sigma=rng.uniform(0.6, 2.5) * s, mode="wrap")
+    coarse = ndimage.gaussian_filter1d(rng.normal(size=size), sigma=rng.uniform(6, 14) * s, mode="wrap")
+    profile = fine / (fine.std() + 1e-9) * rng.uniform(2, 7) + coarse / (coarse.std() + 1e-9) * rng.uniform(2, 8)
+    modulation = 1.0 + 0.35 * _smooth_field(rng, size, size, 3)
+    profile = profile.astype(np.float32)
+    streaks = (profile[None, :] if axis == 0 else profile[:, None]) * modulation
+    grain = ndimage.gaussian_filter(rng.standard_normal((size, size), dtype=np.float32), 0.6, truncate=2.5)
+    grain *= np.float32(rng.uniform(3, 9) * 2.2)
+    uneven = _smooth_field(rng, size, size, 4) * np.float32(rng.uniform(2, 8))
+    t = (np.arange(size, dtype=np.float32) / max(size - 1, 1) - 0.5)
+    ramp = rng.uniform(-30, 30) * t[None, :] + rng.uniform(-30, 30) * t[:, None]
+    cx, cy = rng.uniform(-0.3, 0.3, size=2)
+    vignette = -rng.uniform(0, 25) * ((t[None, :] - cx) ** 2 + (t[:, None] - cy) ** 2)
+    img = streaks
+    img += grain
+    img += uneven
+    img += (ramp + vignette).astype(np.float32)
+    img *= np.float32(contrast)
+    img += np.float32(base)
+    return Surface(size=size, axis=axis, image=img, contrast=contrast)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# defect kinds
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Drawn:
+    """What a kind drew: alpha (union of objects), signed delta image, and the geometry for T2/T3."""
+    alpha: np.ndarray
+    delta: np.ndarray
+    shape: str
+    angle: float | None              # orientation in radians, None for kinds without one
+    noun: tuple[str, str]            # singular, plural noun for T2
+    extent: float                    # characteristic size in pixels (line length, diameter, ...)
+    extent_word: str                 # "long", "across", "wide"
+    extras: list[str] = field(default_factory=list)  # optional extra T2 clauses
+    collective: str | None = None    # one object made of pieces (a crack network): T2 names it once
+
+
+def _near_axis_angle(rng: np.random.Generator, surf: Surface, spread_deg: float, p_free: float) -> float:
+    if rng.random() < p_free:
+        return rng.uniform(0, math.pi)
+    return surf.rolling_angle + math.radians(rng.normal(0, spread_deg))
+
+
+def _draw_scratch(rng, surf: Surface, bright: bool) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    delta = np.zeros((n_px, n_px))
+    count = int(rng.integers(1, 4 if bright else 5))
+    angle = _near_axis_angle(rng, surf, 6.0, 0.35)
+    bend = rng.uniform(0.0, 0.1)
+    lengths = []
+    cx0, cy0 = rng.uniform(0.2, 0.8, size=2) * n_px
+    for _ in range(count):
+        length = rng.uniform(0.35, 0.95) * n_px
+        width = max(rng.uniform(1.0, 3.0) * s if bright else rng.uniform(0.8, 2.0) * s, 1.0)
+        cx = cx0 + rng.normal(0, 35 * s)
+        cy = cy0 + rng.normal(0, 35 * s)
+        ang = angle + math.radians(rng.normal(0, 3))
+        box = _box(cx, cy, length / 2 + width + 2, n_px, n_px)
+        if box is None:
+            continue
+        d = _arc_distance(box[1], box[2], cx, cy, length, ang, bend * rng.choice([-1, 1]))
+        a = np.clip(width / 2 + 0.5 - d, 0.0, 1.0)
+        _stamp(alpha, box, a)
+        lengths.append(length)
+    strength = rng.uniform(35, 80) if bright else -rng.uniform(30, 70)
+    variation = 0.75 + 0.25 * _smooth_field(rng, n_px, n_px, 6)
+    delta[:] = strength * np.clip(variation, 0.3, 1.3)
+    shape = "curved" if bend > 0.06 else "linear"
+    noun = ("scratch line", "scratch lines") if bright else ("scratch", "scratches")
+    return Drawn(alpha, delta, shape, angle, noun, float(np.mean(lengths) if lengths else 0), "long")
+
+
+def _draw_bright_scratch(rng, surf):
+    return _draw_scratch(rng, surf, bright=True)
+
+
+def _draw_dark_scratch(rng, surf):
+    return _draw_scratch(rng, surf, bright=False)
+
+
+def _draw_crazing(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    n_seeds = int(rng.integers(18, 45))
+    seeds = rng.uniform(-0.1, 1.1, size=(n_seeds, 2)) * n_px
+    yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32)
+    warp = np.float32(5.0 * s)
+    wx = xx + warp * _smooth_field(rng, n_px, n_px, 8)
+    wy = yy + warp * _smooth_field(rng, n_px, n_px, 8)
+    # nearest and second-nearest seed distances, one seed at a time (Voronoi edges where they are equal)
+    d1 = np.full((n_px, n_px), np.inf, dtype=np.float32)
+    d2 = d1.copy()
+    for sx, sy in seeds.astype(np.float32):
+        d = np.hypot(wx - sx, wy - sy)
+        np.minimum(d2, np.maximum(d1, d), out=d2)
+        np.minimum(d1, d, out=d1)
+    gap = d2 - d1
+    width = max(rng.uniform(1.0, 2.2) * s, 1.0)
+    a = np.clip(width / 2 + 0.5 - gap, 0.0, 1.0)
+    # region: a large ellipse, and parts of the network faded out
+    cx, cy = rng.uniform(0.3, 0.7, size=2) * n_px
+    rx, ry = rng.uniform(0.3, 0.6, size=2) * n_px
+    region = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1.0
+    keep = _smooth_field(rng, n_px, n_px, 5) > rng.uniform(-0.8, 0.0)
+    alpha = a * region * keep
+    delta = -rng.uniform(35, 75) * (0.8 + 0.2 * _smooth_field(rng, n_px, n_px, 10))
+    return Drawn(alpha, delta, "network-like", None, ("crack", "cracks"), float(2 * max(rx, ry)), "wide",
+                 collective="network of fine cracks")
+
+
+def _draw_crescent(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    r = rng.uniform(22, 48) * s
+    side = int(rng.integers(4))
+    t = rng.uniform(0.2, 0.8) * n_px
+    inset = rng.uniform(0.15, 0.5) * r
+    cx, cy = [(inset, t), (n_px - inset, t), (t, inset), (t, n_px - inset)][side]
+    # the cut disc is offset towards the image edge, leaving a crescent facing inward
+    out = [(-1, 0), (1, 0), (0, -1), (0, 1)][side]
+    off = rng.uniform(0.3, 0.55) * r
+    tilt = rng.normal(0, 0.35)
+    ox = off * (out[0] * math.cos(tilt) - out[1] * math.sin(tilt))
+    oy = off * (out[0] * math.sin(tilt) + out[1] * math.cos(tilt))
+    box = _box(cx, cy, r + 2, n_px, n_px)
+    xx, yy = box[1], box[2]
+    outer = np.clip(r + 0.5 - np.hypot(xx - cx, yy - cy), 0, 1)
+    inner = np.clip(np.hypot(xx - cx - ox, yy - cy - oy) - (r * rng.uniform(0.85, 1.0)) + 0.5, 0, 1)
+    _stamp(alpha, box, outer * inner)
+    delta = -rng.uniform(45, 90) * (0.85 + 0.15 * _smooth_field(rng, n_px, n_px, 6))
+    return Drawn(alpha, delta, "curved", None, ("crescent-shaped gap", "crescent-shaped gaps"), 2 * r, "across",
+                 extras=["at the edge of the strip"])
+
+
+def _draw_inclusion(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = int(rng.integers(1, 5))
+    angle = surf.rolling_angle + math.radians(rng.normal(0, 4))
+    c, sn = math.cos(angle), math.sin(angle)
+    cx0, cy0 = rng.uniform(0.15, 0.85, size=2) * n_px
+    lengths = []
+    for _ in range(count):
+        along, across = rng.normal(0, 30 * s), rng.normal(0, 10 * s)
+        cx, cy = cx0 + along * c - across * sn, cy0 + along * sn + across * c
+        length = rng.uniform(18, 80) * s
+        width = rng.uniform(2.5, 6.0) * s
+        lobes = [(rng.uniform(0, 0.12), rng.uniform(0, 2 * math.pi)) for _ in range(3)]
+        box = _box(cx, cy, length / 2 + 3, n_px, n_px)
+        if box is None:
+            continue
+        a = _blob_alpha(box[1], box[2], cx, cy, length / 2, width / 2, angle + math.radians(rng.normal(0, 2)),
+                        lobes, softness=1.2 * s)
+        _stamp(alpha, box, a)
+        lengths.append(length)
+    delta = -rng.uniform(35, 80) * np.clip(0.8 + 0.3 * _smooth_field(rng, n_px, n_px, 14), 0.3, 1.3)
+    return Drawn(alpha, delta, "elongated", angle, ("streak", "streaks"), float(np.mean(lengths or [0])), "long")
+
+
+def _draw_oil_spot(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = int(rng.integers(1, 4))
+    lobe_amp = rng.uniform(0.03, 0.3)
+    diameters = []
+    for _ in range(count):
+        r = rng.uniform(10, 38) * s
+        cx, cy = rng.uniform(0.12, 0.88, size=2) * n_px
+        lobes = [(lobe_amp * rng.uniform(0.4, 1.0), rng.uniform(0, 2 * math.pi)) for _ in range(4)]
+        box = _box(cx, cy, r * 1.6 + 6 * s, n_px, n_px)
+        a = _blob_alpha(box[1], box[2], cx, cy, r, r * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi), lobes,
+                        softness=rng.uniform(4, 9) * s)
+        _stamp(alpha, box, a)
+        diameters.append(2 * r)
+    delta = -rng.uniform(25, 60) * (0.85 + 0.15 * _smooth_field(rng, n_px, n_px, 8))
+    shape = "irregular" if lobe_amp > 0.18 else "spot-like"
+    return Drawn(alpha, delta, shape, None, ("stain", "stains"), float(np.mean(diameters)), "across")
+
+
+def _draw_patches(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    f = _smooth_field(rng, n_px, n_px, int(rng.integers(5, 10)))
+    yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32) / n_px
+    cx, cy = rng.uniform(0.25, 0.75, size=2)
+    # a broad random region, so patches do not fill the whole frame
+    region = np.exp(-(((xx - cx) / rng.uniform(0.3, 0.6)) ** 2 + ((yy - cy) / rng.uniform(0.3, 0.6)) ** 2))
+    g = f + 1.6 * region
+    thr = np.quantile(g, 1.0 - rng.uniform(0.12, 0.35))
+    alpha = np.clip(0.5 + (g - thr) / 0.12, 0.0, 1.0)
+    delta = -rng.uniform(40, 85) * np.clip(0.8 + 0.25 * _smooth_field(rng, n_px, n_px, 12), 0.3, 1.3)
+    return Drawn(alpha, delta, "patch-like", None, ("patch", "patches"), 0.0, "area")
+
+
+def _draw_pits(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = int(rng.integers(12, 71))
+    cx0, cy0 = rng.uniform(0.25, 0.75, size=2) * n_px
+    band = rng.random() < 0.5
+    sx, sy = (rng.uniform(15, 45) * s,) * 2
+    if band:  # a band along the rolling axis
+        if surf.axis == 0:
+            sx, sy = rng.uniform(10, 25) * s, rng.uniform(60, 120) * s
+        else:
+            sx, sy = rng.uniform(60, 120) * s, rng.uniform(10, 25) * s
+    xs = cx0 + rng.normal(0, sx, size=count)
+    ys = cy0 + rng.normal(0, sy, size=count)
+    radii = rng.uniform(1.0, 3.5, size=count) * s
+    for cx, cy, r in zip(xs, ys, radii):
+        box = _box(cx, cy, r + 2, n_px, n_px)
+        if box is None:
+            continue
+        a = np.clip(r + 0.5 - np.hypot(box[1] - cx, box[2] - cy), 0, 1)
+        _stamp(alpha, box, a)
+    delta = -rng.uniform(40, 90) * np.ones((n_px, n_px))
+    return Drawn(alpha, delta, "spot-like", None, ("pit", "pits"), float(2 * radii.mean()), "across")
+
+
+def _draw_punching(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = 1 if rng.random() < 0.8 else 2
+    diameters = []
+    for _ in range(count):
+        r = rng.uniform(9, 26) * s
+        cx, cy = rng.uniform(0.15, 0.85, size=2) * n_px
+        box = _box(cx, cy, r + 2, n_px, n_px)
+        a = np.clip(r + 0.5 - np.hypot(box[1] - cx, box[2] - cy), 0, 1)
+        _stamp(alpha, box, a)
+        diameters.append(2 * r)
+    # a hole: nearly black whatever the surface brightness
+    target = rng.uniform(5, 30)
+    delta = (target - surf.image) + rng.normal(0, 1.5, size=(n_px, n_px))
+    return Drawn(alpha, delta, "circular", None, ("round hole", "round holes"), float(np.mean(diameters)),
+                 "across")
+
+
+def _draw_rolled_scale(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = int(rng.integers(8, 31))
+    angle = surf.rolling_angle
+    lengths = []
+    for _ in range(count):
+        cx, cy = rng.uniform(0.05, 0.95, size=2) * n_px
+        a_len = rng.uniform(4, 12) * s
+        b_len = rng.uniform(1.8, 4.5) * s
+        lobes = [(rng.uniform(0, 0.25), rng.uniform(0, 2 * math.pi)) for _ in range(4)]
+        box = _box(cx, cy, a_len * 1.5 + 2, n_px, n_px)
+        a = _blob_alpha(box[1], box[2], cx, cy, a_len, b_len, angle + math.radians(rng.normal(0, 8)), lobes,
+                        softness=1.0 * s)
+        _stamp(alpha, box, a)
+        lengths.append(2 * a_len)
+    delta = -rng.uniform(30, 70) * np.clip(0.75 + 0.35 * _smooth_field(rng, n_px, n_px, 20), 0.2, 1.4)
+    return Drawn(alpha, delta, "fragmented", angle, ("scale flake", "scale flakes"), float(np.mean(lengths)),
+                 "long")
+
+
+def _draw_water_spot(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    delta = np.zeros((n_px, n_px))
+    count = int(rng.integers(1, 5))
+    rim_dark = rng.uniform(30, 60)
+    fill_light = rng.uniform(4, 14)
+    diameters = []
+    for _ in range(count):
+        r = rng.uniform(8, 28) * s
+        cx, cy = rng.uniform(0.1, 0.9, size=2) * n_px
+        ecc = rng.uniform(0.8, 1.0)
+        box = _box(cx, cy, r + 3, n_px, n_px)
+        xx, yy = box[1], box[2]
+        rho = np.hypot(xx - cx, (yy - cy) / ecc)
+        disc = np.clip(r + 0.5 - rho, 0, 1)
+        rim_w = rng.uniform(1.5, 3.5) * s
+        rim = np.exp(-(((rho - (r - rim_w)) / rim_w) ** 2))
+        _stamp(alpha, box, disc)
+        sl = box[0]
+        # tone: rim darker, inside faintly lighter (set where this disc lies; the image gets delta * alpha)
+        delta[sl] = np.where(disc > 0, fill_light - (rim_dark + fill_light) * rim, delta[sl])
+        diameters.append(2 * r)
+    return Drawn(alpha, delta, "circular", None, ("ring-shaped stain", "ring-shaped stains"),
+                 float(np.mean(diameters)), "across", extras=["with a darker rim"])
+
+
+def _draw_welding_line(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    angle = surf.rolling_angle + math.pi / 2 + math.radians(rng.normal(0, 2))
+    width = rng.uniform(4, 13) * s
+    pos = rng.uniform(0.15, 0.85) * n_px
+    yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32)
+    c, sn = math.cos(angle), math.sin(angle)
+    # signed distance across the band (band passes through (pos, pos) along `angle`)
+    d = -(xx - pos) * sn + (yy - pos) * c
+    alpha = np.clip(width / 2 + 0.5 - np.abs(d), 0.0, 1.0)
+    along = (xx - pos) * c + (yy - pos) * sn
+    ripple = 0.8 + 0.2 * np.cos(2 * math.pi * along / (rng.uniform(4, 9) * s))
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    delta = sign * rng.uniform(30, 65) * ripple
+    return Drawn(alpha, delta, "linear", angle, ("weld band", "weld bands"), width, "wide",
+                 extras=["crossing the whole image"])
+
+
+@dataclass(frozen=True)
+class Kind:
+    class_name: str
+    draw: Callable[[np.random.Generator, Surface], Drawn]
+
+
+KINDS: dict[str, Kind] = {k.class_name: k for k in (
+    Kind("Bright scratch", _draw_bright_scratch),
+    Kind("Crazing", _draw_crazing),
+    Kind("Crescent gap", _draw_crescent),
+    Kind("Dark scratches", _draw_dark_scratch),
+    Kind("Inclusion", _draw_inclusion),
+    Kind("Oil spot", _draw_oil_spot),
+    Kind("Patches", _draw_patches),
+    Kind("Pitted surface", _draw_pits),
+    Kind("Punching", _draw_punching),
+    Kind("Rolled in scale", _draw_rolled_scale),
+    Kind("Water spot", _draw_water_spot),
+    Kind("Welding line", _draw_welding_line),
+)}
+DEFAULT_CLASSES: tuple[str, ...] = tuple(sorted(KINDS))
+
+for _name in KINDS:  # the label space must be the release's
+    assert _name in CLASS_NAMES and _name in T1_SENTENCES, _name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one sample: image, mask, geometry, T2
+# ------------------------------------------------------------------------------------------------------------
+_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")
+
+
+def _image_rng(seed: int, class_name: str, split: str, n: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), CLASS_NAMES.index(class_name), SPLITS.index(split), int(n)])
+
+
+def _encode_jpeg(gray: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray, "L").save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _encode_png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask, "L").save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _cell_shares(binary: np.ndarray) -> list[tuple[str, float]]:
+    """3x3 grid shares of the mask pixels (same grid as T3 Position), largest first."""
+    h, w = binary.shape
+    ys = [int(round(k * h / 3)) for k in range(4)]
+    xs = [int(round(k * w / 3)) for k in range(4)]
+    counts = np.array([[binary[ys[r]:ys[r + 1], xs[c]:xs[c + 1]].sum() for c in range(3)] for r in range(3)],
+                      dtype=np.float64).ravel()
+    total = counts.sum()
+    if total == 0:
+        return []
+    order = sorted(range(9), key=lambda i: -counts[i])
+    return [(GRID_CELLS[i], counts[i] / total) for i in order if counts[i] > 0]
+
+
+@dataclass
+class Sample:
+    class_name: str
+    jpeg: bytes
+    png: bytes
+    gray: np.ndarray        # decoded JPEG (what readers of the file see)
+    mask: np.ndarray        # uint8 0 / 255
+    shape: str
+    direction: str
+    distribution: str
+    components: int
+    t2: str
+
+
+def _geometry(binary: np.ndarray, drawn: Drawn) -> tuple[str, int, np.ndarray]:
+    """(Spatial Distribution, component count, centroids) from the drawn mask (module docstring rules)."""
+    labels, count = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return "unclear", 0, np.zeros((0, 2))
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    n = np.bincount(lab, minlength=count + 1)[1:]
+    centroids = np.stack([np.bincount(lab, weights=ys, minlength=count + 1)[1:] / n,
+                          np.bincount(lab, weights=xs, minlength=count + 1)[1:] / n], axis=1)
+    if count == 1:
+        return "isolated", 1, centroids
+    spread = np.sqrt(((centroids - centroids.mean(0)) ** 2).sum(1)).mean() / binary.shape[0]
+    return ("clustered" if spread < CLUSTER_SPREAD else "scattered"), int(count), centroids
+
+
+def _count_phrase(rng: np.random.Generator, count: int) -> str:
+    if count == 1:
+        return str(rng.choice(["a single", "one", "a"]))
+    if count <= 5:
+        return _NUMBER_WORDS[count]
+    if count <= 12:
+        return str(rng.choice(["several", "a group of", "a handful of"]))
+    return str(rng.choice(["many", "numerous", "dozens of"] if count >= 24 else ["many", "numerous"]))
+
+
+def _size_adjective(area_share: float) -> str:
+    for limit, word in ((0.01, "tiny"), (0.03, "small"), (0.10, "moderate"), (0.25, "large")):
+        if area_share < limit:
+            return word
+    return "extensive"
+
+
+def _tone(diff: float) -> tuple[str, str]:
+    """(adverb, comparison) for the measured mean gray difference inside - outside the mask."""
+    strength = "slightly" if abs(diff) < 10 else ("clearly" if abs(diff) <= 40 else "much")
+    if diff < -5:
+        return strength, "darker"
+    if diff > 5:
+        return strength, "brighter"
+    return "", "similar in tone"
+
+
+def _orientation_phrase(rng: np.random.Generator, direction: str, along_rolling: bool) -> str:
+    if direction == "none":
+        return ""
+    verb = str(rng.choice(["running", "oriented", "lying", "extending"]))
+    how = {"horizontal": "horizontally", "vertical": "vertically", "diagonal": "diagonally"}[direction]
+    phrase = f"{verb} {how}"
+    if along_rolling and rng.random() < 0.5:
+        phrase += " along the rolling direction"
+    return phrase
+
+
+def _position_phrase(rng: np.random.Generator, shares: list[tuple[str, float]]) -> str:
+    if not shares:
+        return "at an unclear location"
+    if sum(1 for _, sh in shares if sh >= 0.05) >= 6:
+        return str(rng.choice(["spread over most of the image", "across most of the frame"]))
+    if shares[0][1] >= 0.6 or len(shares) == 1:
+        where = f"the {shares[0][0]}"
+    else:
+        where = f"the {shares[0][0]} and {shares[1][0]}"
+    return str(rng.choice([f"in {where} of the image", f"mainly in {where} region", f"around {where}"]))
+
+
+def _size_phrase(drawn: Drawn, area_share: float) -> str:
+    if drawn.extent_word == "area" or drawn.extent <= 0:
+        return f"covering about {max(1, round(100 * area_share))}% of the image"
+    return f"about {max(1, round(drawn.extent))} pixels {drawn.extent_word}"
+
+
+def _t2_sentence(rng: np.random.Generator, class_name: str, drawn: Drawn, direction: str, count: int,
+                 shares: list[tuple[str, float]], area_share: float, diff: float) -> str:
+    if drawn.collective:
+        noun = drawn.collective
+        if count > 1:
+            noun += f" in {_NUMBER_WORDS[count] if count <= 5 else 'many'} separate pieces"
+        be, pron, cnt = "is", "it", "a"
+    else:
+        noun = drawn.noun[0] if count == 1 else drawn.noun[1]
+        be, pron = ("is", "it") if count == 1 else ("are", "they")
+        cnt = _count_phrase(rng, count)
+    size_adj = _size_adjective(area_share)
+    adv, cmp_word = _tone(diff)
+    tone = (f"{adv} {cmp_word} than the surrounding steel" if adv else "similar in tone to the surrounding steel")
+    orient = _orientation_phrase(rng, direction, drawn.angle is not None and class_name in
+                                 ("Inclusion", "Rolled in scale", "Bright scratch", "Dark scratches"))
+    pos = _position_phrase(rng, shares)
+    size = _size_phrase(drawn, area_share)
+    extra = f" {drawn.extras[0]}" if drawn.extras else ""
+    cls = class_name.lower()
+    template = int(rng.integers(4))
+    if template == 0:
+        parts = [f"The {cls} defect appears as {cnt} {size_adj} {noun}{extra}", orient, tone, size, pos]
+        text = ", ".join(p for p in parts if p) + "."
+    elif template == 1:
+        text = f"{cnt[0].upper() + cnt[1:]} {size_adj} {noun}{extra} {be} visible {pos}; {pron} {be} {tone}"
+        text += (f", {orient}" if orient else "") + f", {size}."
+    elif template == 2:
+        article = "an" if cls[0] in "aeiou" else "a"
+        where = pos if pos.startswith(("spread", "across")) else f"located {pos}"
+        text = (f"This steel surface shows {article} {cls} defect: {cnt} {noun}{extra} {size}"
+                + (f", {orient}" if orient else "") + f", {where} and {tone}.")
+    else:
+        pos_cap = pos[0].upper() + pos[1:]
+        look = f"{adv} {cmp_word}" if adv else "faint"
+        text = f"{pos_cap}, {cnt} {size_adj}, {look} {noun}"
+        text += f"{extra} can be seen" + (f", {orient}" if orient else "") + f"; {pron} {be} {size}."
+    text = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", " ".join(text.split()))
+    return text
+
+
+def render_sample(class_name: str, *, seed: int = 0, split: str = "train", n: int = 1, size: int = 256) -> Sample:
+    """Draw one image of `class_name` (deterministic in seed, class, split, n, size); no files written."""
+    if class_name not in KINDS:
+        raise ValueError(f"no synthetic kind for class {class_name!r}: use one of {', '.join(DEFAULT_CLASSES)}")
+    rng = _image_rng(seed, class_name, split, n)
+    surf = _steel_surface(rng, size)
+    for _attempt in range(50):
+        drawn = KINDS[class_name].draw(rng, surf)
+        binary = drawn.alpha >= 0.5
+        if binary.any():
+            break
+    else:  # pragma: no cover - would need 50 draws entirely off the image
+        raise RuntimeError(f"could not draw a visible {class_name} at size {size}")
+    img = surf.image + drawn.delta * drawn.alpha
+    gray = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    mask = (binary * 255).astype(np.uint8)
+    jpeg = _encode_jpeg(gray)
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("L"))
+    distribution, count, _ = _geometry(binary, drawn)
+    direction = "none" if drawn.angle is None else _direction(drawn.angle)
+    inside = float(decoded[binary].mean())
+    outside = float(decoded[~binary].mean()) if (~binary).any() else inside
+    area_share = float(binary.mean())
+    t2 = _t2_sentence(rng, class_name, drawn, direction, count, _cell_shares(binary), area_share, inside - outside)
+    assert drawn.shape in SHAPES and direction in DIRECTIONS and distribution in DISTRIBUTIONS
+    return Sample(class_name, jpeg, _encode_png(mask), decoded, mask, drawn.shape, direction, distribution,
+                  count, t2)
+
+
+def _annotate(sample: Sample) -> tuple[dict[str, Any], str]:
+    """T3 / T4 from the annotation engine (five rule fields measured, three geometry fields as drawn)."""
+    from sdx.attributes import annotate
+    t3, t4 = annotate(sample.gray, sample.mask, sample.class_name, shape=sample.shape,
+                      direction=sample.direction, distribution=sample.distribution)
+    return t3, t4
+
+
+# ------------------------------------------------------------------------------------------------------------
+# writing a dataset
+# ------------------------------------------------------------------------------------------------------------
+def _resolve_classes(classes: Iterable[str] | str | None) -> list[str]:
+    if classes is None:
+        return list(DEFAULT_CLASSES)
+    if isinstance(classes, str):
+        classes = [c for c in classes.split(",")]
+    by_prefix = {CLASS_TO_PREFIX[c]: c for c in KINDS}
+    by_lower = {c.lower(): c for c in KINDS}
+    out: list[str] = []
+    for raw in classes:
+        name = str(raw).strip()
+        if not name:
+            continue
+        resolved = KINDS.get(name) and name or by_prefix.get(name) or by_lower.get(name.lower())
+        if resolved is None:
+            raise ValueError(f"classes: {name!r} is not a synthetic kind; choose from "
+                             f"{', '.join(f'{c} ({CLASS_TO_PREFIX[c]})' for c in DEFAULT_CLASSES)}")
+        if resolved not in out:
+            out.append(resolved)
+    if not out:
+        raise ValueError("classes: the list is empty")
+    return sorted(out)
+
+
+def _check_params(train_per_class: int, val_per_class: int, seed: int, size: int) -> None:
+    for name, value, low in (("train_per_class", train_per_class, 0), ("val_per_class", val_per_class, 0),
+                             ("seed", seed, 0), ("size", size, 32)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if train_per_class + val_per_class == 0:
+        raise ValueError("train_per_class + val_per_class must be at least 1")
+
+
+def _synthetic_md(summary: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {c} | {CLASS_TO_PREFIX[c]} | {v['train']} | {v['val']} |"
+                     for c, v in summary["per_class"].items())
+    return f"""# SYNTHETIC demo data -- not SteelDefectX
+
+Every image here was drawn by `sdx.synthetic` (generator version {summary['generator_version']}, seed
+{summary['seed']}, {summary['size']}x{summary['size']} pixels). It imitates the layout and annotation schema of
+the SteelDefectX release so the project runs offline, but it is NOT steel data: no accuracy, retrieval or
+segmentation figure obtained on it says anything about real steel defects. Report nothing from it as a result
+without saying that it is synthetic.
+
+Regenerate with: `python steeldefectx.py generate OUT --seed {summary['seed']} --size {summary['size']} \\
+--train_per_class {summary['train_per_class']} --val_per_class {summary['val_per_class']}`
+
+- T1 (class_descriptions.json): sentences written for the generator, not the release's.
+- T2 (natural_language_description): one sentence per image made from the drawn geometry.
+- T3 / T4: {summary['t3_source']}.
+
+| class | prefix | train | val |
+|---|---|---|---|
+{rows}
+"""
+
+
+def generate(out_dir: str | os.PathLike, *, train_per_class: int = 12, val_per_class: int = 6, seed: int = 0,
+             size: int = 256, classes: Iterable[str] | str | None = None, progress: bool = True,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Write a synthetic dataset in the official layout to `out_dir` and return a summary dict.
+
+    classes: class names or file prefixes of KINDS (default: all 12). `out_dir` must be absent or empty unless
+    overwrite=True (then the layout's files and folders in it are replaced).
+    """
+    start = time.perf_counter()
+    _check_params(train_per_class, val_per_class, seed, size)
+    names = _resolve_classes(classes)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out}: folder is not empty (pass overwrite=True / --overwrite to replace it)")
+        for sub in ("train", "val", "train_mask", "val_mask"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    for sub in ("train", "val", "train_mask", "val_mask"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    jobs = [(split, c, n) for c in names for split, n in
+            [("train", i) for i in range(1, train_per_class + 1)]
+            + [("val", train_per_class + i) for i in range(1, val_per_class + 1)]]
+    width = max(2, len(str(train_per_class + val_per_class)))
+    records: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
+    iterator: Iterable = jobs
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(jobs, desc="synthetic images", unit="img")
+    for split, c, n in iterator:
+        sample = render_sample(c, seed=seed, split=split, n=n, size=size)
+        stem = f"{CLASS_TO_PREFIX[c]}_{n:0{width}d}"
+        (out / split / f"{stem}.jpg").write_bytes(sample.jpeg)
+        (out / f"{split}_mask" / f"{stem}.png").write_bytes(sample.png)
+        t3, t4 = _annotate(sample)
+        records[split].append({
+            "image_name": f"{stem}.jpg",
+            "class_name": c,
+            "natural_language_description": sample.t2,
+            "structured_attributes": t3,
+            "template_sentence": t4,
+        })
+    (out / "class_descriptions.json").write_text(
+        json.dumps({c: T1_SENTENCES[c] for c in names}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for split in SPLITS:
+        (out / f"{split}-text.json").write_text(json.dumps(records[split], indent=1, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+    summary = {
+        "out_dir": str(out),
+        "synthetic": True,
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "size": int(size),
+        "train_per_class": int(train_per_class),
+        "val_per_class": int(val_per_class),
+        "classes": names,
+        "per_class": {c: {"train": train_per_class, "val": val_per_class} for c in names},
+        "splits": {"train": len(records["train"]), "val": len(records["val"])},
+        "images": len(jobs),
+        "t3_source": "sdx.attributes.annotate on the decoded JPEG and the mask (Shape, Direction, Spatial "
+                     "Distribution passed from the drawing)",
+    }
+    (out / "SYNTHETIC.md").write_text(_synthetic_md(summary), encoding="utf-8")
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------------
+# cache
+# ------------------------------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    env = os.environ.get("STEELDEFECTX_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "steeldefectx"
+
+
+def _code_digest() -> str:
+    """Digest of the code that determines the files (this module, the annotation engine, the text module)."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in ("synthetic.py", "attributes.py", "text.py"):
+        p = here / name
+        h.update(name.encode())
+        h.update(p.read_bytes() if p.is_file() else b"<absent>")
+    return h.hexdigest()
+
+
+def cache_key(*, train_per_class: int = 12, val_per_class: int = 6, seed: int = 0, size: int = 256,
+              classes: Iterable[str] | str | None = None) -> str:
+    _check_params(train_per_class, val_per_class, seed, size)
+    params = {"train_per_class": int(train_per_class), "val_per_class": int(val_per_class), "seed": int(seed),
+              "size": int(size), "classes": _resolve_classes(classes), "version": GENERATOR_VERSION,
+              "code": _code_digest()}
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_dataset_dir(*, progress: bool = False, **params: Any) -> Path:
+    """Path of the cached synthetic dataset for `params` (those of `generate`), generating it once.
+
+    The folder is $STEELDEFECTX_CACHE (default ~/.cache/steeldefectx) / synthetic-<hash of params, generator
+    version and code digest>. Generation goes to a temporary sibling folder published with os.replace, so a
+    folder that exists is complete.
+    """
+    unknown = set(params) - {"train_per_class", "val_per_class", "seed", "size", "classes"}
+    if unknown:
+        raise TypeError(f"default_dataset_dir: unknown parameter(s) {', '.join(sorted(unknown))}")
+    root = cache_root()
+    final = root / f"synthetic-{cache_key(**params)}"
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        generate(tmp, progress=progress, **params)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir():  # a concurrent writer published it first: keep theirs
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ------------------------------------------------------------------------------------------------------------
+# gallery
+# ------------------------------------------------------------------------------------------------------------
+def contact_sheet(data_dir: str | os.PathLike, out_png: str | os.PathLike, n_per_class: int = 2,
+                  split: str = "train") -> Path:
+    """Render n_per_class images per class with their mask outlined in red and their T2 caption to a PNG."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    data_dir = Path(data_dir)
+    classes = list(json.loads((data_dir / "class_descriptions.json").read_text(encoding="utf-8")))
+    records = json.loads((data_dir / f"{split}-text.json").read_text(encoding="utf-8"))
+    by_class: dict[str, list[dict]] = {c: [] for c in classes}
+    for r in records:
+        if r["class_name"] in by_class and len(by_class[r["class_name"]]) < n_per_class:
+            by_class[r["class_name"]].append(r)
+    rows = [c for c in classes if by_class[c]]
+    fig, axes = plt.subplots(len(rows), 2 * n_per_class, figsize=(4.2 * n_per_class, 2.6 * len(rows)),
+                             squeeze=False)
+    for i, c in enumerate(rows):
+        for j in range(n_per_class):
+            ax_img, ax_mask = axes[i][2 * j], axes[i][2 * j + 1]
+            for ax in (ax_img, ax_mask):
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if j >= len(by_class[c]):
+                ax_img.axis("off")
+                ax_mask.axis("off")
+                continue
+            r = by_class[c][j]
+            stem = Path(r["image_name"]).stem
+            img = np.asarray(Image.open(data_dir / split / r["image_name"]).convert("L"))
+            mask_path = data_dir / f"{split}_mask" / f"{stem}.png"
+            ax_img.imshow(img, cmap="gray", vmin=0, vmax=255)
+            ax_img.set_title(f"{c} ({r['image_name']})", fontsize=7)
+            ax_mask.imshow(img, cmap="gray", vmin=0, vmax=255)
+            if mask_path.is_file():
+                m = np.asarray(Image.open(mask_path).convert("L")) > 127
+                ax_mask.contour(m, levels=[0.5], colors="red", linewidths=0.6)
+            t3 = r.get("structured_attributes") or {}
+            ax_mask.set_title(" / ".join(str(t3.get(k, "?")) for k in ("Shape", "Scale", "Polarity")), fontsize=6)
+            ax_img.set_xlabel("\n".join(textwrap.wrap(r.get("natural_language_description", ""), 60)[:4]),
+                              fontsize=5)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------------------
+def _cli_generate(args: argparse.Namespace) -> dict[str, Any]:
+    summary = generate(args.out, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                       seed=args.seed, size=args.size, classes=args.classes, progress=not args.quiet,
+                       overwrite=args.overwrite)
+    if args.contact_sheet:
+        summary["contact_sheet"] = str(contact_sheet(args.out, args.contact_sheet, n_per_class=2))
+    print(f"wrote {summary['images']} synthetic images ({summary['splits']['train']} train, "
+          f"{summary['splits']['val']} val, {len(summary['classes'])} classes) to {summary['out_dir']} "
+          f"in {summary['seconds']:.1f} s")
+    return summary
+
+
+def register_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `generate` subcommand (func returns generate()'s summary dict)."""
+    p = subparsers.add_parser(
+        "generate", help="write the embedded synthetic demo dataset (official layout) to a folder",
+        description="Draw a seeded synthetic steel-defect dataset (grayscale textures with drawn defects of "
+                    f"{len(KINDS)} kinds named after SteelDefectX classes, masks, T1-T4 text) in the official "
+                    "SteelDefectX layout. Demo and test data only: report nothing from it as a real result.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("out", metavar="OUT", help="output folder (absent or empty, unless --overwrite)")
+    p.add_argument("--train_per_class", type=int, default=12, help="train images per class")
+    p.add_argument("--val_per_class", type=int, default=6, help="val images per class")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed -> byte-identical files)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (>= 32)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                   help="class names or file prefixes to draw (default: all of "
+                        + ", ".join(CLASS_TO_PREFIX[c] for c in DEFAULT_CLASSES) + ")")
+    p.add_argument("--overwrite", action="store_true", help="replace the layout in a non-empty OUT")
+    p.add_argument("--contact_sheet", metavar="PNG", default=None,
+                   help="also render 2 images per class with masks and captions to this PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cli_generate)
+    return p
