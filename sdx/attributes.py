@@ -82,6 +82,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from sdx.text import (CLASS_NAMES, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, NUMBERS, SHAPES, T3_FIELDS,
                       render_t4)
@@ -274,8 +275,11 @@ def _stats_from_arrays(gray: np.ndarray, m: np.ndarray) -> tuple[dict[str, Any],
     area = int(np.count_nonzero(binary))
     labels, count = ndimage.label(binary, structure=_EIGHT)
     if area:
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        largest = float(sizes.max()) / area
+        if count > 1:
+            sizes = np.bincount(labels[labels > 0], minlength=count + 1)[1:]
+            largest = float(sizes.max()) / area
+        else:
+            largest = 1.0
         total_sum = float(gray.sum(dtype=np.int64))
         in_sum = float(gray[binary].sum(dtype=np.int64))
         mean_defect = in_sum / area
@@ -316,19 +320,286 @@ def _rule_fields(stats: Mapping[str, Any], position: list) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 # geometry (Shape, Direction, Spatial Distribution)
 # ----------------------------------------------------------------------------------------------------------
-def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int | None = None) -> dict[str, Any]:
-    """Shape, Direction and Spatial Distribution from mask geometry (rules in the docstring of this function).
+# Thresholds of the geometry rules (documented in compute_geometry's docstring; change them only there too).
+DIFFUSE_MIN_SCALE = 0.5          # mask covers at least half the image -> "diffuse"
+LINEAR_MIN_ELONGATION = 4.0      # moment axis ratio of a straight thin defect
+ELONGATED_MIN_ELONGATION = 2.0   # moment axis ratio of an elongated defect (also the Direction threshold)
+CURVED_MIN_SLENDERNESS = 4.0     # length / thickness of a thin band that bends
+CURVED_MAX_SOLIDITY = 0.6
+NETWORK_MIN_HOLES = 3            # enclosed background regions inside the dominant component
+NETWORK_MAX_SOLIDITY = 0.6
+CIRCULAR_MAX_ELONGATION = 1.5
+CIRCULAR_MIN_ROUNDNESS = 0.85    # 4*pi*hull_area / hull_perimeter**2 (1 for a disc, pi/4 for a square)
+CIRCULAR_MIN_SOLIDITY = 0.85
+SPOT_MAX_AREA = 0.01             # dominant component smaller than 1% of the image
+SPOT_MIN_SOLIDITY = 0.7
+PATCH_MIN_SOLIDITY = 0.75
+FRAGMENTED_MIN_COMPONENTS = 4
+FRAGMENTED_MAX_LARGEST = 0.35    # largest component holds < 35% of the mask
+ISOLATED_MIN_LARGEST = 0.9       # one component holds >= 90% of the mask -> still "isolated"
+CLUSTERED_MAX_EXTENT = 0.5       # union bounding box spans at most half the image in both directions
+DIAGONAL_BAND = (22.5, 67.5)     # orientation (degrees from horizontal): < 22.5 horizontal, > 67.5 vertical
 
-    Returns {"Shape", "Direction", "Spatial Distribution", "features": {...}}.
+# Gray's bit-quad tables: index = a + 2b + 4c + 8d over every 2x2 window (a b / c d)
+_Q1 = np.zeros(16, np.int64)
+_Q1[[1, 2, 4, 8]] = 1
+_Q3 = np.zeros(16, np.int64)
+_Q3[[7, 11, 13, 14]] = 1
+_QD = np.zeros(16, np.int64)
+_QD[[6, 9]] = 1          # (b, c) and (a, d): the two diagonal pairs
+
+
+def _moments(sub: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(area, cy, cx, elongation, orientation_deg) of a bool crop from projections (no per-pixel Python loop).
+
+    Each pixel is a unit square, so 1/12 is added to both variances (a one-pixel-wide line is not degenerate).
+    Orientation: angle of the major axis from the horizontal, in [0, 90] degrees (sign is dropped: the
+    Direction value set does not distinguish the two diagonals).
+    """
+    h, w = sub.shape
+    ys = np.arange(h, dtype=np.float64)
+    xs = np.arange(w, dtype=np.float64)
+    u8 = sub.view(np.uint8)
+    row = u8.sum(axis=1, dtype=np.int64).astype(np.float64)
+    col = u8.sum(axis=0, dtype=np.int64).astype(np.float64)
+    area = float(row.sum())
+    cy, cx = float(row @ ys) / area, float(col @ xs) / area
+    vyy = float(row @ (ys - cy) ** 2) / area + 1 / 12
+    vxx = float(col @ (xs - cx) ** 2) / area + 1 / 12
+    rx = sub.astype(np.float32) @ (xs - cx).astype(np.float32)       # per-row sum of (x - cx)
+    vxy = float(rx.astype(np.float64) @ (ys - cy)) / area
+    tr, det = vxx + vyy, vxx * vyy - vxy * vxy
+    disc = math.sqrt(max(tr * tr / 4 - det, 0.0))
+    l1, l2 = tr / 2 + disc, max(tr / 2 - disc, 1e-12)
+    elong = math.sqrt(l1 / l2)
+    angle = abs(math.degrees(0.5 * math.atan2(2 * vxy, vxx - vyy)))   # 0 = along x (horizontal)
+    return area, cy, cx, elong, angle
+
+
+def _hull(sub: np.ndarray) -> tuple[float, float]:
+    """(area, perimeter) of the convex hull of the pixel squares of one 8-connected component's bool crop.
+
+    The hull of the component equals the hull of the outer corners of each row's leftmost and rightmost pixel
+    (the rows of a connected component are contiguous). Corners on vertical runs of equal row ends are
+    collinear and dropped before qhull.
+    """
+    rows = np.flatnonzero(sub.any(axis=1))
+    body = sub[rows[0]:rows[-1] + 1]
+    left = body.argmax(axis=1)
+    right = body.shape[1] - body[:, ::-1].argmax(axis=1)          # exclusive right edge
+    y = np.arange(rows[0], rows[-1] + 1)
+    pts = []
+    for ends in (left, right):
+        first = np.ones(len(ends), bool)
+        first[1:] = ends[1:] != ends[:-1]
+        last = np.ones(len(ends), bool)
+        last[:-1] = ends[:-1] != ends[1:]
+        pts.append(np.stack([ends[first], y[first]], 1))
+        pts.append(np.stack([ends[last], y[last] + 1], 1))
+    pts = np.concatenate(pts).astype(np.float64)
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:  # pragma: no cover - corner points of a non-empty crop always span an area
+        area = float(np.count_nonzero(sub))
+        return area, 4.0 * math.sqrt(area)
+    return float(hull.volume), float(hull.area)
+
+
+def _runs_and_euler(sub: np.ndarray) -> tuple[int, int, int]:
+    """(horizontal runs, vertical runs, 8-connected Euler number) of a bool crop, by bit-quad counting."""
+    p = np.pad(sub, 1).view(np.uint8)
+    h_runs = int(np.count_nonzero(p[:, 1:] > p[:, :-1]))
+    v_runs = int(np.count_nonzero(p[1:, :] > p[:-1, :]))
+    code = p[:-1, :-1] + 2 * p[:-1, 1:] + 4 * p[1:, :-1] + 8 * p[1:, 1:]
+    hist = np.bincount(code.ravel(), minlength=16)
+    euler = int(hist @ _Q1 - hist @ _Q3 - 2 * (hist @ _QD)) // 4
+    return h_runs, v_runs, euler
+
+
+def _direction_word(elong: float, angle: float) -> str:
+    if elong < ELONGATED_MIN_ELONGATION:
+        return "none"
+    if angle < DIAGONAL_BAND[0]:
+        return "horizontal"
+    if angle > DIAGONAL_BAND[1]:
+        return "vertical"
+    return "diagonal"
+
+
+def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int | None = None,
+                     full: bool = False) -> dict[str, Any]:
+    """Shape, Direction and Spatial Distribution from mask geometry, within the authors' value sets.
+
+    Returns ``{"Shape", "Direction", "Spatial Distribution", "features": {...}}``; the costlier features
+    (hull, runs, holes, whole-mask moments) are computed only when a rule needs them, all of them with
+    ``full=True`` (the report script). Everything is measured on
+    the binary mask (> 127) with 8-connected components; the *dominant* component D is the largest one.
+
+    Features (of D unless said otherwise; all vectorised, no per-pixel Python loop):
+
+    * ``elongation`` = sqrt(l1 / l2), l1 >= l2 the eigenvalues of the covariance of D's pixel coordinates (+1/12
+      per axis for the pixel extent); ``angle`` = major-axis angle from the horizontal, 0..90 degrees.
+    * ``solidity`` = area / convex-hull area (hull of the pixel squares, scipy.spatial.ConvexHull on the outer
+      corners of each row's end pixels); ``roundness`` = 4*pi*hull_area / hull_perimeter**2 (1 disc, 0.785
+      square); ``fill`` = area / bounding-box area.
+    * ``thickness`` = min(area / horizontal runs, area / vertical runs) (the mean chord across D; the width of
+      a band), ``slenderness`` = area / thickness**2 (length over width of a band; ~1 for compact blobs).
+    * ``holes`` = 1 - Euler number of D (8-connected foreground, Gray's bit-quads) = enclosed background regions.
+    * mask-level: ``scale_ratio``, ``component_count``, ``largest_ratio`` (D's share of the mask),
+      ``extent`` = max(height / H, width / W) of the bounding box of all components, and the elongation and angle
+      of the whole mask.
+
+    Shape (first rule that matches):
+
+    1. no component -> "unclear";
+    2. scale_ratio >= 0.5 -> "diffuse" (the defect covers most of the surface; no outline to describe);
+    3. elongation < 4, holes >= 3 and solidity < 0.6 -> "network-like" (a mesh enclosing background);
+    4. component_count >= 4 and largest_ratio < 0.35 -> "spot-like" if D is small (< 1% of the image) and
+       compact (solidity >= 0.7), else "fragmented";
+    5. elongation >= 4 -> "linear";
+    6. slenderness >= 4 and solidity < 0.6 -> "curved" (a thin band whose moments are not elongated: it bends);
+    7. elongation >= 2 -> "elongated";
+    8. elongation < 1.5, roundness >= 0.85 and solidity >= 0.85 -> "circular";
+    9. D smaller than 1% of the image and solidity >= 0.7 -> "spot-like";
+    10. solidity >= 0.75 -> "patch-like";
+    11. otherwise -> "irregular".
+
+    Direction: from D's moments when D's elongation >= 2, else from the whole mask's moments when its elongation
+    >= 2 (aligned pieces), else "none". Angle < 22.5 degrees "horizontal", > 67.5 "vertical", else "diagonal".
+    Shapes "diffuse" and "network-like" always get "none" (no single direction).
+
+    Spatial Distribution: 0 components "unclear"; 1 component "isolated" (the authors' rule); D holding
+    >= 90% of the mask "isolated" (one region with negligible crumbs); union bounding box spanning <= 50% of
+    the image in both directions (extent <= 0.5) "clustered"; else "scattered".
     """
     m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 else load_mask(mask)
+    binary = m > BINARY_THRESHOLD
     if labels is None or count is None:
-        labels, count = ndimage.label(m > BINARY_THRESHOLD, structure=_EIGHT)
+        labels, count = ndimage.label(binary, structure=_EIGHT)
     if count == 0:
         return {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
-                "Spatial Distribution": FALLBACK_DISTRIBUTION, "features": {}}
-    return {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
-            "Spatial Distribution": "isolated" if count == 1 else FALLBACK_DISTRIBUTION, "features": {}}
+                "Spatial Distribution": FALLBACK_DISTRIBUTION, "features": {"component_count": 0}}
+    h, w = binary.shape
+    n = binary.size
+    # union bounding box (all components) and the dominant component's crop
+    rows_any, cols_any = binary.any(axis=1), binary.any(axis=0)
+    y0, y1 = int(rows_any.argmax()), h - int(rows_any[::-1].argmax())
+    x0, x1 = int(cols_any.argmax()), w - int(cols_any[::-1].argmax())
+    if count == 1:
+        sub = binary[y0:y1, x0:x1]
+        total = None
+    else:
+        sizes = np.bincount(labels[labels > 0], minlength=count + 1)
+        sizes[0] = 0
+        k = int(sizes.argmax())
+        total = float(sizes.sum())
+        dom = labels[y0:y1, x0:x1] == k
+        r_any, c_any = dom.any(axis=1), dom.any(axis=0)
+        sub = dom[int(r_any.argmax()):len(r_any) - int(r_any[::-1].argmax()),
+                  int(c_any.argmax()):len(c_any) - int(c_any[::-1].argmax())]
+    area, _, _, elong, angle = _moments(sub)
+    total = area if total is None else total
+    f: dict[str, Any] = {
+        "scale_ratio": total / n,
+        "component_count": int(count),
+        "largest_ratio": area / total,
+        "extent": max((y1 - y0) / h, (x1 - x0) / w),
+        "area_ratio": area / n,
+        "elongation": elong,
+        "angle": angle,
+        "fill": area / float(sub.shape[0] * sub.shape[1]),
+    }
+
+    # the costlier features are computed only when a rule needs them (all of them with full=True)
+    def hull_feats() -> None:
+        if "solidity" not in f:
+            hull_area, hull_perim = _hull(sub)
+            f["solidity"] = min(area / hull_area, 1.0)
+            f["roundness"] = 4 * math.pi * hull_area / (hull_perim * hull_perim)
+
+    def run_feats() -> None:
+        if "holes" not in f:
+            h_runs, v_runs, euler = _runs_and_euler(sub)
+            thickness = min(area / max(h_runs, 1), area / max(v_runs, 1))
+            f["thickness"] = thickness
+            f["slenderness"] = area / (thickness * thickness)
+            f["holes"] = 1 - euler
+
+    def mask_moments() -> None:
+        if "mask_elongation" not in f:
+            if count == 1:
+                f["mask_elongation"], f["mask_angle"] = elong, angle
+            else:
+                _, _, _, f["mask_elongation"], f["mask_angle"] = _moments(binary[y0:y1, x0:x1])
+
+    if full:
+        hull_feats()
+        run_feats()
+        mask_moments()
+
+    def small_compact() -> bool:
+        if f["area_ratio"] >= SPOT_MAX_AREA:
+            return False
+        hull_feats()
+        return f["solidity"] >= SPOT_MIN_SOLIDITY
+
+    def network() -> bool:
+        if elong >= LINEAR_MIN_ELONGATION:
+            return False  # a straight line never encloses three regions; skip the cost
+        run_feats()
+        if f["holes"] < NETWORK_MIN_HOLES:
+            return False
+        hull_feats()
+        return f["solidity"] < NETWORK_MAX_SOLIDITY
+
+    def curved() -> bool:
+        run_feats()
+        if f["slenderness"] < CURVED_MIN_SLENDERNESS:
+            return False
+        hull_feats()
+        return f["solidity"] < CURVED_MAX_SOLIDITY
+
+    def circular() -> bool:
+        if elong >= CIRCULAR_MAX_ELONGATION:
+            return False
+        hull_feats()
+        return f["roundness"] >= CIRCULAR_MIN_ROUNDNESS and f["solidity"] >= CIRCULAR_MIN_SOLIDITY
+
+    if f["scale_ratio"] >= DIFFUSE_MIN_SCALE:
+        shape = "diffuse"
+    elif network():
+        shape = "network-like"
+    elif count >= FRAGMENTED_MIN_COMPONENTS and f["largest_ratio"] < FRAGMENTED_MAX_LARGEST:
+        shape = "spot-like" if small_compact() else "fragmented"
+    elif elong >= LINEAR_MIN_ELONGATION:
+        shape = "linear"
+    elif curved():
+        shape = "curved"
+    elif elong >= ELONGATED_MIN_ELONGATION:
+        shape = "elongated"
+    elif circular():
+        shape = "circular"
+    elif small_compact():
+        shape = "spot-like"
+    else:
+        hull_feats()
+        shape = "patch-like" if f["solidity"] >= PATCH_MIN_SOLIDITY else "irregular"
+
+    if shape in ("diffuse", "network-like"):
+        direction = "none"
+    elif elong >= ELONGATED_MIN_ELONGATION:
+        direction = _direction_word(elong, angle)
+    else:
+        mask_moments()
+        direction = _direction_word(f["mask_elongation"], f["mask_angle"])
+
+    if count == 1 or f["largest_ratio"] >= ISOLATED_MIN_LARGEST:
+        dist = "isolated"
+    elif f["extent"] <= CLUSTERED_MAX_EXTENT:
+        dist = "clustered"
+    else:
+        dist = "scattered"
+    return {"Shape": shape, "Direction": direction, "Spatial Distribution": dist, "features": f}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -343,10 +614,12 @@ def _check_choice(value: str | None, allowed: tuple[str, ...], field: str) -> st
 
 
 def analyze(image: Any, mask: Any, class_name: str, *, shape: str | None = None, direction: str | None = None,
-            distribution: str | None = None, resize_mask: bool = False, geometry: bool = True) -> dict[str, Any]:
+            distribution: str | None = None, resize_mask: bool = False, geometry: bool = True,
+            full_features: bool = False) -> dict[str, Any]:
     """Everything at once: {"statistics", "attributes" (T3, release form), "t4", "geometry" (features)}.
 
-    ``geometry=False`` skips the geometry rules (the three fields then take the authors' fallbacks unless given).
+    ``geometry=False`` skips the geometry rules (the three fields then take the authors' fallbacks unless given);
+    ``full_features=True`` computes every geometry feature, not only those the rules needed.
     """
     if not isinstance(class_name, str) or not class_name.strip():
         raise ValueError(f"class_name must be a non-empty string, got {class_name!r}")
@@ -356,8 +629,8 @@ def analyze(image: Any, mask: Any, class_name: str, *, shape: str | None = None,
     gray, m = load_pair(image, mask, resize_mask=resize_mask)
     stats, labels, count = _stats_from_arrays(gray, m)
     position = compute_position(m)
-    if geometry and (shape is None or direction is None or distribution is None):
-        geo = compute_geometry(m, labels=labels, count=count)
+    if geometry and (full_features or shape is None or direction is None or distribution is None):
+        geo = compute_geometry(m, labels=labels, count=count, full=full_features)
     else:
         geo = {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
                "Spatial Distribution": FALLBACK_DISTRIBUTION, "features": {}}

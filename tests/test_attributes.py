@@ -286,3 +286,89 @@ def test_annotate_uses_render_t4_and_explicit_fields():
     assert t4 == render_t4(t3)
     assert "It extends in a vertical direction. " in t4
     assert t3["Shape"] in SHAPES and t3["Direction"] in DIRECTIONS and t3["Spatial Distribution"] in DISTRIBUTIONS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# geometry rules (Shape, Direction, Spatial Distribution)
+# ---------------------------------------------------------------------------------------------------------
+_YY, _XX = np.mgrid[:256, :256]
+_R = np.hypot(_YY - 128, _XX - 128)
+
+
+def _geo(mask: np.ndarray) -> tuple[str, str, str]:
+    g = A.compute_geometry(mask.astype(np.uint8) * 255)
+    return g["Shape"], g["Direction"], g["Spatial Distribution"]
+
+
+def _spots(centres, radius):
+    m = np.zeros((256, 256), bool)
+    for cy, cx in centres:
+        m |= (_YY - cy) ** 2 + (_XX - cx) ** 2 < radius ** 2
+    return m
+
+
+@pytest.mark.parametrize("name, mask, want", [
+    ("disc", _R < 30, ("circular", "none", "isolated")),
+    ("square", (abs(_YY - 128) < 40) & (abs(_XX - 128) < 40), ("patch-like", "none", "isolated")),
+    ("vertical line", (abs(_XX - 128) < 2) & (abs(_YY - 128) < 100), ("linear", "vertical", "isolated")),
+    ("horizontal line", (abs(_YY - 60) < 3) & (abs(_XX - 128) < 100), ("linear", "horizontal", "isolated")),
+    ("diagonal line", (abs(_YY - _XX) < 3) & (abs(_YY - 128) < 90), ("linear", "diagonal", "isolated")),
+    ("anti-diagonal line", (abs(_YY + _XX - 256) < 3) & (abs(_YY - 128) < 90), ("linear", "diagonal", "isolated")),
+    ("ellipse 3:1", ((_YY - 128) / 20) ** 2 + ((_XX - 128) / 60) ** 2 < 1, ("elongated", "horizontal", "isolated")),
+    ("upper arc", (abs(_R - 80) < 4) & (_YY < 128), ("curved", "horizontal", "isolated")),
+    ("C shape", (abs(_R - 60) < 5) & (_XX < 160), ("curved", "none", "isolated")),
+    ("mesh", ((_YY % 32 < 3) | (_XX % 32 < 3)) & (abs(_YY - 128) < 80) & (abs(_XX - 128) < 80),
+     ("network-like", "none", "isolated")),
+    ("full", np.ones((256, 256), bool), ("diffuse", "none", "isolated")),
+    ("one pixel", (_YY == 3) & (_XX == 4), ("spot-like", "none", "isolated")),
+    ("scattered spots", _spots([(20, 20), (20, 230), (128, 128), (230, 30), (230, 230), (60, 180)], 4),
+     ("spot-like", "none", "scattered")),
+    ("clustered spots", _spots([(100, 100), (100, 130), (125, 110), (140, 140), (110, 150)], 4),
+     ("spot-like", "none", "clustered")),
+    ("blob with crumbs", (_R < 40) | ((_YY == 10) & (_XX == 10)) | ((_YY == 250) & (_XX == 250)),
+     ("circular", "none", "isolated")),
+    ("two far bars", ((abs(_XX - 40) < 3) | (abs(_XX - 210) < 3)) & (abs(_YY - 128) < 90),
+     ("linear", "vertical", "scattered")),
+    ("many pieces", ((_XX % 50 < 25) & (_YY % 50 < 35)) & (abs(_YY - 128) < 100) & (abs(_XX - 128) < 100),
+     ("fragmented", "none", "scattered")),
+])
+def test_geometry_rules_on_drawn_shapes(name, mask, want):
+    assert _geo(mask) == want, name
+
+
+def test_geometry_values_within_authors_sets_and_full_features(oracle_dir):
+    for path in sorted((oracle_dir / "masks").glob("*.png"))[::10]:
+        g = A.compute_geometry(path, full=True)
+        assert g["Shape"] in SHAPES and g["Direction"] in DIRECTIONS and g["Spatial Distribution"] in DISTRIBUTIONS
+        f = g["features"]
+        assert 0 < f["solidity"] <= 1 and 0 < f["roundness"] <= 1.0 + 1e-9 and f["elongation"] >= 1
+        lazy = A.compute_geometry(path)
+        assert (lazy["Shape"], lazy["Direction"], lazy["Spatial Distribution"]) == \
+            (g["Shape"], g["Direction"], g["Spatial Distribution"])
+
+
+def test_hull_matches_brute_force_pixel_corner_hull():
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        m = rng.random((40, 50)) < 0.3
+        m = ndimage.binary_closing(m, iterations=2)
+        lab, n = ndimage.label(m, np.ones((3, 3)))
+        if n == 0:
+            continue
+        sub = lab[ndimage.find_objects(lab)[0]] == 1
+        ys, xs = np.nonzero(sub)
+        pts = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+        ref = ConvexHull(pts)
+        area, perim = A._hull(sub)
+        assert area == pytest.approx(ref.volume) and perim == pytest.approx(ref.area)
+
+
+def test_explicit_fields_override_geometry_and_one_component_isolated():
+    m = ((abs(_XX - 128) < 2) & (abs(_YY - 128) < 100)).astype(np.uint8) * 255
+    g = np.full((256, 256), 80, np.uint8)
+    t3 = A.compute_attributes(g, m, "Bright scratch")
+    assert (t3["Shape"], t3["Direction"], t3["Spatial Distribution"]) == ("linear", "vertical", "isolated")
+    t3 = A.compute_attributes(g, m, "Bright scratch", shape="curved", direction="none", distribution="clustered")
+    assert (t3["Shape"], t3["Direction"], t3["Spatial Distribution"]) == ("curved", "none", "isolated")

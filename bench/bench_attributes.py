@@ -1,0 +1,92 @@
+"""Benchmark of the annotation engine: image+mask pairs per second on one core, decoding included.
+
+Runs sdx.attributes.analyze over the real fixture's 1,800 masked pairs (train_mask + val_mask with their images)
+twice: all nine fields (geometry rules included) and the rule-based fields only (geometry=False, as when the
+three model fields are given). One process, one thread (OMP/BLAS threads pinned to 1 before numpy loads).
+CPU time (time.process_time) is the headline figure because the machine is shared; wall time is printed too.
+
+    python bench/bench_attributes.py [--data_dir ../shared/data/steeldefectx-real-subset] [--repeat 1]
+                                     [--limit N] [--out /tmp/team/BENCH_attributes.md]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sdx.attributes import analyze  # noqa: E402
+from sdx.text import PREFIX_TO_CLASS  # noqa: E402
+
+GOAL = 500.0
+
+
+def fixture_pairs(data_dir: Path) -> list[tuple[Path, Path, str]]:
+    pairs = []
+    for split in ("train", "val"):
+        for mask in sorted((data_dir / f"{split}_mask").glob("*.png")):
+            prefix = mask.stem.rsplit("_", 1)[0]
+            pairs.append((data_dir / split / f"{mask.stem}.jpg", mask, PREFIX_TO_CLASS[prefix]))
+    return pairs
+
+
+def run(pairs, geometry: bool) -> tuple[float, float]:
+    w0, c0 = time.perf_counter(), time.process_time()
+    for img, mask, cls in pairs:
+        analyze(img, mask, cls, geometry=geometry)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "steeldefectx-real-subset")
+    ap.add_argument("--repeat", type=int, default=1, help="passes over the pairs (best pass is reported)")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs (0 = all)")
+    ap.add_argument("--out", default="/tmp/team/BENCH_attributes.md",
+                    help="append the result rows to this markdown file ('' to skip)")
+    args = ap.parse_args(argv)
+    pairs = fixture_pairs(args.data_dir)
+    if args.limit:
+        pairs = pairs[:args.limit]
+    if not pairs:
+        raise SystemExit(f"no masks found under {args.data_dir}/train_mask or val_mask")
+    analyze(*pairs[0])  # warm-up (imports, first qhull call)
+    results = {}
+    for label, geometry in (("all nine fields (geometry rules)", True), ("rule fields only", False)):
+        best_wall, best_cpu = float("inf"), float("inf")
+        for _ in range(max(1, args.repeat)):
+            wall, cpu = run(pairs, geometry)
+            best_wall, best_cpu = min(best_wall, wall), min(best_cpu, cpu)
+        results[label] = {"pairs": len(pairs), "cpu_s": best_cpu, "wall_s": best_wall,
+                          "pairs_per_s_cpu": len(pairs) / best_cpu, "pairs_per_s_wall": len(pairs) / best_wall}
+        r = results[label]
+        print(f"{label:34s} {len(pairs)} pairs: {r['pairs_per_s_cpu']:7.1f} pairs/s per CPU-second "
+              f"({r['pairs_per_s_wall']:.1f}/s wall), goal {GOAL:.0f}/s -> ratio {r['pairs_per_s_cpu'] / GOAL:.2f}")
+    if args.out:
+        args.out = Path(args.out)
+        machine = f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}"
+        new = not args.out.exists()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as fh:
+            if new:
+                fh.write("| command | what | figure | goal | ratio | machine |\n|---|---|---|---|---|---|\n")
+            for label, r in results.items():
+                fh.write(f"| `python bench/bench_attributes.py` | {label}, {r['pairs']} fixture pairs, 1 core, "
+                         f"decode included | {r['pairs_per_s_cpu']:.0f} pairs/s (CPU time; "
+                         f"{r['pairs_per_s_wall']:.0f}/s wall) | >= {GOAL:.0f}/s | "
+                         f"{r['pairs_per_s_cpu'] / GOAL:.2f} | {machine} |\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
