@@ -1,0 +1,313 @@
+"""Tests of train_clip.py and the CLIP section of sdx.models: a tiny CLIP + local tokenizer saved to a temp dir
+and loaded back via --model_name_or_path; every caption level and method for a few steps; kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_clip
+from sdx import clip_training as CT
+from sdx import text as T
+
+CLASSES = ["Bright scratch", "Punching", "Patches", "Water spot"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from sdx.synthetic import generate
+
+    out = tmp_path_factory.mktemp("syn")
+    generate(out, train_per_class=6, val_per_class=2, size=32, classes=CLASSES, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("hfcache")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory, data_dir):
+    """A tiny CLIP (hidden 32, 2 layers, image 32, patch 16) with a tokenizer trained on the dataset's texts,
+    saved with its processor: the real loading path of --model_name_or_path."""
+    from sdx.models import build_clip_from_scratch
+
+    texts = []
+    for split in ("train", "val"):
+        for rec in json.loads((data_dir / f"{split}-text.json").read_text()):
+            texts += [T.t0_prompt(rec["class_name"]), rec["natural_language_description"],
+                      rec["template_sentence"], T.render_t3(rec["structured_attributes"])]
+    texts += list(json.loads((data_dir / "class_descriptions.json").read_text()).values())
+    model, processor = build_clip_from_scratch("tiny", texts, vocab_size=600, seed=0)
+    cfg = model.config
+    assert (cfg.vision_config.hidden_size, cfg.vision_config.num_hidden_layers, cfg.vision_config.image_size,
+            cfg.vision_config.patch_size, cfg.text_config.hidden_size) == (32, 2, 32, 16, 32)
+    out = tmp_path_factory.mktemp("tiny_clip")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _run(tmp_path, name, data_dir, cache_dir, model_dir, *extra, steps=2):
+    out = tmp_path / name
+    argv = ["--data_dir", str(data_dir), "--dataset_cache_dir", str(cache_dir), "--output_dir", str(out),
+            "--model_name_or_path", str(model_dir), "--validation_fraction", "0.25",
+            "--per_device_train_batch_size", "6", "--per_device_eval_batch_size", "16", "--seed", "3"]
+    if steps is not None:
+        argv += ["--max_train_steps", str(steps)]
+    return train_clip.main(argv + list(extra)), out
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+# -------------------------------------------------------------------------------------------------------------
+# models
+# -------------------------------------------------------------------------------------------------------------
+def test_tiny_clip_round_trip_and_encoders(tiny_clip):
+    from PIL import Image
+    from transformers import AutoProcessor, CLIPProcessor
+
+    from sdx.models import encode_images, encode_texts, load_clip
+
+    model, processor = load_clip(str(tiny_clip))
+    assert isinstance(AutoProcessor.from_pretrained(str(tiny_clip)), CLIPProcessor)
+    tok = processor.tokenizer
+    assert (tok.bos_token_id, tok.eos_token_id, model.config.text_config.eos_token_id) == (0, 1, 1)
+    # every byte is in the vocabulary: unseen characters never become the unknown (= end-of-text) token
+    ids = tok("Zebra ünïcode ~ 42")["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 1 and 1 not in ids[1:-1]
+    # truncation at the model's text length
+    long = tok(["word " * 500], truncation=True)["input_ids"][0]
+    assert len(long) == model.config.text_config.max_position_embeddings
+    img = Image.new("L", (64, 48), 120).convert("RGB")
+    enc = processor(images=[img, img], text=["a dark spot", "a bright scratch"], return_tensors="pt",
+                    padding=True)
+    assert enc["pixel_values"].shape == (2, 3, 32, 32)
+    ei = encode_images(model, enc["pixel_values"])
+    et = encode_texts(model, enc["input_ids"], enc["attention_mask"])
+    assert torch.allclose(ei.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(et.norm(dim=-1), torch.ones(2), atol=1e-5)
+    # padding does not change a text's embedding (pooled at the first end-of-text token)
+    single = tok(["a dark spot"], return_tensors="pt")
+    assert torch.allclose(encode_texts(model, single["input_ids"], single["attention_mask"])[0], et[0], atol=1e-5)
+
+
+def test_encoders_accept_tensor_returning_models():
+    from sdx.models import encode_images, encode_texts
+
+    class Dual(torch.nn.Module):
+        def get_image_features(self, pixel_values):
+            return pixel_values.flatten(1)[:, :4] * 3
+
+        def get_text_features(self, input_ids, attention_mask=None):
+            return input_ids.float()
+
+    e = encode_images(Dual(), torch.ones(2, 1, 2, 2))
+    assert torch.allclose(e, torch.full((2, 4), 0.5))
+    assert torch.allclose(encode_texts(Dual(), torch.tensor([[3, 4]])), torch.tensor([[0.6, 0.8]]))
+
+
+def test_lora_targets_and_adapter_math(tiny_clip):
+    from sdx.models import ClipAdapter, apply_clip_lora, load_clip, lora_target_regex
+
+    model, _ = load_clip(str(tiny_clip))
+    peft_model = apply_clip_lora(model, "text", r=2, alpha=4)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("text_model" in n and "lora_" in n for n in trainable)
+    assert {n.split(".self_attn.")[1].split(".")[0] for n in trainable} == {"q_proj", "k_proj", "v_proj",
+                                                                           "out_proj"}
+    with pytest.raises(ValueError, match="lora_towers"):
+        lora_target_regex("audio")
+    ad = ClipAdapter(8, reduction=4, alpha=0.2)
+    with torch.no_grad():
+        ad.fc[0].weight.zero_()
+    x = torch.randn(3, 8)
+    assert torch.allclose(ad(x), 0.8 * x)        # MLP output 0 -> (1 - alpha) * x
+
+
+def test_load_clip_bad_paths(tmp_path):
+    from sdx.models import load_clip
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_clip(str(empty))
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="file.txt"):
+        load_clip(str(f))
+
+
+# -------------------------------------------------------------------------------------------------------------
+# texts and sampling
+# -------------------------------------------------------------------------------------------------------------
+def _row(**kw):
+    base = {"class_name": "Patches", "t0": T.t0_prompt("Patches"), "t1": "A photo of patches.", "t2": "",
+            "t3": None, "t4": ""}
+    base.update(kw)
+    return base
+
+
+def test_level_texts_follow_the_dataset_fallback():
+    t3 = {"Defect type": "Patches", "Shape": "patch-like", "Direction": "none", "Spatial Distribution": "isolated",
+          "Number of Defects": "one", "Position": [{"cell": "center", "share": 1.0}], "Scale": "large",
+          "Polarity": "dark", "Saliency": "high"}
+    bare = CT.level_texts(_row())
+    assert bare["t2"] == bare["t3"] == bare["t4"] == "A photo of patches."          # -> T1
+    with_t3 = CT.level_texts(_row(t3=t3))
+    release_t3 = dict(t3, Position=[["center", 1.0]])
+    assert with_t3["t4"] == T.render_t4(release_t3)                                 # T4 rendered from T3
+    assert with_t3["t2"] == with_t3["t4"]                                             # T2 -> T4
+    assert with_t3["t3"] == T.render_t3(release_t3)
+    full = CT.level_texts(_row(t3=t3, t2="A big dark patch.", t4="given t4"))
+    assert (full["t2"], full["t4"]) == ("A big dark patch.", "given t4")
+
+
+def test_mixed_levels_are_seeded_per_example_per_epoch(data_dir, cache_dir):
+    from sdx.dataset import load_steeldefectx
+
+    ds = load_steeldefectx(str(data_dir), caption_level="t2", validation_fraction=0.25, cache_dir=str(cache_dir))
+    a = CT.CaptionDataset(ds["train"], "mixed", seed=5)
+    b = CT.CaptionDataset(ds["train"], "mixed", seed=5)
+    caps0 = [a.caption(i) for i in range(len(a))]
+    assert caps0 == [b.caption(i) for i in range(len(b))]
+    a.set_epoch(1)
+    caps1 = [a.caption(i) for i in range(len(a))]
+    assert caps0 != caps1
+    levels = set()
+    for epoch in range(4):
+        a.set_epoch(epoch)
+        levels |= {int(x) for x in a._levels}
+        for i in range(len(a)):
+            assert a.caption(i) in a.texts[i]
+    assert levels == set(range(5))
+    # the sampler re-shuffles per epoch and tells the dataset the epoch
+    s = CT.EpochShuffleSampler(a, seed=5)
+    s.set_epoch(2)
+    assert a.epoch == 2 and sorted(s) == list(range(len(a)))
+
+
+# -------------------------------------------------------------------------------------------------------------
+# training runs
+# -------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("level", ["t0", "t1", "t2", "t3", "t4", "mixed"])
+def test_every_caption_level_trains(tmp_path, data_dir, cache_dir, tiny_clip, level):
+    res, out = _run(tmp_path, level, data_dir, cache_dir, tiny_clip, "--caption_level", level, steps=1)
+    assert res["caption_level"] == level and res["train_completed_steps"] == 1
+    for split in ("validation", "test"):
+        for m in ("t0_accuracy", "t1_accuracy", "t0_macc", "t1_macc"):
+            assert 0.0 <= res[f"{split}_{m}"] <= 100.0
+    assert res["candidate_classes"] == sorted(CLASSES)
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["caption_level"] == level and saved["method"] == "full"
+    meta = json.loads((out / "sdx_training.json").read_text())
+    assert meta["sdx_caption_level"] == level and meta["sdx_origin"] == f"pretrained:{tiny_clip}"
+    card = (out / "README.md").read_text()
+    assert f"caption level used for training: **{level.upper()}**" in card and "SYNTHETIC" in card
+    assert str(tiny_clip) in card
+    # training changed the weights and the output loads back as a CLIP model
+    before, after = _weights(tiny_clip), _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_full_with_frozen_text_tower(tmp_path, data_dir, cache_dir, tiny_clip):
+    res, out = _run(tmp_path, "frozen", data_dir, cache_dir, tiny_clip, "--freeze_text_model", "--loss", "infonce")
+    before, after = _weights(tiny_clip), _weights(out)
+    text_keys = [k for k in before if k.startswith(("text_model.", "text_projection"))]
+    vision_keys = [k for k in before if k.startswith(("vision_model.", "visual_projection"))]
+    assert all(torch.equal(before[k], after[k]) for k in text_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in vision_keys)
+    assert res["trainable_parameters"] < res["total_parameters"]
+
+
+def test_lora_vision_only_changes_vision_attention(tmp_path, data_dir, cache_dir, tiny_clip):
+    from sdx.models import load_clip
+
+    res, out = _run(tmp_path, "lora", data_dir, cache_dir, tiny_clip, "--method", "lora", "--lora_towers",
+                    "vision", "--lora_r", "2", "--learning_rate", "1e-2")
+    assert (out / "lora" / "adapter_config.json").is_file()
+    before, after = _weights(tiny_clip), _weights(out)
+    assert set(before) == set(after)                       # merged: a plain CLIPModel
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("vision_model.") and ".self_attn." in k for k in changed)
+    model, _ = load_clip(str(out))
+    assert type(model).__name__ == "CLIPModel"
+
+
+@pytest.mark.parametrize("level", ["t1", "t4"])
+def test_adapter_trains_only_the_adapter_and_reloads(tmp_path, data_dir, cache_dir, tiny_clip, level):
+    from sdx.models import CLIP_ADAPTER_CONFIG, ClipWithAdapter, encode_images, load_clip
+
+    res, out = _run(tmp_path, f"adapter-{level}", data_dir, cache_dir, tiny_clip, "--method", "adapter",
+                    "--caption_level", level, "--learning_rate", "1e-2")
+    run_args = json.loads((out / "run_args.json").read_text())
+    assert (run_args["optimizer"], run_args["num_train_epochs"]) == ("adam", 20)   # the paper's recipe
+    assert run_args["learning_rate"] == 1e-2                                           # explicit flag wins
+    before, after = _weights(tiny_clip), _weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)                      # CLIP frozen
+    cfg = json.loads((out / CLIP_ADAPTER_CONFIG).read_text())
+    assert (cfg["alpha"], cfg["reduction"], cfg["embed_dim"]) == (0.2, 4, 32)
+    model, processor = load_clip(str(out))
+    assert isinstance(model, ClipWithAdapter)
+    base, _ = load_clip(str(tiny_clip))
+    px = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(encode_images(model, px), encode_images(base, px))
+    assert res["trainable_parameters"] == 2 * 32 * 8
+
+
+def test_adapter_recipe_defaults_and_bad_flags(tmp_path):
+    args = CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--method", "adapter"])
+    assert (args.optimizer, args.learning_rate, args.num_train_epochs) == ("adam", 1e-4, 20)
+    args = CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--recipe", "paper"])
+    assert args.method == "adapter" and args.optimizer == "adam"
+    args = CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--caption_level", "fine"])
+    assert args.caption_level == "t2" and args.method == "full" and args.optimizer == "adamw"
+    with pytest.raises(SystemExit):
+        CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--caption_level", "t9"])
+    with pytest.raises(SystemExit):
+        CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--method", "lora", "--freeze_text_model"])
+
+
+def test_bad_inputs_name_the_problem(tmp_path, data_dir, cache_dir, tiny_clip):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        _run(tmp_path, "nomodel", data_dir, cache_dir, tmp_path)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "all_results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        _run(tmp_path, "occupied", data_dir, cache_dir, tiny_clip)
+    with pytest.raises(Exception, match="Unknown"):
+        _run(tmp_path, "badclass", data_dir, cache_dir, tiny_clip, "--classes", "Unknown defect")
+
+
+def test_kill_and_resume_gives_identical_weights(tmp_path, data_dir, cache_dir, tiny_clip):
+    common = ["--caption_level", "mixed", "--checkpointing_steps", "2", "--learning_rate", "1e-3"]
+    _, ref = _run(tmp_path, "uninterrupted", data_dir, cache_dir, tiny_clip, *common, steps=5)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_at_3(step):
+        if step == 3:
+            raise Crash
+
+    args = CT.parse_clip_args(
+        ["--data_dir", str(data_dir), "--dataset_cache_dir", str(cache_dir), "--output_dir",
+         str(tmp_path / "crashed"), "--model_name_or_path", str(tiny_clip), "--validation_fraction", "0.25",
+         "--per_device_train_batch_size", "6", "--per_device_eval_batch_size", "16", "--seed", "3",
+         "--max_train_steps", "5", *common])
+    with pytest.raises(Crash):
+        CT.run_clip_training(args, step_callback=crash_at_3)
+    res, out = _run(tmp_path, "crashed", data_dir, cache_dir, tiny_clip, *common, "--resume_from_checkpoint",
+                    "latest", steps=5)
+    assert res["train_resumed_from"] and res["train_completed_steps"] == 5
+    a, b = _weights(ref), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((ref / "all_results.json").read_text())
+    assert ra["validation_t0_accuracy"] == res["validation_t0_accuracy"]

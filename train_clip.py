@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Train a CLIP model on SteelDefectX captions (T0-T4 or mixed): full fine-tuning, LoRA or the CLIP-Adapter.
+
+The work is done by ``sdx.clip_training.run_clip_training`` with the shared accelerate loop of sdx.training; see
+that module's docstring for every rule (caption levels and fallbacks, methods, loss, zero-shot validation,
+outputs). Examples::
+
+    python train_clip.py --data_dir synthetic --output_dir runs/clip-t2 --caption_level t2
+    python train_clip.py --data_dir SteelDefectX --model_name_or_path openai/clip-vit-base-patch16 \\
+        --method adapter --caption_level t3 --output_dir runs/clip-adapter-t3      # Adam 1e-4, 20 epochs
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 train_clip.py ...   # two processes
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional, Sequence
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    from sdx.clip_training import parse_clip_args, run_clip_training
+
+    return run_clip_training(parse_clip_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
