@@ -23,19 +23,20 @@ KINDS lists the 12 kinds drawn (``DEFAULT_CLASSES``), each with a fixed T3 Shape
 ================  ========  =============  =====================================================================
 class             prefix    Shape          drawn as
 ================  ========  =============  =====================================================================
-Bright scratch    bs        linear/curved  1-3 long thin bright lines (width 1-3 px), mostly along the rolling
-                                           axis, slightly bent; "curved" when the bend exceeds 6 % of the length
-Crazing           cracking  network-like   a Voronoi crack network (warped cell edges, 1-2 px, dark) over a
+Bright scratch    bs        linear/curved  1-3 long thin bright lines (width 1.5-3.5 px, length 45-95 % of the
+                                           image), along the rolling axis +-6 degrees (35 %: any angle), slightly
+                                           bent; "curved" when the sagitta exceeds 6 % of the length
+Crazing           cracking  network-like   a Voronoi crack network (warped cell edges, 1.3-2.5 px, dark) over a
                                            large elliptical region, partly faded out
 Crescent gap      cg        curved         one dark crescent (disc minus an offset disc) at an image edge
-Dark scratches    ds        linear/curved  1-4 long very thin dark lines (0.8-2 px)
-Inclusion         in        elongated      1-4 dark tapered streaks (length 18-80 px) along the rolling axis,
-                                           side by side in one band
+Dark scratches    ds        linear/curved  1-4 long thin dark lines (1.2-2.5 px), otherwise as Bright scratch
+Inclusion         in        elongated      1-3 chains of 2-5 dark tapered segments (8-26 px long, 3-7 px wide,
+                                           gaps 2-9 px) strung along the rolling axis, side by side
 Oil spot          os        spot-like /    1-3 soft dark irregular blobs (radius 10-38 px); "irregular" when
                             irregular      the outline's lobes exceed 0.18 of the radius
 Patches           pa        patch-like     large dark regions: a smoothed noise field thresholded at a random
                                            area fraction inside a random region
-Pitted surface    ps        spot-like      12-70 small dark round pits (radius 1-3.5 px) in one cluster or band
+Pitted surface    ps        spot-like      12-70 small dark round pits (radius 1.5-4 px) in one cluster or band
 Punching          pu        circular       1 (sometimes 2) very dark round holes (radius 9-26 px), sharp edge
 Rolled in scale   rs        fragmented     8-30 dark irregular flakes elongated along the rolling axis,
                                            scattered over a large area
@@ -44,14 +45,14 @@ Welding line      wl        linear         one straight band (width 4-13 px) acr
                                            perpendicular to the rolling axis, bright or dark
 ================  ========  =============  =====================================================================
 
-Pixel sizes above are for 256x256 and scale with ``size / 256``.
+Pixel sizes above are for 256x256 and scale with ``size / 256`` (line widths never below 1 px).
 
 Background ("steel")
 --------------------
 Per image: a rolling axis (vertical or horizontal, 50/50); a base gray level U(70, 175); rolling streaks (two
 1-D noise profiles across the axis, smoothed with sigma 0.6-2.5 px and 6-14 px, slowly modulated along the
-axis); grain (white noise smoothed with sigma 0.6 px, amplitude 3-9 gray levels); low-frequency unevenness
-(a 4x4 random field upsampled); an illumination gradient (linear ramp of up to +-30 gray levels plus a radial
+axis; amplitudes 2-7 and 2-6 gray levels); grain (white noise smoothed with sigma 0.6 px, std about 3-9 gray
+levels); low-frequency unevenness (a 7x7 random field upsampled with cubic splines, std 2-8); an illumination gradient (linear ramp of up to +-30 gray levels plus a radial
 fall-off); everything scaled by a random contrast factor U(0.6, 1.4). All of it is vectorised numpy/scipy.
 
 Defects and masks
@@ -69,9 +70,11 @@ Text levels
   "A photo of X, which shows ... caused by ...". The release's own sentences are not copied.
 * T2: one sentence per image made from the drawn geometry: component count (8-connected components of the
   mask, as T3 counts them), size (line length or object diameter in pixels, or area share), orientation,
-  position (the two 3x3 grid cells holding most mask pixels) and tone (measured mean gray inside the mask minus
-  outside: darker / brighter / similar; faint when |diff| < 10, clear when <= 40, else strong). Phrasing is
-  drawn from several templates and word lists with the image's own random stream.
+  position (the two 3x3 grid cells holding most mask pixels; the top cell alone when it holds >= 60 %; "spread
+  over most of the image" when >= 6 cells hold >= 5 % each) and tone (measured mean gray inside the mask minus
+  outside on the decoded JPEG: "darker" below -5, "brighter" above 5, else "similar in tone"; qualified
+  "slightly" when |diff| < 10, "clearly" when <= 40, else "much" -- the T3 Polarity / Saliency cut points).
+  Phrasing is drawn from four templates and word lists with the image's own random stream.
 * T3/T4: the five rule fields (Scale, Polarity, Saliency, Number of Defects, Position) come from the annotation
   engine ``sdx.attributes.annotate`` on the decoded JPEG and the mask. Shape is the kind's shape above;
   Direction is derived from the drawn orientation angle (within 22.5 degrees of horizontal -> "horizontal",
@@ -264,7 +267,7 @@ def _steel_surface(rng: np.random.Generator, size: int) -> Surface:
     # rolling streaks: 1-D profiles across the rolling axis, slowly modulated along it
     fine = ndimage.gaussian_filter1d(rng.normal(size=size), sigma=rng.uniform(0.6, 2.5) * s, mode="wrap")
     coarse = ndimage.gaussian_filter1d(rng.normal(size=size), sigma=rng.uniform(6, 14) * s, mode="wrap")
-    profile = fine / (fine.std() + 1e-9) * rng.uniform(2, 7) + coarse / (coarse.std() + 1e-9) * rng.uniform(2, 8)
+    profile = fine / (fine.std() + 1e-9) * rng.uniform(2, 7) + coarse / (coarse.std() + 1e-9) * rng.uniform(2, 6)
     modulation = 1.0 + 0.35 * _smooth_field(rng, size, size, 3)
     profile = profile.astype(np.float32)
     streaks = (profile[None, :] if axis == 0 else profile[:, None]) * modulation
@@ -318,8 +321,8 @@ def _draw_scratch(rng, surf: Surface, bright: bool) -> Drawn:
     lengths = []
     cx0, cy0 = rng.uniform(0.2, 0.8, size=2) * n_px
     for _ in range(count):
-        length = rng.uniform(0.35, 0.95) * n_px
-        width = max(rng.uniform(1.0, 3.0) * s if bright else rng.uniform(0.8, 2.0) * s, 1.0)
+        length = rng.uniform(0.45, 0.95) * n_px
+        width = max(rng.uniform(1.5, 3.5) * s if bright else rng.uniform(1.2, 2.5) * s, 1.0)
         cx = cx0 + rng.normal(0, 35 * s)
         cy = cy0 + rng.normal(0, 35 * s)
         ang = angle + math.radians(rng.normal(0, 3))
@@ -330,7 +333,7 @@ def _draw_scratch(rng, surf: Surface, bright: bool) -> Drawn:
         a = np.clip(width / 2 + 0.5 - d, 0.0, 1.0)
         _stamp(alpha, box, a)
         lengths.append(length)
-    strength = rng.uniform(35, 80) if bright else -rng.uniform(30, 70)
+    strength = rng.uniform(40, 85) if bright else -rng.uniform(35, 75)
     variation = 0.75 + 0.25 * _smooth_field(rng, n_px, n_px, 6)
     delta[:] = strength * np.clip(variation, 0.3, 1.3)
     shape = "curved" if bend > 0.06 else "linear"
@@ -363,7 +366,7 @@ def _draw_crazing(rng, surf: Surface) -> Drawn:
         np.minimum(d2, np.maximum(d1, d), out=d2)
         np.minimum(d1, d, out=d1)
     gap = d2 - d1
-    width = max(rng.uniform(1.0, 2.2) * s, 1.0)
+    width = max(rng.uniform(1.3, 2.5) * s, 1.0)
     a = np.clip(width / 2 + 0.5 - gap, 0.0, 1.0)
     # region: a large ellipse, and parts of the network faded out
     cx, cy = rng.uniform(0.3, 0.7, size=2) * n_px
@@ -405,25 +408,29 @@ def _draw_inclusion(rng, surf: Surface) -> Drawn:
     n_px = surf.size
     s = n_px / 256.0
     alpha = np.zeros((n_px, n_px))
-    count = int(rng.integers(1, 5))
+    chains = int(rng.integers(1, 4))
     angle = surf.rolling_angle + math.radians(rng.normal(0, 4))
     c, sn = math.cos(angle), math.sin(angle)
     cx0, cy0 = rng.uniform(0.15, 0.85, size=2) * n_px
     lengths = []
-    for _ in range(count):
-        along, across = rng.normal(0, 30 * s), rng.normal(0, 10 * s)
-        cx, cy = cx0 + along * c - across * sn, cy0 + along * sn + across * c
-        length = rng.uniform(18, 80) * s
-        width = rng.uniform(2.5, 6.0) * s
-        lobes = [(rng.uniform(0, 0.12), rng.uniform(0, 2 * math.pi)) for _ in range(3)]
-        box = _box(cx, cy, length / 2 + 3, n_px, n_px)
-        if box is None:
-            continue
-        a = _blob_alpha(box[1], box[2], cx, cy, length / 2, width / 2, angle + math.radians(rng.normal(0, 2)),
-                        lobes, softness=1.2 * s)
-        _stamp(alpha, box, a)
-        lengths.append(length)
-    delta = -rng.uniform(35, 80) * np.clip(0.8 + 0.3 * _smooth_field(rng, n_px, n_px, 14), 0.3, 1.3)
+    for _ in range(chains):
+        # a chain of 2-5 tapered dark segments strung along the rolling axis, with small gaps
+        across = rng.normal(0, 14 * s)
+        along = rng.normal(0, 25 * s)
+        width = rng.uniform(3.0, 7.0) * s
+        for _seg in range(int(rng.integers(2, 6))):
+            length = rng.uniform(8, 26) * s
+            cx, cy = cx0 + along * c - across * sn, cy0 + along * sn + across * c
+            along += length + rng.uniform(2, 9) * s
+            lobes = [(rng.uniform(0, 0.12), rng.uniform(0, 2 * math.pi)) for _ in range(3)]
+            box = _box(cx, cy, length / 2 + 3, n_px, n_px)
+            if box is None:
+                continue
+            a = _blob_alpha(box[1], box[2], cx, cy, length / 2, width / 2 * rng.uniform(0.7, 1.0),
+                            angle + math.radians(rng.normal(0, 2)), lobes, softness=1.2 * s)
+            _stamp(alpha, box, a)
+            lengths.append(length)
+    delta = -rng.uniform(40, 85) * np.clip(0.8 + 0.3 * _smooth_field(rng, n_px, n_px, 14), 0.3, 1.3)
     return Drawn(alpha, delta, "elongated", angle, ("streak", "streaks"), float(np.mean(lengths or [0])), "long")
 
 
@@ -478,7 +485,7 @@ def _draw_pits(rng, surf: Surface) -> Drawn:
             sx, sy = rng.uniform(60, 120) * s, rng.uniform(10, 25) * s
     xs = cx0 + rng.normal(0, sx, size=count)
     ys = cy0 + rng.normal(0, sy, size=count)
-    radii = rng.uniform(1.0, 3.5, size=count) * s
+    radii = rng.uniform(1.5, 4.0, size=count) * s
     for cx, cy, r in zip(xs, ys, radii):
         box = _box(cx, cy, r + 2, n_px, n_px)
         if box is None:
