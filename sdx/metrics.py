@@ -159,7 +159,9 @@ def retrieval_recall(sim, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[str,
 # pixel-level localization
 # --------------------------------------------------------------------------------------------------------------
 def _sorted_counts(scores, targets):
-    s = _as_1d("scores", scores).astype(np.float64)
+    s = _as_1d("scores", scores)
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
     y = _as_1d("targets", targets)
     if s.shape != y.shape:
         raise ValueError(f"scores has {s.size} items but targets has {y.size}")
@@ -168,7 +170,7 @@ def _sorted_counts(scores, targets):
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         raise ValueError("targets must contain both positive and negative pixels")
-    order = np.argsort(-s, kind="stable")
+    order = np.argsort(-s)  # ties need no order: they are grouped below
     s_sorted = s[order]
     y_sorted = y[order]
     tp = np.cumsum(y_sorted, dtype=np.int64)

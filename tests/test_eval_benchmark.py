@@ -1,0 +1,377 @@
+"""eval_benchmark.py / sdx.tasks / sdx.report end to end on tiny config-built models.
+
+Data: a tiny dataset in the official layout written here (3 classes, masks, T2/T3/T4 records), the embedded
+synthetic data when sdx.synthetic provides it, and the real fixture (subsampled with --max_eval_samples).
+Models: tiny CLIPModel / ViTForImageClassification built from configs with a WordLevel tokenizer trained on the
+captions, saved with save_pretrained and loaded back from disk (the real loading path).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import eval_benchmark
+from sdx import tasks as T
+from sdx.dataset import load_steeldefectx
+from sdx.text import T0_TEMPLATE, render_t4
+
+CLASSES = {"Bright scratch": "bs", "Crazing": "cracking", "Inclusion": "in"}
+DESC = {"Bright scratch": "A photo of bright scratch, thin bright lines caused by rolling.",
+        "Crazing": "A photo of crazing, a network of fine cracks caused by thermal stress.",
+        "Inclusion": "A photo of inclusion, dark elongated streaks caused by slag in the steel."}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fixtures: data and models
+# ---------------------------------------------------------------------------------------------------------------
+def _attrs(cls: str, rng) -> dict:
+    return {"Defect type": cls, "Shape": str(rng.choice(["linear", "irregular"])),
+            "Direction": str(rng.choice(["horizontal", "none"])), "Spatial Distribution": "isolated",
+            "Number of Defects": "one", "Position": [["center", 0.7], ["top-left", 0.3]],
+            "Scale": str(rng.choice(["small", "medium"])), "Polarity": "dark", "Saliency": "high"}
+
+
+def write_layout(root: Path, n_train: int = 12, n_val: int = 5, size: int = 48) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "class_descriptions.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "class_descriptions.json").write_text(json.dumps(DESC))
+    for split, n, first in (("train", n_train, 1), ("val", n_val, n_train + 1)):  # names unique across splits
+        (root / split).mkdir(exist_ok=True)
+        (root / f"{split}_mask").mkdir(exist_ok=True)
+        records = []
+        for ci, (cls, prefix) in enumerate(CLASSES.items()):
+            for i in range(first, first + n):
+                name = f"{prefix}_{i:02d}.jpg"
+                img = rng.normal(120, 10, (size, size))
+                mask = np.zeros((size, size), np.uint8)
+                y, x = rng.integers(5, size - 20, 2)
+                mask[y:y + 12 + 4 * ci, x:x + 6 + 3 * ci] = 255
+                img[mask > 0] += 60 if ci == 0 else -60
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / split / name, quality=95)
+                Image.fromarray(mask).save(root / f"{split}_mask" / name.replace(".jpg", ".png"))
+                attrs = _attrs(cls, rng)
+                records.append({"image_name": name, "class_name": cls,
+                                "natural_language_description": f"The {cls.lower()} defect number {i % 4} appears "
+                                                                f"near the center of the surface.",
+                                "structured_attributes": attrs, "template_sentence": render_t4(attrs)})
+        (root / f"{split}-text.json").write_text(json.dumps(records))
+    return root
+
+
+def _vocab_texts(ds) -> list[str]:
+    texts = [T.NORMAL_PROMPT] + [T0_TEMPLATE.format(c) for c in ds["train"].features["label"].names]
+    for split in ds.values():
+        for lv in ("t1", "t2", "t3", "t4"):
+            texts += T.caption_texts(split, lv)
+    return texts + list(DESC.values())
+
+
+def tiny_tokenizer(texts, out_dir):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
+                                                       special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
+                                   unk_token="[UNK]", model_max_length=64)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def tiny_clip(out_dir: Path, texts, seed: int = 0, meta: dict | None = None) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer(texts, out_dir)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    for k, v in (meta or {}).items():
+        setattr(cfg, k, v)
+    CLIPModel(cfg).save_pretrained(out_dir)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_vit(out_dir: Path, class_names, seed: int = 0, order=None) -> Path:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(seed)
+    names = [class_names[i] for i in (order or range(len(class_names)))]
+    cfg = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                    patch_size=8, num_labels=len(names), id2label=dict(enumerate(names)),
+                    label2id={c: i for i, c in enumerate(names)})
+    ViTForImageClassification(cfg).save_pretrained(out_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    return write_layout(tmp_path_factory.mktemp("layout") / "sdx")
+
+
+@pytest.fixture(scope="module")
+def hf_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hfcache"))
+
+
+@pytest.fixture(scope="module")
+def small_ds(layout, hf_cache):
+    return load_steeldefectx(str(layout), cache_dir=hf_cache, validation_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, small_ds):
+    root = tmp_path_factory.mktemp("models")
+    texts = _vocab_texts(small_ds)
+    return {
+        "clip_t1": tiny_clip(root / "clip_t1", texts, seed=0),
+        "clip_t4": tiny_clip(root / "clip_t4", texts, seed=1,
+                             meta={"sdx_caption_level": "t4", "sdx_origin": "random-init",
+                                   "sdx_exclude_classes": ["Inclusion", "Crazing"]}),
+        "vit": tiny_vit(root / "vit", small_ds["train"].features["label"].names),
+    }
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ext") / "aluminium"
+    rng = np.random.default_rng(3)
+    for cls in ("dent", "pinhole"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "class_descriptions.json").write_text(json.dumps({"dent": "a dent", "pinhole": "a pinhole"}))
+    return root
+
+
+def _argv(layout, hf_cache, models, out, *extra):
+    return ["--data_dir", str(layout), "--dataset_cache_dir", hf_cache, "--validation_fraction", "0.25",
+            "--model_name_or_path", f"t1={models['clip_t1']}", "--model_name_or_path", str(models["clip_t4"]),
+            "--vision_model_name_or_path", str(models["vit"]), "--output_dir", str(out),
+            "--shots", "1,2", "--seeds", "1,2", "--no_progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def full_run(layout, hf_cache, models, external, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    res = eval_benchmark.main(_argv(layout, hf_cache, models, out, "--external_data", str(external)))
+    return res, out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end
+# ---------------------------------------------------------------------------------------------------------------
+def test_all_tasks_end_to_end(full_run, small_ds):
+    res, out = full_run
+    names = small_ds["train"].features["label"].names
+    # Task 1
+    t1 = res["task1"]
+    assert t1["n"] == len(small_ds["test"]) and 0 <= t1["acc"] <= 100
+    assert {r["class"] for r in t1["per_class"]} >= {names[i] for i in set(small_ds["test"]["label"])}
+    assert np.asarray(t1["confusion"]["matrix"]).sum() == len(small_ds["test"])
+    # Task 2: one row per checkpoint, train level from the tag / from the checkpoint metadata
+    rows = {r["model"]: r for r in res["task2"]["rows"]}
+    assert rows["clip_t1"]["train_level"] == "t1" and rows["clip_t4"]["train_level"] == "t4"
+    for r in rows.values():
+        assert set(r["results"]) == {"t0", "t1", "t2", "t3", "t4"}
+        assert all(c["available"] and c["n"] == len(small_ds["test"]) for c in r["results"].values())
+    # Task 3: zero-shot per level, both few-shot methods for every k, mean over the two seeds
+    for model in ("clip_t1", "clip_t4"):
+        fs = res["task3"][model]["few_shot"]
+        for method in ("linear_probe", "tip_adapter"):
+            assert set(fs[method]) == {"1", "2"}
+            for cell in fs[method].values():
+                assert cell["seeds"] == [1, 2]
+                assert cell["acc_mean"] == pytest.approx(np.mean([r["acc"] for r in cell["runs"]]))
+    # Task 4: cross-class from metadata for clip_t4, flagged fallback for clip_t1; the external set
+    cc4 = res["task4"]["clip_t4"]["cross_class"]
+    assert cc4["unseen_classes"] == ["Crazing", "Inclusion"] and cc4["model_excluded_unseen"] is True
+    assert cc4["n_test"] == sum(1 for c in small_ds["test"]["class_name"] if c in ("Crazing", "Inclusion"))
+    assert res["task4"]["clip_t1"]["cross_class"]["model_excluded_unseen"] is False
+    ext = res["task4"]["clip_t1"]["external"]["aluminium"]
+    assert ext["classes"] == ["dent", "pinhole"] and ext["t1"]["n"] == 8
+    # retrieval and localization
+    ret = res["retrieval"]["clip_t1"]["t4"]
+    assert ret["available"] and ret["i2t"]["queries"] == len(small_ds["test"])
+    assert 0 <= ret["i2t"]["R@1"] <= ret["i2t"]["R@5"] <= ret["i2t"]["R@10"] <= 100
+    loc = res["localization"]["clip_t1"]
+    assert loc["images"] == len(small_ds["test"]) and loc["grid"] == [4, 4]
+    assert 0 <= loc["t0"]["pixel_auroc"] <= 100 and loc["t0"]["pixels"] == len(small_ds["test"]) * 48 * 48
+    # outputs
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["task2"]["rows"][0]["results"]["t0"]["acc"] == pytest.approx(rows["clip_t1"]["results"]["t0"]["acc"])
+    for png in ("confusion_task1.png", "kshot_curve.png", "txty_heatmap_acc.png", "localization_clip_t1.png"):
+        assert (out / png).stat().st_size > 1000, png
+    md = (out / "report.md").read_text()
+    assert "96.34" in md and "94.45 / 93.66" in md and "78.96" in md  # paper numbers beside ours
+    assert "random-init" in md and "| T4 |" in md and "seeds [1, 2]" in md
+    assert "SYNTHETIC" not in md  # this layout is not the synthetic generator's data
+
+
+def test_selected_hyperparameters_all_on_validation(full_run):
+    res, _ = full_run
+    hp = res["hyperparameters"]
+    # 2 models x 2 k x 2 seeds x (C + alpha + beta)
+    assert len(hp) == 2 * 2 * 2 * 3
+    assert {h["selected_on"] for h in hp} == {"validation"}
+    assert all(h["value"] in h["grid"] for h in hp)
+
+
+def test_support_sets_train_only_and_builder_identical(full_run, small_ds, layout, hf_cache):
+    res, _ = full_run
+    train = set(small_ds["train"]["image_name"])
+    held = set(small_ds["validation"]["image_name"]) | set(small_ds["test"]["image_name"])
+    sets = {(s["k"], s["seed"]): s["image_names"] for s in res["support_sets"]}
+    assert set(sets) == {(1, 1), (2, 1), (1, 2), (2, 2)}
+    for names in sets.values():
+        assert set(names) <= train and not set(names) & held
+    assert set(sets[(1, 1)]) <= set(sets[(2, 1)])  # nested across k for one seed
+    assert len(sets[(2, 1)]) == 2 * len(CLASSES)
+    # the same draw as the builder's own k-shot split
+    built = load_steeldefectx(str(layout), cache_dir=hf_cache, validation_fraction=0.25, shots=2, seed=2)
+    assert sorted(built["train"]["image_name"]) == sorted(sets[(2, 2)])
+
+
+def test_selection_never_sees_test(small_ds, models, tmp_path):
+    """Selections depend on validation only: replacing the test split leaves every selected value unchanged."""
+    import datasets
+
+    kw = dict(clip_models=[str(models["clip_t1"])], shots=(1, 2), seeds=(1,), progress=False)
+    a = T.Benchmark(small_ds, **kw)
+    a.task3()
+    other = datasets.DatasetDict({"train": small_ds["train"], "validation": small_ds["validation"],
+                                  "test": small_ds["test"].select(range(3))})
+    b = T.Benchmark(other, **kw)
+    b.task3()
+    pick = lambda bench: [(h["method"], h["k"], h["name"], h["value"]) for h in bench.hyperparameters]  # noqa: E731
+    assert pick(a) == pick(b)
+
+
+def test_support_leak_is_refused(small_ds, models):
+    leak_name = small_ds["validation"][0]["image_name"]
+    train = small_ds["train"].map(lambda r, i: {"image_name": leak_name if i == 0 else r["image_name"]},
+                                  with_indices=True)
+    import datasets
+
+    ds = datasets.DatasetDict({"train": train, "validation": small_ds["validation"], "test": small_ds["test"]})
+    bench = T.Benchmark(ds, clip_models=[str(models["clip_t1"])], shots=(len(train),), seeds=(1,), progress=False)
+    with pytest.raises(RuntimeError, match="validation/test"):
+        bench.supports()
+
+
+def test_rerun_reuses_cache(full_run, layout, hf_cache, models, external):
+    res, out = full_run
+    again = eval_benchmark.main(_argv(layout, hf_cache, models, out, "--external_data", str(external)))
+    assert again["cache"], "no cache counters"
+    assert all(c["encoded"] == 0 for c in again["cache"].values()), again["cache"]
+    assert sum(c["reused"] for c in again["cache"].values()) > 0
+    assert again["task2"] == res["task2"] and again["localization"] == res["localization"]
+
+
+def test_cache_invalidated_by_new_weights(small_ds, models, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "clip"
+    shutil.copytree(models["clip_t1"], ckpt)
+    kw = dict(clip_models=[str(ckpt)], cache_dir=tmp_path / "cache", progress=False)
+    first = T.Benchmark(small_ds, **kw)
+    first.run(["task2"])
+    assert first.cache_counts()["image"]["encoded"] == len(small_ds["test"])
+    second = T.Benchmark(small_ds, **kw)
+    second.run(["task2"])
+    assert second.cache_counts()["image"] == {"encoded": 0, "reused": len(small_ds["test"])}
+    tiny_clip(ckpt, _vocab_texts(small_ds), seed=5)  # new weights in the same folder
+    third = T.Benchmark(small_ds, **kw)
+    third.run(["task2"])
+    assert third.cache_counts()["image"]["encoded"] == len(small_ds["test"])
+
+
+def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
+    names = small_ds["train"].features["label"].names
+    order = list(reversed(range(len(names))))
+    vit = tiny_vit(tmp_path / "vit_rev", names, seed=0, order=order)
+    from sdx.tasks import VisionClassifier
+
+    mapping = VisionClassifier(str(vit)).label_map(names)
+    assert mapping.tolist() == order
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# synthetic data and the real fixture
+# ---------------------------------------------------------------------------------------------------------------
+def test_synthetic_data_flagged(tmp_path):
+    synth = pytest.importorskip("sdx.synthetic")
+    if not hasattr(synth, "default_dataset_dir"):
+        pytest.skip("sdx.synthetic has no default_dataset_dir yet")
+    ds = load_steeldefectx("synthetic")  # the default datasets cache: shared with other tests, keyed by the data
+    clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
+    res = eval_benchmark.main(["--data_dir", "synthetic",
+                               "--model_name_or_path", f"t2={clip}", "--tasks", "task2,task3,retrieval,localization",
+                               "--shots", "1", "--seeds", "1", "--max_eval_samples", "40", "--no_progress",
+                               "--output_dir", str(tmp_path / "out")])
+    assert res["meta"]["data"]["synthetic"] is True
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.startswith("# SteelDefectX benchmark report (SYNTHETIC DATA)") and "NOT SteelDefectX" in md
+    assert {h["selected_on"] for h in res["hyperparameters"]} == {"validation"}
+
+
+def test_real_fixture_subsampled(real_subset, tmp_path):
+    ds = load_steeldefectx(str(real_subset))  # default datasets cache (shared, keyed by the raw files' fingerprint)
+    clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
+    res = eval_benchmark.main(["--data_dir", str(real_subset),
+                               "--model_name_or_path", f"t4={clip}", "--tasks", "task2,task3,task4,retrieval,localization",
+                               "--shots", "1", "--seeds", "1", "--max_eval_samples", "60", "--no_progress",
+                               "--output_dir", str(tmp_path / "out")])
+    row = res["task2"]["rows"][0]["results"]
+    # the fixture has no T2 text at all: reported unavailable, never silently equal to T1
+    assert row["t2"]["available"] is False
+    assert row["t4"]["available"] and row["t4"]["fallback_to_t1"]  # X-SDD classes have no T4
+    assert res["retrieval"]["clip"]["t2"]["available"] is False
+    loc = res["localization"]["clip"]
+    assert 0 < loc["images"] <= 60 and loc["t0"]["positive_pixels"] > 0
+    held = set(ds["validation"]["image_name"]) | set(ds["test"]["image_name"])
+    assert not {n for s in res["support_sets"] for n in s["image_names"]} & held
+    assert res["meta"]["data"]["synthetic"] is False
+    assert "subsampled" in (tmp_path / "out" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------
+def test_help_is_complete(capsys):
+    with pytest.raises(SystemExit) as exc:
+        eval_benchmark.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--model_name_or_path", "--vision_model_name_or_path", "--data_dir", "--dataset_config", "--tasks",
+                "--output_dir", "--shots", "--seeds", "--cache_dir", "--batch_size", "--external_data",
+                "--unseen_classes", "--max_eval_samples"):
+        assert opt in text
+
+
+def test_bad_inputs_are_named(tmp_path, models):
+    with pytest.raises(SystemExit, match="unknown task"):
+        eval_benchmark.main(["--tasks", "task9", "--output_dir", str(tmp_path), "--model_name_or_path", "x"])
+    with pytest.raises(SystemExit, match="model_name_or_path"):
+        eval_benchmark.main(["--tasks", "task2", "--output_dir", str(tmp_path)])
+    (tmp_path / "ext" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="class_descriptions.json"):
+        T.external_image_set(tmp_path / "ext")
+    assert T.parse_model_arg("fine=/x/y").level == "t2" and T.parse_model_arg("/x=y").level is None
