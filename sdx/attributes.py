@@ -323,6 +323,7 @@ def _rule_fields(stats: Mapping[str, Any], position: list) -> dict[str, Any]:
 # Thresholds of the geometry rules (documented in compute_geometry's docstring; change them only there too).
 DIFFUSE_MIN_SCALE = 0.5          # mask covers at least half the image -> "diffuse"
 LINEAR_MIN_ELONGATION = 4.0      # moment axis ratio of a straight thin defect
+LINEAR_MAX_THICKNESS = 0.1       # ... whose thickness is at most 10% of the image's shorter side
 ELONGATED_MIN_ELONGATION = 2.0   # moment axis ratio of an elongated defect (also the Direction threshold)
 CURVED_MIN_SLENDERNESS = 4.0     # length / thickness of a thin band that bends
 CURVED_MAX_SOLIDITY = 0.6
@@ -338,6 +339,8 @@ FRAGMENTED_MIN_COMPONENTS = 4
 FRAGMENTED_MAX_LARGEST = 0.35    # largest component holds < 35% of the mask
 ISOLATED_MIN_LARGEST = 0.9       # one component holds >= 90% of the mask -> still "isolated"
 CLUSTERED_MAX_EXTENT = 0.5       # union bounding box spans at most half the image in both directions
+CLUSTERED_MIN_UNION_FILL = 0.5   # ... or the pieces fill at least half of their union bounding box
+DIRECTION_MIN_PIECES = 3         # a row of >= 3 pieces gives a direction even when each piece is compact
 DIAGONAL_BAND = (22.5, 67.5)     # orientation (degrees from horizontal): < 22.5 horizontal, > 67.5 vertical
 
 # Gray's bit-quad tables: index = a + 2b + 4c + 8d over every 2x2 window (a b / c d)
@@ -446,31 +449,33 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
       a band), ``slenderness`` = area / thickness**2 (length over width of a band; ~1 for compact blobs).
     * ``holes`` = 1 - Euler number of D (8-connected foreground, Gray's bit-quads) = enclosed background regions.
     * mask-level: ``scale_ratio``, ``component_count``, ``largest_ratio`` (D's share of the mask),
-      ``extent`` = max(height / H, width / W) of the bounding box of all components, and the elongation and angle
-      of the whole mask.
+      ``extent`` = max(height / H, width / W) of the bounding box of all components, ``union_fill`` = mask
+      area / area of that bounding box, and the elongation and angle of the whole mask.
 
     Shape (first rule that matches):
 
     1. no component -> "unclear";
     2. scale_ratio >= 0.5 -> "diffuse" (the defect covers most of the surface; no outline to describe);
     3. elongation < 4, holes >= 3 and solidity < 0.6 -> "network-like" (a mesh enclosing background);
-    4. component_count >= 4 and largest_ratio < 0.35 -> "spot-like" if D is small (< 1% of the image) and
-       compact (solidity >= 0.7), else "fragmented";
-    5. elongation >= 4 -> "linear";
+    4. component_count >= 4 and largest_ratio < 0.35 -> "spot-like" if D is small and compact (area < 1% of
+       the image, elongation < 2, solidity >= 0.7), else "fragmented";
+    5. elongation >= 4 and thickness <= 10% of the image's shorter side -> "linear" (a wide band is not a line);
     6. slenderness >= 4 and solidity < 0.6 -> "curved" (a thin band whose moments are not elongated: it bends);
     7. elongation >= 2 -> "elongated";
     8. elongation < 1.5, roundness >= 0.85 and solidity >= 0.85 -> "circular";
-    9. D smaller than 1% of the image and solidity >= 0.7 -> "spot-like";
+    9. D small and compact (as in 4) -> "spot-like";
     10. solidity >= 0.75 -> "patch-like";
     11. otherwise -> "irregular".
 
-    Direction: from D's moments when D's elongation >= 2, else from the whole mask's moments when its elongation
-    >= 2 (aligned pieces), else "none". Angle < 22.5 degrees "horizontal", > 67.5 "vertical", else "diagonal".
+    Direction: from D's moments when D's elongation >= 2, else (with >= 3 components) from the whole mask's
+    moments when its elongation >= 2 (a row of pieces), else "none". Angle < 22.5 degrees "horizontal",
+    > 67.5 "vertical", else "diagonal".
     Shapes "diffuse" and "network-like" always get "none" (no single direction).
 
     Spatial Distribution: 0 components "unclear"; 1 component "isolated" (the authors' rule); D holding
-    >= 90% of the mask "isolated" (one region with negligible crumbs); union bounding box spanning <= 50% of
-    the image in both directions (extent <= 0.5) "clustered"; else "scattered".
+    >= 90% of the mask "isolated" (one region with negligible crumbs); "clustered" when the pieces are
+    grouped: their union bounding box spans <= 50% of the image in both directions (extent <= 0.5) or they
+    fill >= 50% of it (union_fill >= 0.5, pieces side by side); else "scattered".
     """
     m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 else load_mask(mask)
     binary = m > BINARY_THRESHOLD
@@ -508,6 +513,7 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         "elongation": elong,
         "angle": angle,
         "fill": area / float(sub.shape[0] * sub.shape[1]),
+        "union_fill": total / float((y1 - y0) * (x1 - x0)),
     }
 
     # the costlier features are computed only when a rule needs them (all of them with full=True)
@@ -538,7 +544,7 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         mask_moments()
 
     def small_compact() -> bool:
-        if f["area_ratio"] >= SPOT_MAX_AREA:
+        if f["area_ratio"] >= SPOT_MAX_AREA or elong >= ELONGATED_MIN_ELONGATION:
             return False
         hull_feats()
         return f["solidity"] >= SPOT_MIN_SOLIDITY
@@ -559,6 +565,10 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         hull_feats()
         return f["solidity"] < CURVED_MAX_SOLIDITY
 
+    def thin() -> bool:
+        run_feats()
+        return f["thickness"] <= LINEAR_MAX_THICKNESS * min(h, w)
+
     def circular() -> bool:
         if elong >= CIRCULAR_MAX_ELONGATION:
             return False
@@ -571,7 +581,7 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         shape = "network-like"
     elif count >= FRAGMENTED_MIN_COMPONENTS and f["largest_ratio"] < FRAGMENTED_MAX_LARGEST:
         shape = "spot-like" if small_compact() else "fragmented"
-    elif elong >= LINEAR_MIN_ELONGATION:
+    elif elong >= LINEAR_MIN_ELONGATION and thin():
         shape = "linear"
     elif curved():
         shape = "curved"
@@ -589,13 +599,15 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         direction = "none"
     elif elong >= ELONGATED_MIN_ELONGATION:
         direction = _direction_word(elong, angle)
+    elif count < DIRECTION_MIN_PIECES:
+        direction = "none"
     else:
         mask_moments()
         direction = _direction_word(f["mask_elongation"], f["mask_angle"])
 
     if count == 1 or f["largest_ratio"] >= ISOLATED_MIN_LARGEST:
         dist = "isolated"
-    elif f["extent"] <= CLUSTERED_MAX_EXTENT:
+    elif f["extent"] <= CLUSTERED_MAX_EXTENT or f["union_fill"] >= CLUSTERED_MIN_UNION_FILL:
         dist = "clustered"
     else:
         dist = "scattered"

@@ -329,6 +329,9 @@ def _spots(centres, radius):
      ("circular", "none", "isolated")),
     ("two far bars", ((abs(_XX - 40) < 3) | (abs(_XX - 210) < 3)) & (abs(_YY - 128) < 90),
      ("linear", "vertical", "scattered")),
+    ("two discs side by side", _spots([(128, 60), (128, 200)], 30), ("circular", "none", "scattered")),
+    ("two adjacent blobs", _spots([(128, 100), (128, 165)], 30), ("circular", "none", "clustered")),
+    ("row of spots", _spots([(128, 20 + 40 * i) for i in range(6)], 5), ("spot-like", "horizontal", "scattered")),
     ("many pieces", ((_XX % 50 < 25) & (_YY % 50 < 35)) & (abs(_YY - 128) < 100) & (abs(_XX - 128) < 100),
      ("fragmented", "none", "scattered")),
 ])
