@@ -1,12 +1,7 @@
 """The SteelDefectX `datasets` builder: raw files in the official layout -> a checked, cached DatasetDict.
 
-Official layout (a local folder, or the Hub repo ``Zhaosxian/SteelDefectX`` fetched with huggingface_hub)::
-
-    class_descriptions.json   {class_name: T1 sentence}
-    train/ val/               <prefix>_<n>.jpg
-    train_mask/ val_mask/     <stem>.png (optional per image; binarised here at > 127)
-    train-text.json           [{image_name, class_name, natural_language_description,
-    val-text.json               structured_attributes, template_sentence}, ...]
+The raw files are located, read and checked by :mod:`sdx.layout`; this module turns the checked items into
+splits, text levels and a cached Arrow dataset, and exports / pushes it.
 
 Splits (the paper reports on the official val split, so it is our ``test``):
 
@@ -23,9 +18,8 @@ along a documented chain and every fallback is counted in the build report:
 * T3 null   -> T3 computed from the mask when ``annotate_missing=True`` -> T1
 * T4 empty  -> T4 rendered from T3 when T3 exists -> T3 computed from the mask (``annotate_missing``) -> T1
 
-``strict=True`` raises instead of falling back. Bad raw input raises :class:`DataError` naming the file and
-the field; with ``on_error="skip"`` the item is skipped and counted instead. Nothing is dropped silently:
-for each split, records in = rows out + skipped records, and images in = rows out + skipped images.
+``strict=True`` raises instead of falling back. Bad raw input: see :mod:`sdx.layout` (errors naming the
+file and the field, or counted skips with ``on_error="skip"``).
 
 The cache follows the raw files: the config hash includes a fingerprint of every raw file's name, size and
 modification time, and this module's source, so an edited caption or an added image rebuilds. `datasets`
@@ -37,52 +31,43 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import datasets
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from sdx import text as T
+from sdx.layout import (  # noqa: F401  (DataError & co. are part of this module's API too)
+    HUB_REPO,
+    SPLITS,
+    DataError,
+    DataSourceError,
+    Item,
+    ScanReport,
+    class_texts,
+    dataset_stats,
+    fingerprint_layout,
+    format_report,
+    format_stats,
+    read_class_descriptions,
+    resolve_data_dir,
+    scan_layout,
+)
 
 logger = logging.getLogger(__name__)
 
-HUB_REPO = "Zhaosxian/SteelDefectX"
-SPLITS = {"train": ("train", "train_mask", "train-text.json"), "val": ("val", "val_mask", "val-text.json")}
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-EXT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 CONFIG_LEVELS = {"default": "t1", "t0": "t0", "coarse": "t1", "fine": "t2", "attributes": "t3", "structured": "t4"}
 LEVEL_CONFIGS = {"t0": "t0", "t1": "coarse", "t2": "fine", "t3": "attributes", "t4": "structured"}
 REPORT_PREFIX = "SteelDefectX build report: "
-_CODE_HASH = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
-
-OFFLINE_HELP = (
-    "SteelDefectX: no data_dir was given and the Hub dataset {repo} could not be fetched ({error}).\n"
-    "  * On a machine with internet: `hf download {repo} --repo-type dataset --local-dir SteelDefectX`,\n"
-    "    copy the folder here and pass it: load_steeldefectx(data_dir='SteelDefectX') or --data_dir SteelDefectX.\n"
-    "  * Any folder in the official layout works (class_descriptions.json, train/, val/, train-text.json, ...).\n"
-    "  * For the embedded synthetic demo data (no download): data_dir='synthetic' / --data_dir synthetic."
-)
-
-
-class DataError(ValueError):
-    """Bad raw input; the message names the file and the field."""
-
-    def __init__(self, file: str | os.PathLike, field: str, message: str):
-        self.file, self.field = str(file), field
-        super().__init__(f"{file}: field '{field}': {message}")
-
-
-class DataSourceError(RuntimeError):
-    """The data could not be located (offline with no data_dir, missing folder)."""
+_CODE_HASH = hashlib.sha1(b"".join(
+    (Path(__file__).parent / name).read_bytes() for name in ("dataset.py", "layout.py", "text.py"))).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -109,282 +94,6 @@ def make_features(class_names: Sequence[str]) -> datasets.Features:
         "t4": datasets.Value("string"),
         "caption": datasets.Value("string"),
     })
-
-
-# --------------------------------------------------------------------------------------------------------
-# Locating the data
-
-def resolve_data_dir(data_dir: str | os.PathLike | None, hub_repo: str = HUB_REPO) -> Path:
-    """A local folder as given, "synthetic" for the embedded generator, or None for the Hub release."""
-    if data_dir is not None and str(data_dir) == "synthetic":
-        from sdx.synthetic import default_dataset_dir
-
-        return Path(default_dataset_dir())
-    if data_dir is not None:
-        path = Path(data_dir).expanduser()
-        if not path.is_dir():
-            raise DataSourceError(f"data_dir {path} does not exist or is not a folder")
-        return path.resolve()
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=hub_repo, repo_type="dataset"))
-    except Exception as error:  # offline, no such repo, no permission: one clear message
-        raise DataSourceError(OFFLINE_HELP.format(repo=hub_repo, error=f"{type(error).__name__}: {error}")) from None
-
-
-def fingerprint_layout(data_dir: Path) -> str:
-    """Hash of every raw file's name, size and mtime (cheap: stat only), for cache invalidation."""
-    h = hashlib.sha1()
-    entries = ["class_descriptions.json"] + [name for triple in SPLITS.values() for name in triple]
-    for entry in entries:
-        path = data_dir / entry
-        if path.is_file():
-            st = path.stat()
-            h.update(f"{entry}:{st.st_size}:{st.st_mtime_ns};".encode())
-        elif path.is_dir():
-            with os.scandir(path) as it:
-                for e in sorted(it, key=lambda e: e.name):
-                    st = e.stat()
-                    h.update(f"{entry}/{e.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-        else:
-            h.update(f"{entry}:absent;".encode())
-    return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------------------------------------
-# Reading and checking the raw files
-
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DataError(path, "<file>", "file not found")
-    raw = path.read_bytes()
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(path, "<file>", f"not valid UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
-    try:
-        return json.loads(content)
-    except json.JSONDecodeError as e:
-        raise DataError(path, "<file>", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-
-
-def read_class_descriptions(data_dir: Path) -> dict[str, str]:
-    path = data_dir / "class_descriptions.json"
-    obj = read_json(path)
-    if not isinstance(obj, dict) or not obj:
-        raise DataError(path, "<root>", "expected a non-empty object {class_name: description}")
-    for name, desc in obj.items():
-        if not isinstance(desc, str) or not desc.strip():
-            raise DataError(path, name, "class description must be a non-empty string")
-    return {name: obj[name] for name in sorted(obj)}
-
-
-def class_texts(data_dir: str | os.PathLike) -> dict[str, str]:
-    """{class name: T1 sentence} of a data folder ("synthetic" accepted)."""
-    return read_class_descriptions(resolve_data_dir(data_dir))
-
-
-@dataclass
-class Item:
-    split: str            # "train" or "val" (official)
-    image_path: Path
-    mask_path: Path | None
-    record: dict
-    label: int
-    size: tuple[int, int]
-    mask_png: bytes | None = None   # the binarised mask, encoded once while checking
-
-
-@dataclass
-class ScanReport:
-    """What the scan saw, per official split: inputs, outputs, skips by reason, and notes."""
-
-    records_in: collections.Counter = field(default_factory=collections.Counter)
-    images_in: collections.Counter = field(default_factory=collections.Counter)
-    rows_out: collections.Counter = field(default_factory=collections.Counter)
-    skipped: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
-    notes: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
-    fallbacks: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
-    messages: list = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {
-            "records_in": dict(self.records_in), "images_in": dict(self.images_in),
-            "rows_out": dict(self.rows_out),
-            "skipped": {k: dict(v) for k, v in self.skipped.items()},
-            "notes": {k: dict(v) for k, v in self.notes.items()},
-            "fallbacks": {k: dict(v) for k, v in self.fallbacks.items()},
-            "messages": self.messages[:50],
-        }
-
-
-class _Checker:
-    """Raise DataError, or count a skip when on_error == "skip"."""
-
-    def __init__(self, on_error: str, report: ScanReport):
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-        self.on_error, self.report = on_error, report
-
-    def fail(self, split: str, reason: str, error: DataError) -> None:
-        if self.on_error == "raise":
-            raise error
-        self.report.skipped[split][reason] += 1
-        self.report.messages.append(str(error))
-        logger.warning("skipped (%s): %s", reason, error)
-
-
-_REQUIRED_FIELDS = {
-    "image_name": (str,),
-    "class_name": (str,),
-    "natural_language_description": (str, type(None)),
-    "structured_attributes": (dict, type(None)),
-    "template_sentence": (str, type(None)),
-}
-
-
-def _check_record(path: Path, index: int, rec: Any, classes: dict[str, str]) -> dict:
-    where = f"record {index}"
-    if not isinstance(rec, dict):
-        raise DataError(path, where, f"expected an object, got {type(rec).__name__}")
-    for name, types in _REQUIRED_FIELDS.items():
-        if name not in rec:
-            if types[-1] is type(None):
-                continue
-            raise DataError(path, f"{where}.{name}", "missing")
-        if not isinstance(rec[name], types):
-            raise DataError(path, f"{where}.{name}", f"expected {' or '.join(t.__name__ for t in types)}, "
-                                                   f"got {type(rec[name]).__name__}")
-    name = rec["image_name"]
-    if not name or "/" in name or "\\" in name or ".." in name or name != name.strip():
-        raise DataError(path, f"{where}.image_name", f"{name!r} is not a plain file name (no paths, no '..')")
-    if rec["class_name"] not in classes:
-        raise DataError(path, f"{where}.class_name",
-                        f"{rec['class_name']!r} ({name}) is not in class_descriptions.json")
-    attrs = rec.get("structured_attributes")
-    if attrs is not None:
-        for f_name in T.T3_FIELDS:
-            if f_name not in attrs:
-                raise DataError(path, f"{where}.structured_attributes.{f_name}", f"missing ({name})")
-        pos = attrs["Position"]
-        if not isinstance(pos, list) or not all(
-                isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[1], (int, float)) for p in pos):
-            raise DataError(path, f"{where}.structured_attributes.Position",
-                            f"expected [[cell, share], ...] ({name})")
-    return rec
-
-
-def _verify_image(path: Path) -> tuple[tuple[int, int], str | None]:
-    """Decode fully; return (size, repair note). Raises DataError for unreadable files."""
-    if path.stat().st_size == 0:
-        raise DataError(path, "image", "zero-byte file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            fmt, size = im.format, im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(path, "image", f"cannot be decoded ({type(e).__name__}: {e})") from None
-    expected = EXT_FORMATS.get(path.suffix.lower())
-    note = f"extension {path.suffix} but {fmt} content: read by content" if expected and fmt != expected else None
-    return size, note
-
-
-def _load_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
-    """Decode a mask, check its size, binarise at > 127. Returns (uint8 0/255 array, was_non_binary)."""
-    if path.stat().st_size == 0:
-        raise DataError(path, "mask", "zero-byte file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(path, "mask", f"cannot be decoded ({type(e).__name__}: {e})") from None
-    if arr.ndim == 3:  # RGB(A) masks: any channel above threshold (they are grey in practice)
-        arr = arr[..., :3].max(axis=2)
-    if arr.dtype == np.uint16 or arr.max(initial=0) > 255:
-        arr = (arr.astype(np.float64) / 257.0).round()
-    if (arr.shape[1], arr.shape[0]) != tuple(size):
-        raise DataError(path, "mask", f"size {arr.shape[1]}x{arr.shape[0]} differs from its image's "
-                                      f"{size[0]}x{size[1]}")
-    binary = arr > 127
-    non_binary = bool(np.any((arr != 0) & (arr != 255)))
-    return (binary.astype(np.uint8) * 255), non_binary
-
-
-def scan_layout(data_dir: Path, *, on_error: str = "raise", with_masks: bool = True,
-                progress: bool = False) -> tuple[dict[str, str], list[Item], ScanReport]:
-    """Read and check every raw file; returns (class descriptions, items, report)."""
-    report = ScanReport()
-    check = _Checker(on_error, report)
-    classes = read_class_descriptions(data_dir)
-    label_of = {name: i for i, name in enumerate(classes)}
-    items: list[Item] = []
-    for split, (image_dir, mask_dir, text_file) in SPLITS.items():
-        text_path, image_root, mask_root = data_dir / text_file, data_dir / image_dir, data_dir / mask_dir
-        records = read_json(text_path)
-        if not isinstance(records, list):
-            raise DataError(text_path, "<root>", "expected a list of records")
-        if not image_root.is_dir():
-            raise DataError(image_root, "<folder>", f"image folder for split '{split}' not found")
-        images = {p.name: p for p in image_root.iterdir() if p.is_file() and not p.name.startswith(".")}
-        report.records_in[split] = len(records)
-        report.images_in[split] = len(images)
-        masks = ({p.stem: p for p in mask_root.iterdir() if p.is_file()} if mask_root.is_dir() else {})
-        seen: dict[str, int] = {}
-        matched: set[str] = set()
-        iterator = enumerate(records)
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(iterator, total=len(records), desc=f"checking {split}", unit="img")
-        for index, rec in iterator:
-            try:
-                rec = _check_record(text_path, index, rec, classes)
-            except DataError as e:
-                check.fail(split, "bad record", e)
-                continue
-            name = rec["image_name"]
-            if name in seen:
-                check.fail(split, "duplicate image_name", DataError(
-                    text_path, f"record {index}.image_name", f"{name!r} already used by record {seen[name]}"))
-                continue
-            seen[name] = index
-            image_path = images.get(name)
-            if image_path is None:
-                check.fail(split, "record without image", DataError(
-                    text_path, f"record {index}.image_name", f"no file {image_root / name}"))
-                continue
-            matched.add(name)
-            try:
-                size, note = _verify_image(image_path)
-            except DataError as e:
-                check.fail(split, "unreadable image", e)
-                continue
-            mask_path = masks.get(Path(name).stem) if with_masks else None
-            mask_png = None
-            if mask_path is not None:
-                try:
-                    binary, non_binary = _load_mask(mask_path, size)
-                except DataError as e:
-                    check.fail(split, "bad mask", e)
-                    continue
-                buf = io.BytesIO()
-                Image.fromarray(binary, mode="L").save(buf, format="PNG", compress_level=1)
-                mask_png = buf.getvalue()
-                if non_binary:
-                    report.notes[split]["masks binarised (> 127)"] += 1
-            elif with_masks:
-                report.notes[split]["images without mask"] += 1
-            if note:
-                report.notes[split]["extension differs from content"] += 1
-                report.messages.append(f"{image_path}: {note}")
-            items.append(Item(split, image_path, mask_path, rec, label_of[rec["class_name"]], size, mask_png))
-            report.rows_out[split] += 1
-        for name in sorted(set(images) - matched - set(seen)):
-            check.fail(split, "image without record", DataError(
-                image_root / name, "image_name", f"no record in {text_path.name}"))
-    return classes, items, report
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -630,52 +339,6 @@ def class_names(ds: datasets.DatasetDict | datasets.Dataset) -> list[str]:
     return list(first.features["label"].names)
 
 
-def format_report(summary: dict) -> str:
-    lines = ["SteelDefectX build: " + ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items())]
-    for split in summary.get("records_in", {}):
-        lines.append(f"  {split}: records in {summary['records_in'][split]}, images in "
-                     f"{summary['images_in'][split]}, rows out {summary['rows_out'].get(split, 0)}")
-    for title in ("skipped", "notes", "fallbacks"):
-        for split, counts in summary.get(title, {}).items():
-            for reason, n in counts.items():
-                lines.append(f"  {title} [{split}] {reason}: {n}")
-    return "\n".join(lines)
-
-
-def dataset_stats(data_dir: str | os.PathLike | None, *, with_masks: bool = True) -> dict:
-    """Per class and official split: images, masks, records lacking T2 / T3 / T4; plus every problem, counted."""
-    root = resolve_data_dir(data_dir)
-    classes, items, report = scan_layout(root, on_error="skip", with_masks=with_masks, progress=True)
-    columns = ("images", "masks", "lacking T2", "lacking T3", "lacking T4")
-    table: dict = {split: {name: dict.fromkeys(columns, 0) for name in classes} for split in SPLITS}
-    for it in items:
-        row = table[it.split][it.record["class_name"]]
-        row["images"] += 1
-        row["masks"] += int(it.mask_path is not None)
-        row["lacking T2"] += int(T.is_missing_text(it.record.get("natural_language_description")))
-        row["lacking T3"] += int(it.record.get("structured_attributes") is None)
-        row["lacking T4"] += int(T.is_missing_text(it.record.get("template_sentence")))
-    return {"data_dir": str(root), "classes": list(classes),
-            "per_class": table,
-            "report": report.as_dict()}
-
-
-def format_stats(stats: dict) -> str:
-    cols = ("images", "masks", "lacking T2", "lacking T3", "lacking T4")
-    out = [f"SteelDefectX raw files in {stats['data_dir']} ({len(stats['classes'])} classes declared)"]
-    for split, table in stats["per_class"].items():
-        out.append(f"\n[{split}]\n{'class':<36}" + "".join(f"{c:>12}" for c in cols))
-        totals = collections.Counter()
-        for name, row in table.items():
-            out.append(f"{name:<36}" + "".join(f"{row.get(c, 0):>12}" for c in cols))
-            totals.update(row)
-        out.append(f"{'total':<36}" + "".join(f"{totals.get(c, 0):>12}" for c in cols))
-    rep = stats["report"]
-    out.append("")
-    out.append(format_report({**rep, "splits": {}}).split("\n", 1)[-1])
-    return "\n".join(out)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Export (parquet + card) and push
 
@@ -688,9 +351,10 @@ def export_dataset(out_dir: str | os.PathLike, data_dir: str | os.PathLike | Non
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    yaml_configs, counts = [], {}
+    yaml_configs, counts, infos = [], {}, datasets.info.DatasetInfosDict()
     for cfg in configs:
         ds = load_steeldefectx(data_dir, cfg, cache_dir=cache_dir, **overrides)
+        infos[cfg] = next(iter(ds.values())).info.copy()  # features + split sizes, written as dataset_info
         files = []
         for split, d in ds.items():
             counts[f"{cfg}/{split}"] = len(d)
@@ -707,6 +371,7 @@ def export_dataset(out_dir: str | os.PathLike, data_dir: str | os.PathLike | Non
     template = Path(card_template) if card_template else Path(__file__).resolve().parents[1] / "data_card.md"
     card = DatasetCard(template.read_text(encoding="utf-8") if template.is_file() else "---\n---\n")
     card.data["configs"] = yaml_configs
+    infos.to_dataset_card_data(card.data)
     card.save(str(out / "README.md"))
     return {"out_dir": str(out), "rows": counts}
 

@@ -6,8 +6,6 @@ import collections
 import csv
 import io
 import json
-import os
-import shutil
 from pathlib import Path
 
 import datasets
