@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""Train a vision-only SteelDefectX classifier (benchmark task 1): ViT by default, ResNet / ConvNeXt too.
+
+The work is done by ``sdx.vit_training.run_vit_training`` with the shared accelerate loop of sdx.training; see
+those module docstrings for every rule. Examples::
+
+    # a small ViT from scratch on a local copy of the data
+    python train_vit.py --data_dir /data/SteelDefectX --output_dir runs/vit-tiny --model_size tiny \\
+        --image_size 224 --hflip --vflip --random_resized_crop
+
+    # the paper's recipe (SGD 0.1, /10 every 30 epochs, 100 epochs) on a pretrained checkpoint, 4 GPUs, bf16
+    accelerate launch --num_processes 4 train_vit.py --recipe paper --model_name_or_path google/vit-base-patch16-224 \\
+        --ignore_mismatched_sizes --data_dir /data/SteelDefectX --output_dir runs/vit-b16 --mixed_precision bf16
+
+    # LoRA, merged on save, pushed to the Hub
+    python train_vit.py --model_name_or_path ./vit-b16 --use_lora --merge_lora --data_dir ... --output_dir runs/lora \\
+        --push_to_hub --hub_model_id me/sdx-vit-lora
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from sdx.vit_training import parse_vit_args, run_vit_training
+
+    return run_vit_training(parse_vit_args(argv))
+
+
+if __name__ == "__main__":
+    main()
