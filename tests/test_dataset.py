@@ -492,3 +492,35 @@ def test_stats_reports_problem_counts(layout, capsys):
     stats = steeldefectx.main(["stats", "--data_dir", str(layout)])
     assert stats["report"]["skipped"]["train"] == {"unreadable image": 1, "image without record": 1}
     assert "unreadable image: 1" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ embedded default, annotation
+
+def test_synthetic_default_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEELDEFECTX_CACHE", str(tmp_path / "syn"))
+    ds = D.load_steeldefectx("synthetic", "structured", cache_dir=str(tmp_path / "c"))
+    rep = D.build_report(ds)
+    assert len(ds["test"]) > 0 and sum(rep["fallbacks"].get(s, {}).get("t4->t1", 0) for s in ds) == 0
+    row = ds["train"][0]
+    assert row["mask"] is not None and row["t2"] and row["caption"] == row["t4"]
+    assert row["t4"] == T.render_t4({**row["t3"], "Position": T.position_from_records(row["t3"]["Position"])})
+
+
+def test_annotate_missing_fills_t3_t4_from_masks(layout, cache):
+    from sdx.attributes import annotate
+
+    records = _records(layout, "val")
+    for r in records:
+        r["structured_attributes"], r["template_sentence"] = None, ""
+    _write_records(layout, records, "val")
+    plain = D.load_steeldefectx(layout, "structured", cache_dir=cache)
+    assert D.build_report(plain)["fallbacks"]["test"] == {"t4->t1": 6}
+    filled = D.load_steeldefectx(layout, "structured", cache_dir=cache, annotate_missing=True)
+    rep = D.build_report(filled)
+    assert rep["notes"]["test"]["T3/T4 computed from the mask"] == 3  # the three images with a mask
+    assert rep["fallbacks"]["test"] == {"t4->t1": 3}                  # the three without
+    row = next(r for r in filled["test"] if r["mask"] is not None)
+    t3, t4 = annotate(layout / "val" / row["image_name"], layout / "val_mask" / row["image_name"].replace(".jpg", ".png"),
+                      row["class_name"])
+    assert row["caption"] == row["t4"] == t4
+    assert row["t3"]["Scale"] == t3["Scale"] and row["t3"]["Shape"] == t3["Shape"]
