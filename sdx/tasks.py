@@ -218,10 +218,18 @@ def read_model_meta(path: str) -> dict:
     return meta
 
 
+def _level_or_raw(value) -> str:
+    """A canonical level t0..t4, or the value itself (e.g. "mixed") when it is not a single level."""
+    try:
+        return normalize_level(value)
+    except ValueError:
+        return str(value).strip().lower()
+
+
 def _meta_level(meta: dict) -> str | None:
     for key in LEVEL_META_KEYS:
         if meta.get(key):
-            return normalize_level(meta[key])
+            return _level_or_raw(meta[key])
     return None
 
 
@@ -230,49 +238,42 @@ class ClipEncoder:
 
     def __init__(self, name_or_path: str, *, label: str | None = None, level: str | None = None,
                  batch_size: int = 32, device: str | None = None):
-        from transformers import AutoModel, AutoTokenizer
-
         self.path = str(name_or_path)
         self.label = label or Path(self.path).name or self.path
         self.fingerprint = model_fingerprint(self.path)
         self.meta = read_model_meta(self.path)
-        self.level = normalize_level(level) if level else _meta_level(self.meta)
+        self.level = _level_or_raw(level) if level else _meta_level(self.meta)
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        try:
-            self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{self.path}: cannot load a CLIP-family model ({err})") from err
-        if not hasattr(self.model, "get_image_features"):
-            raise ValueError(f"{self.path}: {type(self.model).__name__} has no get_image_features; "
-                             "--model_name_or_path needs a CLIP-family checkpoint")
-        self.image_processor = _load_image_processor(self.path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        tc = getattr(self.model.config, "text_config", None)
+        self.model, self.image_processor, self.tokenizer = load_clip_parts(self.path)
+        self.model = self.model.to(self.device).eval()
+        # ClipWithAdapter (sdx.models) wraps a frozen CLIP in .clip with the adapter in .adapter
+        self.base = getattr(self.model, "clip", self.model)
+        self.adapter = getattr(self.model, "adapter", None) if self.base is not self.model else None
+        tc = getattr(self.base.config, "text_config", None)
         self.max_length = int(min(getattr(tc, "max_position_embeddings", 77) or 77,
                                   getattr(self.tokenizer, "model_max_length", 77) or 77))
-        self.adapter = _load_adapter(self.path, self.device)
-        self.can_localize = hasattr(self.model, "visual_projection") and hasattr(self.model, "vision_model")
-        self.origin = self.meta.get("sdx_origin") or self.meta.get("origin") or (
-            "pretrained" if self.meta.get("init_from") or self.meta.get("pretrained") else "unknown")
+        self.can_localize = hasattr(self.base, "visual_projection") and hasattr(self.base, "vision_model")
+        origin = self.meta.get("sdx_origin") or self.meta.get("origin")
+        self.origin = str(origin) if origin else "unknown (no sdx_origin in the checkpoint)"
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], with_patches: bool = False):
-        """(embeddings [B, D] normalised, patch tokens [B, P, D] normalised or None)."""
+        """(embeddings [B, D] normalised, patch tokens [B, P, D] normalised or None), from ONE forward pass."""
         pix = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
         pix = pix.to(self.device)
-        out = self.model.get_image_features(pixel_values=pix)
+        out = self.base.get_image_features(pixel_values=pix)
         emb = _pooled(out)
         if self.adapter is not None:
-            emb = self.adapter(emb)
+            emb = self.adapter(emb.float())
         emb = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
         patches = None
         if with_patches:
-            hidden = out.last_hidden_state if not isinstance(out, torch.Tensor) else None
-            if hidden is None or not hasattr(self.model, "visual_projection"):
-                hidden = self.model.vision_model(pixel_values=pix).last_hidden_state
-            vm = self.model.vision_model
-            tokens = self.model.visual_projection(vm.post_layernorm(hidden[:, 1:]))
+            hidden = getattr(out, "last_hidden_state", None)
+            if hidden is None:  # a model returning a bare tensor: one extra vision pass
+                hidden = self.base.vision_model(pixel_values=pix).last_hidden_state
+            vm = self.base.vision_model
+            tokens = self.base.visual_projection(vm.post_layernorm(hidden[:, 1:]))
             patches = torch.nn.functional.normalize(tokens.float(), dim=-1).cpu().numpy()
         return emb, patches
 
@@ -287,7 +288,7 @@ class ClipEncoder:
     def describe(self) -> dict:
         return {"name": self.label, "path": self.path, "kind": "clip", "train_level": self.level,
                 "origin": self.origin, "method": self.meta.get("sdx_method") or self.meta.get("method")
-                or ("CLIP-Adapter" if self.adapter is not None else "CLIP"),
+                or ("adapter" if self.adapter is not None else "unknown"), "seed": self.meta.get("sdx_seed"),
                 "fingerprint": self.fingerprint[:16], "metadata": self.meta}
 
 
@@ -300,20 +301,31 @@ def _load_image_processor(path: str):
         raise ValueError(f"{path}: no image processor (preprocessor_config.json) found ({err})") from err
 
 
-def _load_adapter(path: str, device) -> Callable | None:
-    """A CLIP-Adapter saved beside the checkpoint (see sdx.models), applied to image embeddings."""
+def load_clip_parts(path: str):
+    """(model, image processor, tokenizer): sdx.models.load_clip (adapter dirs included) when present, else
+    AutoModel + AutoImageProcessor + AutoTokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
     try:
-        from sdx import models as sdx_models
+        from sdx.models import load_clip
     except ImportError:
-        return None
-    loader = getattr(sdx_models, "load_clip_adapter", None)
-    if loader is None:
-        return None
-    adapter = loader(path)
-    if adapter is None:
-        return None
-    adapter = adapter.to(device).eval()
-    return adapter
+        load_clip = None
+    processor = None
+    try:
+        if load_clip is not None:
+            model, processor = load_clip(path)
+        else:
+            model = AutoModel.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: cannot load a CLIP-family model ({err})") from err
+    if not hasattr(model, "get_image_features"):
+        raise ValueError(f"{path}: {type(model).__name__} has no get_image_features; "
+                         "--model_name_or_path needs a CLIP-family checkpoint")
+    image_processor = getattr(processor, "image_processor", None) or _load_image_processor(path)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        tokenizer = processor if hasattr(processor, "batch_decode") else AutoTokenizer.from_pretrained(path)
+    return model, image_processor, tokenizer
 
 
 class VisionClassifier:
@@ -333,7 +345,8 @@ class VisionClassifier:
         except (OSError, ValueError) as err:
             raise ValueError(f"{self.path}: cannot load an image-classification model ({err})") from err
         self.image_processor = _load_image_processor(self.path)
-        self.origin = self.meta.get("sdx_origin") or self.meta.get("origin") or "unknown"
+        origin = self.meta.get("sdx_origin") or self.meta.get("origin")
+        self.origin = str(origin) if origin else "unknown (no sdx_origin in the checkpoint)"
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -356,7 +369,7 @@ class VisionClassifier:
 
     def describe(self) -> dict:
         return {"name": self.label, "path": self.path, "kind": "image-classifier", "origin": self.origin,
-                "method": self.meta.get("sdx_method") or type(self.model).__name__,
+                "method": self.meta.get("sdx_method") or type(self.model).__name__, "seed": self.meta.get("sdx_seed"),
                 "fingerprint": self.fingerprint[:16], "metadata": self.meta}
 
 
@@ -872,9 +885,9 @@ class Benchmark:
             ids = sorted(self.class_names.index(c) for c in self.unseen_arg)
             declared = _declared_unseen(enc.meta, self.class_names)
             return ids, bool(declared) and set(ids) <= set(declared), "--unseen_classes"
-        declared = _declared_unseen(enc.meta, self.class_names)
-        if declared:
-            return sorted(c for c in declared if c in cands), True, "checkpoint metadata"
+        declared = [c for c in (_declared_unseen(enc.meta, self.class_names) or []) if c in cands]
+        if declared:  # classes without images never count as "held out"
+            return declared, True, "checkpoint metadata"
         return cands[1::4], False, "fallback: every 4th class from the 2nd (model did not declare held-out classes)"
 
     def task4(self) -> dict:
@@ -941,7 +954,7 @@ class Benchmark:
             return {"skipped": "no test image has a mask"}
         out: dict[str, Any] = {}
         for enc in self.encoders():
-            if not enc.can_localize:
+            if not enc.can_localize:  # noqa: SIM102
                 out[enc.label] = {"skipped": "model has no vision_model/visual_projection (not CLIP-style)"}
                 continue
             self.image_emb(enc, test)  # stores the patch tokens of the masked rows on a cache miss

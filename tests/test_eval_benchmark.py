@@ -71,39 +71,17 @@ def _vocab_texts(ds) -> list[str]:
     return texts + list(DESC.values())
 
 
-def tiny_tokenizer(texts, out_dir):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def tiny_clip(out_dir: Path, texts, seed: int = 0, meta: dict | None = None, adapter: bool = False) -> Path:
+    """A random-init tiny CLIP from sdx.models (helper "clip"), 64 px images -> 4x4 patch grid, saved to disk."""
+    from sdx.models import ClipAdapter, ClipWithAdapter, build_clip_from_scratch
 
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"]))
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
-                                                       special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
-                                   unk_token="[UNK]", model_max_length=64)
-    fast.save_pretrained(out_dir)
-    return fast
-
-
-def tiny_clip(out_dir: Path, texts, seed: int = 0, meta: dict | None = None) -> Path:
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(seed)
-    tok = tiny_tokenizer(texts, out_dir)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=64, eos_token_id=tok.eos_token_id,
-                         bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    for k, v in (meta or {}).items():
-        setattr(cfg, k, v)
-    CLIPModel(cfg).save_pretrained(out_dir)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out_dir)
+    model, processor = build_clip_from_scratch("tiny", texts, vocab_size=300, image_size=64, seed=seed)
+    if adapter:
+        model = ClipWithAdapter(model, ClipAdapter(model.config.projection_dim))
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    if meta:
+        (Path(out_dir) / "sdx_training.json").write_text(json.dumps(meta))
     return out_dir
 
 
@@ -142,8 +120,8 @@ def models(tmp_path_factory, small_ds):
     texts = _vocab_texts(small_ds)
     return {
         "clip_t1": tiny_clip(root / "clip_t1", texts, seed=0),
-        "clip_t4": tiny_clip(root / "clip_t4", texts, seed=1,
-                             meta={"sdx_caption_level": "t4", "sdx_origin": "random-init",
+        "clip_t4": tiny_clip(root / "clip_t4", texts, seed=1, adapter=True,
+                             meta={"sdx_caption_level": "t4", "sdx_origin": "random-init", "sdx_method": "adapter",
                                    "sdx_exclude_classes": ["Inclusion", "Crazing"]}),
         "vit": tiny_vit(root / "vit", small_ds["train"].features["label"].names),
     }
@@ -221,7 +199,8 @@ def test_all_tasks_end_to_end(full_run, small_ds):
         assert (out / png).stat().st_size > 1000, png
     md = (out / "report.md").read_text()
     assert "96.34" in md and "94.45 / 93.66" in md and "78.96" in md  # paper numbers beside ours
-    assert "random-init" in md and "| T4 |" in md and "seeds [1, 2]" in md
+    assert "random-init" in md and "| T4 | adapter |" in md and "seeds [1, 2]" in md
+    assert res["localization"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
     assert "SYNTHETIC" not in md  # this layout is not the synthetic generator's data
 
 
