@@ -66,10 +66,6 @@ def test_real_fixture_rule_fields_and_template(real_subset):
                 field_mismatch[field] = field_mismatch.get(field, 0) + 1
         if t4 != rec["template_sentence"]:
             t4_mismatch.append(rec["image_name"])
-        # passing the fallbacks gives the same except Spatial Distribution, forced to isolated for one component
-        t3b, _ = A.annotate(real_subset / split / rec["image_name"], mask, rec["class_name"],
-                            shape="unclear", direction="none", distribution="unclear")
-        assert t3b == sa
     assert n_checked == 1800
     assert field_mismatch == {}
     assert t4_mismatch == []
@@ -375,3 +371,156 @@ def test_explicit_fields_override_geometry_and_one_component_isolated():
     assert (t3["Shape"], t3["Direction"], t3["Spatial Distribution"]) == ("linear", "vertical", "isolated")
     t3 = A.compute_attributes(g, m, "Bright scratch", shape="curved", direction="none", distribution="clustered")
     assert (t3["Shape"], t3["Direction"], t3["Spatial Distribution"]) == ("curved", "none", "isolated")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# folder tools through the steeldefectx.py CLI
+# ---------------------------------------------------------------------------------------------------------
+def _cli(argv):
+    import steeldefectx
+    return steeldefectx.main(argv)
+
+
+def test_cli_annotate_reproduces_release_records(real_subset, tmp_path):
+    out = tmp_path / "val.json"
+    summary = _cli(["annotate", "--image_dir", str(real_subset / "val"), "--mask_dir", str(real_subset / "val_mask"),
+                    "--output", str(out), "--fallback_fields", "--quiet"])
+    release = {r["image_name"]: r for r in json.loads((real_subset / "val-text.json").read_text())}
+    ours = {r["image_name"]: r for r in json.loads(out.read_text())}
+    assert summary["labels_from"] == "prefix" and summary["records"] == len(release) == 948
+    assert summary["annotated"] == 540 and summary["no_mask"] == 408 and summary["errors"] == []
+    assert ours == release  # every record, X-SDD ones (no mask: null T3, empty T4) included
+
+
+def test_cli_verify_real_fixture(real_subset, capsys):
+    report = _cli(["verify", "--data_dir", str(real_subset), "--splits", "val", "--quiet"])
+    e = report["files"]["val-text.json"]
+    assert (e["records"], e["verified"], e["no_attributes"], e["no_mask"], e["unreadable"]) == (948, 540, 408, 0, 0)
+    assert all(v == 0 for v in e["mismatches"].values()) and e["records_with_mismatch"] == 0
+    assert "val-text.json" in capsys.readouterr().out
+
+
+def _mini_release(real_subset: Path, root: Path) -> list[dict]:
+    """A small layout in tmp_path: 6 val records with their files (symlinked), then tampered."""
+    recs = [r for r in json.loads((real_subset / "val-text.json").read_text()) if r["structured_attributes"]][:5]
+    recs.append(next(r for r in json.loads((real_subset / "val-text.json").read_text())
+                     if not r["structured_attributes"]))
+    (root / "val").mkdir(parents=True)
+    (root / "val_mask").mkdir()
+    for r in recs:
+        (root / "val" / r["image_name"]).symlink_to(real_subset / "val" / r["image_name"])
+        m = real_subset / "val_mask" / (Path(r["image_name"]).stem + ".png")
+        if m.exists():
+            (root / "val_mask" / m.name).symlink_to(m)
+    return recs
+
+
+def test_cli_verify_counts_mismatches_and_unverifiable(real_subset, tmp_path):
+    recs = _mini_release(real_subset, tmp_path)
+    recs[0]["structured_attributes"]["Scale"] = "tiny" if recs[0]["structured_attributes"]["Scale"] != "tiny" \
+        else "small"
+    pos = recs[1]["structured_attributes"]["Position"]
+    pos[0][1] = round(pos[0][1] + 0.01, 6)
+    recs[1]["template_sentence"] += " extra"
+    (tmp_path / "val_mask" / (Path(recs[2]["image_name"]).stem + ".png")).unlink()       # no mask
+    (tmp_path / "val" / recs[3]["image_name"]).unlink()
+    (tmp_path / "val" / recs[3]["image_name"]).write_bytes(b"not a jpeg")                # unreadable
+    (tmp_path / "val-text.json").write_text(json.dumps(recs))
+    report = _cli(["verify", "--data_dir", str(tmp_path), "--quiet"])
+    e = report["files"]["val-text.json"]
+    assert (e["records"], e["verified"], e["no_attributes"], e["no_mask"], e["unreadable"]) == (6, 3, 1, 1, 1)
+    assert e["mismatches"]["Scale"] == 1 and e["mismatches"]["Position"] == 1
+    # the template is checked against the record's own T3: the edited Scale and the appended text both show
+    assert e["mismatches"]["template_sentence"] == 2 and e["records_with_mismatch"] == 2
+    assert sum(e["mismatches"].values()) == 4
+    assert recs[3]["image_name"] in e["unreadable_files"][0]
+    with pytest.raises(ValueError, match="disagree"):
+        _cli(["verify", "--data_dir", str(tmp_path), "--quiet", "--fail_on_mismatch"])
+    (tmp_path / "val-text.json").write_text("{broken")
+    with pytest.raises(ValueError, match="val-text.json"):
+        _cli(["verify", "--data_dir", str(tmp_path), "--quiet"])
+
+
+def _write_pair(img_path: Path, mask_path: Path | None, value: int = 80, box=(10, 30, 12, 40)):
+    img = np.full((64, 64), value, np.uint8)
+    y0, y1, x0, x1 = box
+    img[y0:y1, x0:x1] = 200
+    img_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(img_path)
+    if mask_path is not None:
+        m = np.zeros((64, 64), np.uint8)
+        m[y0:y1, x0:x1] = 255
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m).save(mask_path)
+
+
+def test_cli_annotate_labels_csv_descriptions_missing_masks_and_workers(tmp_path):
+    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
+    _write_pair(imgs / "a.png", masks / "a.png")
+    _write_pair(imgs / "b.jpg", masks / "b.png", box=(0, 64, 30, 34))
+    _write_pair(imgs / "c.png", None)
+    (tmp_path / "labels.csv").write_text("image_name,class_name\na.png,Patches\nb.jpg,Bright scratch\n"
+                                         "c.png,Crazing\n")
+    (tmp_path / "t2.json").write_text(json.dumps([{"image_name": "a.png", "natural_language_description": "A patch."}]))
+    out = tmp_path / "out.json"
+    base = ["annotate", "--image_dir", str(imgs), "--mask_dir", str(masks), "--output", str(out), "--quiet",
+            "--labels", str(tmp_path / "labels.csv"), "--descriptions", str(tmp_path / "t2.json")]
+    summary = _cli(base + ["--workers", "2"])
+    recs = {r["image_name"]: r for r in json.loads(out.read_text())}
+    assert summary["labels_from"] == "csv" and summary["no_mask"] == 1 and summary["records"] == 3
+    assert list(recs["a.png"]) == ["image_name", "class_name", "natural_language_description",
+                                   "structured_attributes", "template_sentence"]
+    assert recs["a.png"]["natural_language_description"] == "A patch."
+    assert recs["b.jpg"]["natural_language_description"] == ""
+    assert recs["b.jpg"]["structured_attributes"]["Shape"] == "linear"
+    assert recs["b.jpg"]["structured_attributes"]["Direction"] == "vertical"
+    assert recs["c.png"]["structured_attributes"] is None and recs["c.png"]["template_sentence"] == ""
+    t3, t4 = A.annotate(imgs / "a.png", masks / "a.png", "Patches")
+    assert recs["a.png"]["structured_attributes"] == t3 and recs["a.png"]["template_sentence"] == t4
+    # same result in-process
+    assert _cli(base)["records"] == 3 and {r["image_name"]: r for r in json.loads(out.read_text())} == recs
+    assert _cli(base + ["--missing_mask", "skip"])["records"] == 2
+    with pytest.raises(ValueError, match="c.png"):
+        _cli(base + ["--missing_mask", "error"])
+
+
+def test_cli_annotate_class_folders_prefixes_and_bad_input(tmp_path):
+    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
+    _write_pair(imgs / "Patches" / "x1.png", masks / "x1.png")
+    _write_pair(imgs / "ps" / "x2.png", masks / "ps" / "x2.png")         # prefix as folder, mask in sub-folder
+    out = tmp_path / "out.json"
+    summary = _cli(["annotate", "--image_dir", str(imgs), "--mask_dir", str(masks), "--output", str(out), "--quiet"])
+    recs = {r["image_name"]: r for r in json.loads(out.read_text())}
+    assert summary["labels_from"] == "folders"
+    assert recs["x1.png"]["class_name"] == "Patches" and recs["x2.png"]["class_name"] == "Pitted surface"
+    assert recs["x2.png"]["structured_attributes"] is not None
+    # prefixes: case-sensitive, longest match ("Isc" vs "Isa"; "is_1" matches nothing)
+    assert A.class_from_prefix("Isc_3.jpg") == "Iron scale compression"
+    assert A.class_from_prefix("Isa_3.jpg") == "Iron sheet ash"
+    assert A.class_from_prefix("cracking_1.jpg") == "Crazing" and A.class_from_prefix("isc_3.jpg") is None
+    flat = tmp_path / "flat"
+    _write_pair(flat / "Ops_1.png", masks / "Ops_1.png")
+    _write_pair(flat / "unknown_1.png", masks / "unknown_1.png")
+    with pytest.raises(ValueError, match="unknown_1.png"):
+        _cli(["annotate", "--image_dir", str(flat), "--mask_dir", str(masks), "--output", str(out), "--quiet"])
+    (flat / "unknown_1.png").unlink()
+    # unreadable image: error naming the file, or a counted skip
+    (flat / "os_2.png").write_bytes(b"garbage")
+    _write_pair(tmp_path / "tmp.png", masks / "os_2.png")
+    args = ["annotate", "--image_dir", str(flat), "--mask_dir", str(masks), "--output", str(out), "--quiet"]
+    with pytest.raises(ValueError, match="os_2.png"):
+        _cli(args)
+    summary = _cli(args + ["--on_error", "skip"])
+    assert summary["records"] == 1 and len(summary["errors"]) == 1 and "os_2.png" in summary["errors"][0]
+    # mask of another size: error naming both files, or resized with --resize_mask
+    (flat / "os_2.png").unlink()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(masks / "Ops_1.png")
+    with pytest.raises(ValueError, match=r"Ops_1.png.*32x32.*64x64"):
+        _cli(args)
+    assert _cli(args + ["--resize_mask"])["empty_masks"] == 1
+    # bad labels CSV
+    (tmp_path / "bad.csv").write_text("name,label\nOps_1.png,Patches\n")
+    with pytest.raises(ValueError, match="bad.csv"):
+        _cli(args + ["--labels", str(tmp_path / "bad.csv")])
+    with pytest.raises(ValueError, match="not found"):
+        _cli(["annotate", "--image_dir", str(tmp_path / "nope"), "--mask_dir", str(masks), "--output", str(out)])
