@@ -818,7 +818,8 @@ def _resolve_classes(classes: Iterable[str] | str | None) -> list[str]:
     if classes is None:
         return list(DEFAULT_CLASSES)
     if isinstance(classes, str):
-        classes = [c for c in classes.split(",")]
+        classes = [classes]
+    classes = [part for item in classes for part in str(item).split(",")]  # "bs,ds" as well as ["bs", "ds"]
     by_prefix = {CLASS_TO_PREFIX[c]: c for c in KINDS}
     by_lower = {c.lower(): c for c in KINDS}
     out: list[str] = []
@@ -985,6 +986,9 @@ def default_dataset_dir(*, progress: bool = False, **params: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
         generate(tmp, progress=progress, **params)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; publish it like any other folder
         try:
             os.replace(tmp, final)
         except OSError:
