@@ -1,0 +1,244 @@
+"""train_vit.py end to end with tiny models (config-built, saved to tmp, loaded via --model_name_or_path):
+synthetic and real data, outputs, LoRA save/load/merge, exact kill-and-resume, bad input before any step, and a real
+two-process CPU run whose evaluation counts equal the split sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train_vit  # noqa: E402
+from sdx import models as M  # noqa: E402
+
+TINY_VIT = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
+COMMON = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--learning_rate", "1e-3",
+          "--dataloader_num_workers", "0"]
+
+
+def _save_tiny(path: Path, names, image_size=32, seed=0):
+    torch.manual_seed(seed)
+    model = M.build_image_classifier("vit", "tiny", names, image_size=image_size, patch_size=16,
+                                     config_overrides=TINY_VIT)
+    model.save_pretrained(path)
+    M.load_or_build_image_processor(None, image_size)[0].save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic_names():
+    from sdx.dataset import class_names, load_steeldefectx
+
+    return class_names(load_steeldefectx("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, synthetic_names):
+    return _save_tiny(tmp_path_factory.mktemp("tiny") / "vit", synthetic_names)
+
+
+def _argv(model, out, *extra):
+    return ["--data_dir", "synthetic", "--model_name_or_path", str(model), "--output_dir", str(out), *COMMON,
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_model):
+    """6 steps on 48 synthetic images, checkpoint every 2 steps, no augmentation (the resume reference)."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    res = train_vit.main(_argv(tiny_model, out, "--max_train_samples", "48", "--max_train_steps", "6",
+                               "--checkpointing_steps", "2"))
+    return out, res
+
+
+def _state(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def _test_accuracy(model, processor, names, max_eval_samples, seed=42):
+    """Acc recomputed from a saved model on the same test subset the trainer used."""
+    from sdx.dataset import load_steeldefectx
+    from sdx.vit_training import ImageTransform, _limit, collate
+
+    test = _limit(load_steeldefectx("synthetic")["test"], max_eval_samples, seed).select_columns(["image", "label"])
+    batch = collate([test.with_transform(ImageTransform(processor, False))[i] for i in range(len(test))])
+    model.eval()
+    with torch.no_grad():
+        pred = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
+    return float((pred == batch["labels"]).double().mean() * 100)
+
+
+def test_synthetic_run_outputs(full_run, synthetic_names):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    out, res = full_run
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "all_results.json", "README.md",
+                 "per_class_test.json", "per_class_test.md", "confusion_matrix_test.png", "sdx_training.json",
+                 "run_args.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["completed_steps"] == 6 and res["splits"]["train"] == 48
+    # every evaluation counted each sample once
+    assert saved["test_num_samples"] == saved["splits"]["test"] == 72
+    assert all(h["eval_num_samples"] == saved["splits"]["validation"] for h in saved["history"])
+    for k in ("test_accuracy", "test_mean_class_accuracy", "test_macro_f1", "validation_accuracy"):
+        assert 0.0 <= saved[k] <= 100.0
+    assert sum(r["support"] for r in saved["test_per_class"]) == 72
+    # the best epoch is the one with the highest validation accuracy
+    accs = [h["eval_accuracy"] for h in saved["history"]]
+    assert saved["best_epoch"] == saved["history"][int(np.argmax(accs))]["epoch"]
+    # the saved model is the best one, labelled with the dataset's names, and reproduces the reported test Acc
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert [model.config.id2label[i] for i in range(len(synthetic_names))] == list(synthetic_names)
+    acc = _test_accuracy(model, AutoImageProcessor.from_pretrained(out), synthetic_names, None)
+    assert acc == pytest.approx(saved["test_accuracy"], abs=1e-6)
+    card = (out / "README.md").read_text()
+    assert "test_accuracy" in card and "--max_train_steps 6" in card
+    assert json.loads((out / "sdx_training.json").read_text())["sdx_method"] == "full"
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model, full_run):
+    ref_out, _ = full_run
+    out = tmp_path / "run"
+    argv = _argv(tiny_model, out, "--max_train_samples", "48", "--max_train_steps", "6", "--checkpointing_steps", "2")
+
+    class Killed(RuntimeError):
+        pass
+
+    def kill(step):
+        if step == 5:
+            raise Killed
+
+    from sdx.vit_training import parse_vit_args, run_vit_training
+
+    with pytest.raises(Killed):
+        run_vit_training(parse_vit_args(argv), step_callback=kill)
+    res = train_vit.main(argv + ["--resume_from_checkpoint", "latest"])
+    assert res["resumed_from"].endswith("checkpoint_1")  # step 4
+    want, got = _state(ref_out), _state(out)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    assert res["test_accuracy"] == json.loads((ref_out / "all_results.json").read_text())["test_accuracy"]
+
+
+def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):
+    from sdx.text import CLASS_NAMES
+
+    model = _save_tiny(tmp_path / "vit25", CLASS_NAMES)
+    res = train_vit.main(["--data_dir", str(real_subset), "--model_name_or_path", str(model), "--output_dir",
+                          str(tmp_path / "out"), *COMMON, "--max_train_samples", "32", "--max_eval_samples", "40",
+                          "--max_train_steps", "3", "--hflip", "--random_resized_crop", "--class_balanced_sampling"])
+    assert res["completed_steps"] == 3
+    assert res["test_num_samples"] == 40 and res["validation_num_samples"] == 40
+    # NEU images are 1-channel, X-SDD RGB: both went through (classes of both sources in the test subset)
+    present = {r["class"] for r in res["test_per_class"] if r["support"]}
+    assert present & {"Crazing", "Patches", "Inclusion"} and present & {"Red iron sheet", "Iron sheet ash",
+                                                                       "Slag inclusion", "Finishing roll printing"}
+
+
+def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_names):
+    from peft import PeftModel
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    base = ["--max_train_samples", "32", "--max_train_steps", "3", "--max_eval_samples", "24", "--use_lora",
+            "--lora_r", "4", "--learning_rate", "1e-2"]
+    adapter = train_vit.main(_argv(tiny_model, tmp_path / "adapter", *base))
+    merged = train_vit.main(_argv(tiny_model, tmp_path / "merged", *base, "--merge_lora"))
+    assert adapter["saved"] == "lora-adapter" and merged["saved"] == "lora-merged"
+    assert adapter["trainable_parameters"] < adapter["total_parameters"] / 2
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == ["k_proj", "q_proj", "v_proj"]
+    assert cfg["modules_to_save"] == ["classifier"]
+    processor = AutoImageProcessor.from_pretrained(tiny_model)
+    loaded = PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(tiny_model),
+                                       tmp_path / "adapter")
+    plain = AutoModelForImageClassification.from_pretrained(tmp_path / "merged")
+    # LoRA changed the weights: the merged model differs from the base
+    base_sd = AutoModelForImageClassification.from_pretrained(tiny_model).state_dict()
+    assert not torch.equal(base_sd["classifier.weight"], plain.state_dict()["classifier.weight"])
+    x = torch.randn(3, 3, 32, 32)
+    loaded.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=x).logits, plain(pixel_values=x).logits, atol=1e-5,
+                                   rtol=1e-4)
+    # both reproduce their reported test accuracy
+    assert _test_accuracy(plain, processor, synthetic_names, 24) == pytest.approx(merged["test_accuracy"])
+    assert _test_accuracy(loaded, processor, synthetic_names, 24) == pytest.approx(adapter["test_accuracy"])
+
+
+def test_bad_input_fails_before_any_step(tmp_path, tiny_model):
+    from sdx.vit_training import parse_vit_args, run_vit_training
+
+    steps = []
+
+    def run(argv):
+        return run_vit_training(parse_vit_args(argv), step_callback=steps.append)
+
+    other = _save_tiny(tmp_path / "other", [f"class {i}" for i in range(5)])
+    with pytest.raises(ValueError, match="labels differ.*--ignore_mismatched_sizes"):
+        run(_argv(other, tmp_path / "o1", "--max_train_steps", "1"))
+    with pytest.raises(ValueError, match=r"match no module.*q_proj"):
+        run(_argv(tiny_model, tmp_path / "o2", "--use_lora", "--lora_target_modules", "query", "value"))
+    with pytest.raises(FileNotFoundError, match="no_such_ckpt"):
+        run(_argv(tiny_model, tmp_path / "o3", "--resume_from_checkpoint", str(tmp_path / "no_such_ckpt")))
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "all_results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="held"):
+        run(_argv(tiny_model, held))
+    assert steps == []
+    # the mismatched head re-initialised on request
+    res = run(_argv(other, tmp_path / "o5", "--ignore_mismatched_sizes", "--max_train_steps", "1",
+                    "--max_train_samples", "8", "--max_eval_samples", "8", "--skip_test"))
+    assert res["completed_steps"] == 1 and steps == [1]
+
+
+def test_recipe_paper_and_overrides():
+    from sdx.vit_training import parse_vit_args
+
+    args = parse_vit_args(["--output_dir", "x", "--recipe", "paper"])
+    assert (args.optimizer, args.momentum, args.weight_decay, args.learning_rate, args.lr_scheduler_type,
+            args.lr_step_epochs, args.lr_gamma, args.num_train_epochs) == ("sgd", 0.9, 1e-4, 0.1, "step", 30, 0.1,
+                                                                           100)
+    args = parse_vit_args(["--output_dir", "x", "--recipe", "paper", "--num_train_epochs", "5"])
+    assert args.num_train_epochs == 5 and args.optimizer == "sgd"
+
+
+def test_help_is_complete(capsys):
+    with pytest.raises(SystemExit):
+        train_vit.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model_name_or_path", "--model_type", "--use_lora", "--merge_lora", "--recipe", "--config",
+                 "--resume_from_checkpoint", "--mixed_precision", "--push_to_hub", "--class_balanced_sampling",
+                 "--random_resized_crop", "--hflip", "--vflip", "--gradient_accumulation_steps"):
+        assert flag in text, flag
+
+
+def test_two_process_cpu_run_counts_each_sample_once(tmp_path, tiny_model):
+    """A real two-process gloo run (torchrun); odd split sizes so padding duplicates would show."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(ROOT / "train_vit.py"), *_argv(tiny_model, out, "--max_train_samples", "40", "--max_eval_samples",
+                                              "37", "--max_train_steps", "2", "--per_device_eval_batch_size", "5")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "all_results.json").read_text())
+    assert res["num_processes"] == 2
+    assert res["test_num_samples"] == 37 and res["splits"]["test"] == 37
+    assert all(h["eval_num_samples"] == res["splits"]["validation"] for h in res["history"])
+    assert sum(r["support"] for r in res["test_per_class"]) == 37
