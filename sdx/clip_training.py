@@ -224,7 +224,8 @@ class CaptionDataset(torch.utils.data.Dataset):
     """(image, caption, label) rows; with level 'mixed' the caption level is drawn per example per epoch."""
 
     def __init__(self, hf_split, caption_level: str, seed: int):
-        self.ds, self.level, self.seed, self.epoch = hf_split, caption_level, int(seed), 0
+        self.ds = hf_split.select_columns(["image"])       # rows decode the image only (no mask)
+        self.level, self.seed, self.epoch = caption_level, int(seed), 0
         if caption_level == "mixed":
             cols = [c for c in ("class_name", "t0", "t1", "t2", "t3", "t4") if c in hf_split.column_names]
             texts = [level_texts(r) for r in hf_split.select_columns(cols)]
@@ -236,7 +237,7 @@ class CaptionDataset(torch.utils.data.Dataset):
 
     def _draw(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, int(epoch)])
-        return rng.integers(0, len(T.LEVELS), size=len(self.labels) if hasattr(self, "labels") else len(self.ds))
+        return rng.integers(0, len(T.LEVELS), size=len(self.ds))
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch and self.level == "mixed":
@@ -257,7 +258,7 @@ class CaptionDataset(torch.utils.data.Dataset):
 
 class ImageDataset(torch.utils.data.Dataset):
     def __init__(self, hf_split):
-        self.ds = hf_split
+        self.ds = hf_split.select_columns(["image"])
         self.labels = [int(x) for x in hf_split["label"]]
 
     def __len__(self) -> int:
