@@ -389,7 +389,8 @@ def wrap_method(args, clip: nn.Module, processor, names: Sequence[str], t1_by_id
 @torch.no_grad()
 def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: Sequence[int],
                    prompts: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    """Zero-shot accuracy / mAcc (percent) of `loader`'s images against each prompt set (name -> C texts)."""
+    """Zero-shot accuracy / mAcc (percent) of `loader`'s images against each prompt set (name -> C texts), and
+    num_samples (images evaluated, each once across processes: gather_for_metrics drops the padding)."""
     from sdx.metrics import accuracy, mean_class_accuracy
     from sdx.models import encode_images, encode_text_list
 
@@ -411,6 +412,7 @@ def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: S
         clip.train()
     y = torch.cat(labels).cpu().numpy()
     out: dict[str, float] = {}
+    out["num_samples"] = int(len(y))
     for name in prompts:
         p = torch.cat(preds[name]).cpu().numpy()
         out[f"{name}_accuracy"] = accuracy(y, p)
@@ -523,7 +525,8 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
     results = {**metrics, **{f"train_{k}" if not k.startswith("train") else k: v for k, v in summary.items()
                              if k != "history"},
                "history": summary.get("history"), "caption_level": args.caption_level, "method": args.method,
-               "init": origin, "loss": args.loss, "trainable_parameters": n_trainable,
+               "init": origin, "loss": args.loss, "num_processes": accelerator.num_processes,
+               "trainable_parameters": n_trainable,
                "total_parameters": n_total, "candidate_classes": [names[i] for i in class_ids],
                "splits": {"train": len(train_split), "validation": len(val_split),
                           "test": len(test_split) if test_split is not None else 0}}
@@ -547,7 +550,7 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
                      "config": LEVEL_CONFIG_NAMES.get(args.caption_level, "mixed"),
                      "caption_level": args.caption_level, "splits": results["splits"],
                      "synthetic": _is_synthetic(args.data_dir)},
-            metrics=metrics, tags=["clip", "contrastive", f"caption-{args.caption_level}", args.method],
+            metrics={k: v for k, v in metrics.items() if not k.endswith("num_samples")}, tags=["clip", "contrastive", f"caption-{args.caption_level}", args.method],
             hyperparameters={k: getattr(args, k) for k in (
                 "method", "caption_level", "loss", "learning_rate", "optimizer", "num_train_epochs",
                 "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "seed")},

@@ -311,3 +311,32 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, data_dir, cache_dir, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     ra = json.loads((ref / "all_results.json").read_text())
     assert ra["validation_t0_accuracy"] == res["validation_t0_accuracy"]
+
+
+def test_two_process_cpu_run_counts_each_sample_once(tmp_path, data_dir, cache_dir, tiny_clip):
+    """A real two-process gloo run (torchrun): the loss gathers across ranks, the evaluation counts each image
+    once although the split sizes do not divide by the number of processes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(root / "train_clip.py"), "--data_dir", str(data_dir), "--dataset_cache_dir", str(cache_dir),
+           "--output_dir", str(out), "--model_name_or_path", str(tiny_clip), "--validation_fraction", "0.25",
+           "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3", "--max_train_steps", "2",
+           "--caption_level", "mixed"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "all_results.json").read_text())
+    assert res["num_processes"] == 2 and res["train_completed_steps"] == 2
+    assert res["validation_num_samples"] == res["splits"]["validation"]
+    assert res["test_num_samples"] == res["splits"]["test"] == 2 * len(CLASSES)
+    assert all(h["eval_num_samples"] == res["splits"]["validation"] for h in res["history"])
