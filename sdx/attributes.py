@@ -260,13 +260,8 @@ def compute_position(mask: Any) -> list[list[Any]]:
     h, w = m.shape
     pos = m > POSITION_THRESHOLD
     ys, xs = _grid_edges(h), _grid_edges(w)
-    # cumulative sums give every cell's count without a per-cell pass over the image
-    if all(ys[i] < ys[i + 1] for i in range(3)) and all(xs[i] < xs[i + 1] for i in range(3)):
-        rows = np.add.reduceat(pos, ys[:3], axis=0, dtype=np.int64)
-        counts = np.add.reduceat(rows, xs[:3], axis=1)
-    else:  # tiny images where a grid row/column is empty
-        counts = np.array([[int(pos[ys[r]:ys[r + 1], xs[c]:xs[c + 1]].sum()) for c in range(3)]
-                           for r in range(3)], dtype=np.int64)
+    counts = np.array([np.count_nonzero(pos[ys[r]:ys[r + 1], xs[c]:xs[c + 1]]) for r in range(3) for c in range(3)],
+                      dtype=np.int64)
     total = int(counts.sum())
     if total == 0:
         return []
@@ -275,15 +270,18 @@ def compute_position(mask: Any) -> list[list[Any]]:
     return [[GRID_CELLS[i], shares[i]] for i in order if shares[i] > 0]
 
 
-def _stats_from_arrays(gray: np.ndarray, m: np.ndarray) -> tuple[dict[str, Any], np.ndarray, int]:
+def _stats_from_arrays(gray: np.ndarray, m: np.ndarray) -> tuple[dict[str, Any], np.ndarray, int,
+                                                                  np.ndarray | None]:
+    """(statistics, labels, component count, component sizes indexed by label or None when count <= 1)."""
     binary = m > BINARY_THRESHOLD
     n = binary.size
     area = int(np.count_nonzero(binary))
     labels, count = ndimage.label(binary, structure=_EIGHT)
+    sizes = None
     if area:
         if count > 1:
-            sizes = np.bincount(labels[labels > 0], minlength=count + 1)[1:]
-            largest = float(sizes.max()) / area
+            sizes = np.bincount(labels[labels > 0], minlength=count + 1)
+            largest = float(sizes[1:].max()) / area
         else:
             largest = 1.0
         total_sum = float(gray.sum(dtype=np.int64))
@@ -304,7 +302,7 @@ def _stats_from_arrays(gray: np.ndarray, m: np.ndarray) -> tuple[dict[str, Any],
         "component_count": int(count),
         "largest_component_ratio": largest,
     }
-    return stats, labels, int(count)
+    return stats, labels, int(count), sizes
 
 
 def compute_statistics(gray: Any, mask: Any, *, resize_mask: bool = False) -> dict[str, Any]:
@@ -416,10 +414,11 @@ def _hull(sub: np.ndarray) -> tuple[float, float]:
 
 def _runs_and_euler(sub: np.ndarray) -> tuple[int, int, int]:
     """(horizontal runs, vertical runs, 8-connected Euler number) of a bool crop, by bit-quad counting."""
-    p = np.pad(sub, 1).view(np.uint8)
+    p = np.zeros((sub.shape[0] + 2, sub.shape[1] + 2), np.uint8)
+    p[1:-1, 1:-1] = sub
     h_runs = int(np.count_nonzero(p[:, 1:] > p[:, :-1]))
     v_runs = int(np.count_nonzero(p[1:, :] > p[:-1, :]))
-    code = p[:-1, :-1] + 2 * p[:-1, 1:] + 4 * p[1:, :-1] + 8 * p[1:, 1:]
+    code = p[:-1, :-1] | (p[:-1, 1:] << 1) | (p[1:, :-1] << 2) | (p[1:, 1:] << 3)
     hist = np.bincount(code.ravel(), minlength=16)
     euler = int(hist @ _Q1 - hist @ _Q3 - 2 * (hist @ _QD)) // 4
     return h_runs, v_runs, euler
@@ -436,7 +435,7 @@ def _direction_word(elong: float, angle: float) -> str:
 
 
 def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int | None = None,
-                     full: bool = False) -> dict[str, Any]:
+                     full: bool = False, _sizes: np.ndarray | None = None) -> dict[str, Any]:
     """Shape, Direction and Spatial Distribution from mask geometry, within the authors' value sets.
 
     Returns ``{"Shape", "Direction", "Spatial Distribution", "features": {...}}``; the costlier features
@@ -500,7 +499,8 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         sub = binary[y0:y1, x0:x1]
         total = None
     else:
-        sizes = np.bincount(labels[labels > 0], minlength=count + 1)
+        sizes = _sizes if _sizes is not None else np.bincount(labels[labels > 0], minlength=count + 1)
+        sizes = sizes.copy()
         sizes[0] = 0
         k = int(sizes.argmax())
         total = float(sizes.sum())
@@ -556,8 +556,8 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         return f["solidity"] >= SPOT_MIN_SOLIDITY
 
     def network() -> bool:
-        if elong >= LINEAR_MIN_ELONGATION:
-            return False  # a straight line never encloses three regions; skip the cost
+        if elong >= LINEAR_MIN_ELONGATION or f["fill"] >= NETWORK_MAX_SOLIDITY:
+            return False  # a straight line never encloses three regions; solidity >= fill; skip the cost
         run_feats()
         if f["holes"] < NETWORK_MIN_HOLES:
             return False
@@ -565,6 +565,8 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         return f["solidity"] < NETWORK_MAX_SOLIDITY
 
     def curved() -> bool:
+        if f["fill"] >= CURVED_MAX_SOLIDITY:
+            return False  # solidity >= fill (the hull lies inside the bounding box): cannot be curved
         run_feats()
         if f["slenderness"] < CURVED_MIN_SLENDERNESS:
             return False
@@ -645,10 +647,10 @@ def analyze(image: Any, mask: Any, class_name: str, *, shape: str | None = None,
     direction = _check_choice(direction, DIRECTIONS, "Direction")
     distribution = _check_choice(distribution, DISTRIBUTIONS, "Spatial Distribution")
     gray, m = load_pair(image, mask, resize_mask=resize_mask)
-    stats, labels, count = _stats_from_arrays(gray, m)
+    stats, labels, count, sizes = _stats_from_arrays(gray, m)
     position = compute_position(m)
     if geometry and (full_features or shape is None or direction is None or distribution is None):
-        geo = compute_geometry(m, labels=labels, count=count, full=full_features)
+        geo = compute_geometry(m, labels=labels, count=count, full=full_features, _sizes=sizes)
     else:
         geo = {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
                "Spatial Distribution": FALLBACK_DISTRIBUTION, "features": {}}
