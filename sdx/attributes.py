@@ -70,6 +70,17 @@ With exactly one component Spatial Distribution is always "isolated" (the author
 T4
 --
 ``annotate`` renders T4 with ``sdx.text.render_t4`` (the single implementation of the authors' template).
+
+Folder tools (``steeldefectx.py annotate`` / ``verify``, registered by ``register_cli``)
+--------------------------------------------------------------------------------------
+* ``annotate_folder``: images + masks -> records in the official schema. Labels from a CSV
+  (image_name,class_name), else class sub-folders, else the case-sensitive file-name prefix (longest
+  ``<prefix>_`` match); mask ``<mask_dir>/<stem>.png``; T2 kept from an optional records / {name: text} JSON,
+  else ""; images without a mask kept with null T3 and "" T4 (or skipped / an error), always counted;
+  unreadable pairs raise naming the file or are skipped and listed; progress bar; optional process pool.
+* ``verify_release``: recompute the five rule fields of each ``<split>-text.json`` from ``<split>/`` and
+  ``<split>_mask/``; mismatch counts per field and per file; records without T3, without a mask or with
+  unreadable files are counted as unverifiable.
 """
 
 from __future__ import annotations
@@ -856,7 +867,10 @@ def _annotate_job(job: tuple) -> dict:
         return {"record": rec, "status": "error", "error": str(exc)}
     rec["structured_attributes"] = res["attributes"]
     rec["template_sentence"] = res["t4"]
-    return {"record": rec, "status": "empty_mask" if res["statistics"]["component_count"] == 0 else "ok"}
+    if res["statistics"]["component_count"] == 0:
+        # values only in 1..127 (e.g. a 0/1 label mask): empty under the > 127 rule, but Position is not
+        return {"record": rec, "status": "faint_mask" if res["attributes"]["Position"] else "empty_mask"}
+    return {"record": rec, "status": "ok"}
 
 
 def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, output: str | os.PathLike, *,
@@ -874,7 +888,8 @@ def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, o
     template_sentence "" (as the release does for images without fine annotation), "skip" leaves the image
     out, "error" raises. Either way they are counted in the summary. Unreadable pairs: ``on_error="raise"``
     raises ValueError naming the file, "skip" leaves them out and lists them. Empty masks are annotated with
-    the authors' values (module docstring) and counted.
+    the authors' values (module docstring) and counted (``empty_masks``; ``faint_masks`` counts those with
+    values only in 1..127, e.g. 0/1 label masks, which are empty under the > 127 rule, with a warning).
     Returns a summary dict; the records are written as a JSON list to ``output``.
     """
     if missing_mask not in MISSING_MASK_CHOICES:
@@ -913,8 +928,9 @@ def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, o
     summary = {
         "output": str(output), "labels_from": mode, "images": len(items) + (len(no_mask) if missing_mask == "skip"
                                                                             else 0),
-        "records": len(records), "annotated": status["ok"] + status["empty_mask"],
-        "empty_masks": status["empty_mask"], "no_mask": len(no_mask),
+        "records": len(records), "annotated": status["ok"] + status["empty_mask"] + status["faint_mask"],
+        "empty_masks": status["empty_mask"] + status["faint_mask"], "faint_masks": status["faint_mask"],
+        "no_mask": len(no_mask),
         "no_mask_action": missing_mask, "errors": errors,
         "with_description": sum(1 for r in records if r["natural_language_description"]),
         "classes": dict(collections.Counter(r["class_name"] for r in records)),
@@ -922,6 +938,9 @@ def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, o
     }
     if unknown:
         log.warning("class names not among the 25 SteelDefectX classes: %s", ", ".join(unknown))
+    if status["faint_mask"]:
+        log.warning("%d mask(s) have values only in 1..127 (0/1 label masks?): no pixel passes the > 127 rule, "
+                    "so they were annotated as empty masks; save masks as 0/255", status["faint_mask"])
     return summary
 
 

@@ -480,6 +480,11 @@ def test_cli_annotate_labels_csv_descriptions_missing_masks_and_workers(tmp_path
     # same result in-process
     assert _cli(base)["records"] == 3 and {r["image_name"]: r for r in json.loads(out.read_text())} == recs
     assert _cli(base + ["--missing_mask", "skip"])["records"] == 2
+    # a 0/1 label mask is empty under the > 127 rule: annotated with the authors' values, counted, warned
+    Image.fromarray((np.asarray(Image.open(masks / "a.png")) > 0).astype(np.uint8)).save(masks / "a.png")
+    summary = _cli(base)
+    assert summary["faint_masks"] == 1 and summary["empty_masks"] == 1
+    assert json.loads(out.read_text())[0]["structured_attributes"]["Number of Defects"] == "multiple"
     with pytest.raises(ValueError, match="c.png"):
         _cli(base + ["--missing_mask", "error"])
 
