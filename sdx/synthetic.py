@@ -23,14 +23,14 @@ KINDS lists the 12 kinds drawn (``DEFAULT_CLASSES``), each with a fixed T3 Shape
 ================  ========  =============  =====================================================================
 class             prefix    Shape          drawn as
 ================  ========  =============  =====================================================================
-Bright scratch    bs        linear/curved  1-3 long thin bright lines (width 1.5-3.5 px, length 45-95 % of the
+Bright scratch    bs        linear/curved  1-3 long thin bright lines (width 2-4.5 px, length 45-95 % of the
                                            image), along the rolling axis +-6 degrees (35 %: any angle), slightly
                                            bent; "curved" when the sagitta exceeds 6 % of the length
-Crazing           cracking  network-like   a Voronoi crack network (warped cell edges, 1.3-2.5 px, dark) over a
-                                           large elliptical region, partly faded out
+Crazing           cracking  network-like   a Voronoi crack network (4x4 to 7x7 jittered seeds, warped cell edges,
+                                           1.5-3 px, dark) over a large elliptical region, partly faded out
 Crescent gap      cg        curved         one dark crescent (disc minus an offset disc) at an image edge
-Dark scratches    ds        linear/curved  1-4 long thin dark lines (1.2-2.5 px), otherwise as Bright scratch
-Inclusion         in        elongated      1-3 chains of 2-5 dark tapered segments (8-26 px long, 3-7 px wide,
+Dark scratches    ds        linear/curved  1-4 long thin dark lines (1.5-3 px), otherwise as Bright scratch
+Inclusion         in        elongated      1-3 chains of 3-6 dark tapered segments (8-26 px long, 4-8 px wide,
                                            gaps 2-9 px) strung along the rolling axis, side by side
 Oil spot          os        spot-like /    1-3 soft dark irregular blobs (radius 10-38 px); "irregular" when
                             irregular      the outline's lobes exceed 0.18 of the radius
@@ -322,7 +322,7 @@ def _draw_scratch(rng, surf: Surface, bright: bool) -> Drawn:
     cx0, cy0 = rng.uniform(0.2, 0.8, size=2) * n_px
     for _ in range(count):
         length = rng.uniform(0.45, 0.95) * n_px
-        width = max(rng.uniform(1.5, 3.5) * s if bright else rng.uniform(1.2, 2.5) * s, 1.0)
+        width = max(rng.uniform(2.0, 4.5) * s if bright else rng.uniform(1.5, 3.0) * s, 1.0)
         cx = cx0 + rng.normal(0, 35 * s)
         cy = cy0 + rng.normal(0, 35 * s)
         ang = angle + math.radians(rng.normal(0, 3))
@@ -333,7 +333,7 @@ def _draw_scratch(rng, surf: Surface, bright: bool) -> Drawn:
         a = np.clip(width / 2 + 0.5 - d, 0.0, 1.0)
         _stamp(alpha, box, a)
         lengths.append(length)
-    strength = rng.uniform(40, 85) if bright else -rng.uniform(35, 75)
+    strength = rng.uniform(50, 95) if bright else -rng.uniform(40, 80)
     variation = 0.75 + 0.25 * _smooth_field(rng, n_px, n_px, 6)
     delta[:] = strength * np.clip(variation, 0.3, 1.3)
     shape = "curved" if bend > 0.06 else "linear"
@@ -352,8 +352,11 @@ def _draw_dark_scratch(rng, surf):
 def _draw_crazing(rng, surf: Surface) -> Drawn:
     n_px = surf.size
     s = n_px / 256.0
-    n_seeds = int(rng.integers(18, 45))
-    seeds = rng.uniform(-0.1, 1.1, size=(n_seeds, 2)) * n_px
+    # jittered-grid seeds (no two seeds nearly coincide, which would give a thick dark wedge)
+    g = int(rng.integers(4, 8))
+    cells = (np.stack(np.meshgrid(np.arange(g), np.arange(g)), -1).reshape(-1, 2) + 0.5
+             + rng.uniform(-0.3, 0.3, size=(g * g, 2)))
+    seeds = (cells / g * 1.2 - 0.1) * n_px
     yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32)
     warp = np.float32(5.0 * s)
     wx = xx + warp * _smooth_field(rng, n_px, n_px, 8)
@@ -366,15 +369,15 @@ def _draw_crazing(rng, surf: Surface) -> Drawn:
         np.minimum(d2, np.maximum(d1, d), out=d2)
         np.minimum(d1, d, out=d1)
     gap = d2 - d1
-    width = max(rng.uniform(1.3, 2.5) * s, 1.0)
+    width = max(rng.uniform(1.5, 3.0) * s, 1.0)
     a = np.clip(width / 2 + 0.5 - gap, 0.0, 1.0)
     # region: a large ellipse, and parts of the network faded out
     cx, cy = rng.uniform(0.3, 0.7, size=2) * n_px
     rx, ry = rng.uniform(0.3, 0.6, size=2) * n_px
     region = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1.0
-    keep = _smooth_field(rng, n_px, n_px, 5) > rng.uniform(-0.8, 0.0)
+    keep = _smooth_field(rng, n_px, n_px, 5) > rng.uniform(-1.0, -0.3)
     alpha = a * region * keep
-    delta = -rng.uniform(35, 75) * (0.8 + 0.2 * _smooth_field(rng, n_px, n_px, 10))
+    delta = -rng.uniform(45, 80) * (0.8 + 0.2 * _smooth_field(rng, n_px, n_px, 10))
     return Drawn(alpha, delta, "network-like", None, ("crack", "cracks"), float(2 * max(rx, ry)), "wide",
                  collective="network of fine cracks")
 
@@ -417,8 +420,8 @@ def _draw_inclusion(rng, surf: Surface) -> Drawn:
         # a chain of 2-5 tapered dark segments strung along the rolling axis, with small gaps
         across = rng.normal(0, 14 * s)
         along = rng.normal(0, 25 * s)
-        width = rng.uniform(3.0, 7.0) * s
-        for _seg in range(int(rng.integers(2, 6))):
+        width = rng.uniform(4.0, 8.0) * s
+        for _seg in range(int(rng.integers(3, 7))):
             length = rng.uniform(8, 26) * s
             cx, cy = cx0 + along * c - across * sn, cy0 + along * sn + across * c
             along += length + rng.uniform(2, 9) * s
@@ -450,7 +453,7 @@ def _draw_oil_spot(rng, surf: Surface) -> Drawn:
                         softness=rng.uniform(4, 9) * s)
         _stamp(alpha, box, a)
         diameters.append(2 * r)
-    delta = -rng.uniform(25, 60) * (0.85 + 0.15 * _smooth_field(rng, n_px, n_px, 8))
+    delta = -rng.uniform(25, 50) * (0.85 + 0.15 * _smooth_field(rng, n_px, n_px, 8))
     shape = "irregular" if lobe_amp > 0.18 else "spot-like"
     return Drawn(alpha, delta, shape, None, ("stain", "stains"), float(np.mean(diameters)), "across")
 
