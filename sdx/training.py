@@ -52,7 +52,10 @@ Rules and thresholds
 - Evaluation: ``evaluate(model)`` is called once per epoch (also after a run stopped by ``--max_train_steps``) and
   must return a mapping holding ``select_metric``; non-scalar values are kept out of the history and trackers.
   The best epoch (strictly better than any earlier one; ``greater_is_better`` picks the direction) is saved with
-  `Accelerator.save_model` to ``output_dir/best``. Without ``evaluate`` the last weights count as best.
+  `Accelerator.save_model` to ``output_dir/best`` with ``best_record.json`` (epoch, step, metric). Without
+  ``evaluate`` the last weights count as best. On resume the checkpoint's best record is kept only when
+  ``output_dir/best/best_record.json`` matches it (otherwise best/ is missing or belongs to an abandoned later
+  point, and best selection restarts with the next evaluation).
 - Output dir: `check_output_dir` refuses a folder that already holds a run (any of ``run_args.json``,
   ``all_results.json``, ``config.json``, ``model.safetensors``, ``adapter_config.json`` or a non-empty
   ``checkpoints/``) unless ``--overwrite_output_dir`` (then our own ``checkpoints/`` and ``best/`` are removed) or
@@ -82,6 +85,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 TRAINING_STATE = "training_state.json"
+BEST_RECORD = "best_record.json"
 RUN_ARGS = "run_args.json"
 RESULTS = "all_results.json"
 RUN_MARKERS = (RUN_ARGS, RESULTS, "config.json", "model.safetensors", "adapter_config.json")
@@ -538,6 +542,13 @@ def _batch_size(batch: Any) -> int:
     return 0
 
 
+def _read_best_record(best_dir: Path) -> dict | None:
+    try:
+        return json.loads((best_dir / BEST_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _get_rng_states() -> tuple:
     import random
 
@@ -653,9 +664,13 @@ def run_training(
             starting_epoch, skip_batches = starting_epoch + 1, 0
         history = list(state.get("history", []))
         best = dict(state.get("best", best))
-        if best.get("metric") is not None and not best_dir.is_dir() and accelerator.is_main_process:
-            logger.warning("resumed best metric %s but %s is missing; the best weights will be re-saved at the "
-                           "next improvement", best["metric"], best_dir)
+        on_disk = _read_best_record(best_dir)
+        if best.get("epoch") is not None and on_disk != best:
+            # best/ is missing (resumed into another folder) or belongs to a later point of an abandoned run:
+            # forget the old best; the next evaluation saves a new one
+            logger.warning("resuming: %s holds %s, the checkpoint's best is %s; best selection restarts at the next "
+                           "evaluation", best_dir, on_disk, best)
+            best = {"metric": None, "epoch": None, "step": None}
         # accelerate's automatic counter restarts at 0 after load_state: move it past every existing checkpoint
         resumed_rng = _get_rng_states()
         existing = [_checkpoint_index(p) for p in list_checkpoints(out)]
@@ -691,7 +706,9 @@ def run_training(
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
             first = skip_batches
-        if epoch == starting_epoch and resumed_rng is not None:
+        if epoch == starting_epoch and skip_batches and resumed_rng is not None:
+            # mid-epoch resume only: at an epoch boundary the uninterrupted run also starts its iterator after
+            # the checkpoint, so nothing is to be undone there
             loader = _restore_rng_on_first_batch(loader, resumed_rng)
         loss_sum = torch.zeros((), device=accelerator.device)
         loss_count = 0
@@ -747,6 +764,9 @@ def run_training(
             best = {"metric": value, "epoch": epoch, "step": completed_steps}
             accelerator.wait_for_everyone()
             save_best(accelerator, model, best_dir)
+            if accelerator.is_main_process:
+                best_dir.mkdir(parents=True, exist_ok=True)
+                (best_dir / BEST_RECORD).write_text(json.dumps(best) + "\n")
             accelerator.wait_for_everyone()
         if getattr(args, "with_tracking", False):
             accelerator.log({k: v for k, v in entry.items() if v is not None}, step=completed_steps)

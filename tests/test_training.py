@@ -173,6 +173,17 @@ def test_kill_and_resume_reproduces_uninterrupted_weights(tmp_path):
     for k, v in _weights(again.model).items():
         assert torch.equal(want[k], v), k
 
+    # epoch-boundary checkpoints: resuming at the start of epoch 1 reproduces the same weights too
+    _, _, ep = _run(tmp_path / "ep", ["--checkpointing_steps", "epoch"])
+    for k, v in _weights(ep.model).items():
+        assert torch.equal(want[k], v), k
+    _, _, again = _run(tmp_path / "other2",
+                       ["--resume_from_checkpoint", str(tmp_path / "ep" / "checkpoints" / "checkpoint_0")])
+    for k, v in _weights(again.model).items():
+        assert torch.equal(want[k], v), k
+    # best/ of the source folder is not here: best selection restarted and saved a best of the resumed epochs
+    assert again.best_epoch in (1, 2) and (tmp_path / "other2" / "best" / "best_record.json").is_file()
+
 
 def test_bad_checkpoints_fail_before_any_step(tmp_path):
     steps = []
