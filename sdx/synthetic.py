@@ -737,7 +737,7 @@ def _size_phrase(drawn: Drawn, area_share: float) -> str:
 
 
 def _t2_sentence(rng: np.random.Generator, class_name: str, drawn: Drawn, direction: str, count: int,
-                 shares: list[tuple[str, float]], area_share: float, diff: float) -> str:
+                 shares: list[tuple[str, float]], area_share: float, diff: float, along_rolling: bool) -> str:
     if drawn.collective:
         noun = drawn.collective
         if count > 1:
@@ -750,8 +750,7 @@ def _t2_sentence(rng: np.random.Generator, class_name: str, drawn: Drawn, direct
     size_adj = _size_adjective(area_share)
     adv, cmp_word = _tone(diff)
     tone = (f"{adv} {cmp_word} than the surrounding steel" if adv else "similar in tone to the surrounding steel")
-    orient = _orientation_phrase(rng, direction, drawn.angle is not None and class_name in
-                                 ("Inclusion", "Rolled in scale", "Bright scratch", "Dark scratches"))
+    orient = _orientation_phrase(rng, direction, along_rolling)
     pos = _position_phrase(rng, shares)
     size = _size_phrase(drawn, area_share)
     extra = f" {drawn.extras[0]}" if drawn.extras else ""
@@ -800,7 +799,15 @@ def render_sample(class_name: str, *, seed: int = 0, split: str = "train", n: in
     inside = float(decoded[binary].mean())
     outside = float(decoded[~binary].mean()) if (~binary).any() else inside
     area_share = float(binary.mean())
-    t2 = _t2_sentence(rng, class_name, drawn, direction, count, _cell_shares(binary), area_share, inside - outside)
+    along_rolling = False
+    if drawn.angle is not None:
+        off = abs(math.degrees(drawn.angle - surf.rolling_angle)) % 180.0
+        along_rolling = min(off, 180.0 - off) <= DIRECTION_TOLERANCE
+    if drawn.collective:  # a network: its visible extent, not the drawing region's
+        ys, xs = np.nonzero(binary)
+        drawn.extent = float(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
+    t2 = _t2_sentence(rng, class_name, drawn, direction, count, _cell_shares(binary), area_share, inside - outside,
+                      along_rolling)
     assert drawn.shape in SHAPES and direction in DIRECTIONS and distribution in DISTRIBUTIONS
     return Sample(class_name, jpeg, _encode_png(mask), decoded, mask, drawn.shape, direction, distribution,
                   count, t2)
