@@ -117,14 +117,13 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from sdx.text import (CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES,
-                      render_t4)
+from sdx.text import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES
 
 __all__ = [
     "GENERATOR_VERSION", "KINDS", "DEFAULT_CLASSES", "T1_SENTENCES", "generate", "render_sample",
@@ -460,7 +459,6 @@ def _draw_oil_spot(rng, surf: Surface) -> Drawn:
 
 def _draw_patches(rng, surf: Surface) -> Drawn:
     n_px = surf.size
-    s = n_px / 256.0
     f = _smooth_field(rng, n_px, n_px, int(rng.integers(5, 10)))
     yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32) / n_px
     cx, cy = rng.uniform(0.25, 0.75, size=2)

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +215,7 @@ def _mask_stats(data_dir: Path, split: str, r: dict) -> list[float]:
     img, mask = data_dir / split / r["image_name"], data_dir / f"{split}_mask" / f"{stem}.png"
     st = compute_statistics(img, mask)
     binary = np.asarray(Image.open(mask)) > 127
-    labels, n = ndimage.label(binary, structure=np.ones((3, 3), bool))
+    labels, _ = ndimage.label(binary, structure=np.ones((3, 3), bool))
     largest = labels == (np.bincount(labels.ravel())[1:].argmax() + 1)
     ys, xs = np.nonzero(largest)
     ev = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)) + 1e-6 * np.eye(2))
