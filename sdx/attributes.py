@@ -281,14 +281,26 @@ def compute_position(mask: Any) -> list[list[Any]]:
     return [[GRID_CELLS[i], shares[i]] for i in order if shares[i] > 0]
 
 
-def _stats_from_arrays(gray: np.ndarray, m: np.ndarray) -> tuple[dict[str, Any], np.ndarray, int,
-                                                                  np.ndarray | None]:
-    """(statistics, labels, component count, component sizes indexed by label or None when count <= 1)."""
+def _union_bbox(binary: np.ndarray) -> tuple[int, int, int, int]:
+    rows_any, cols_any = binary.any(axis=1), binary.any(axis=0)
+    h, w = binary.shape
+    return (int(rows_any.argmax()), h - int(rows_any[::-1].argmax()),
+            int(cols_any.argmax()), w - int(cols_any[::-1].argmax()))
+
+
+def _stats_from_arrays(gray: np.ndarray, m: np.ndarray) -> tuple[dict[str, Any], tuple]:
+    """(statistics, components) where components = (binary, labels of the union bounding box crop, count,
+    sizes indexed by label or None when count <= 1, union bounding box (y0, y1, x0, x1) or None)."""
     binary = m > BINARY_THRESHOLD
     n = binary.size
     area = int(np.count_nonzero(binary))
-    labels, count = ndimage.label(binary, structure=_EIGHT)
-    sizes = None
+    sizes = bbox = None
+    if area:
+        # labelling the union bounding box only gives the same components at a fraction of the cost
+        bbox = _union_bbox(binary)
+        labels, count = ndimage.label(binary[bbox[0]:bbox[1], bbox[2]:bbox[3]], structure=_EIGHT)
+    else:
+        labels, count = np.zeros((0, 0), np.int32), 0
     if area:
         if count > 1:
             sizes = np.bincount(labels[labels > 0], minlength=count + 1)
@@ -313,7 +325,7 @@ def _stats_from_arrays(gray: np.ndarray, m: np.ndarray) -> tuple[dict[str, Any],
         "component_count": int(count),
         "largest_component_ratio": largest,
     }
-    return stats, labels, int(count), sizes
+    return stats, (binary, labels, int(count), sizes, bbox)
 
 
 def compute_statistics(gray: Any, mask: Any, *, resize_mask: bool = False) -> dict[str, Any]:
@@ -446,7 +458,7 @@ def _direction_word(elong: float, angle: float) -> str:
 
 
 def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int | None = None,
-                     full: bool = False, _sizes: np.ndarray | None = None) -> dict[str, Any]:
+                     full: bool = False, _components: tuple | None = None) -> dict[str, Any]:
     """Shape, Direction and Spatial Distribution from mask geometry, within the authors' value sets.
 
     Returns ``{"Shape", "Direction", "Spatial Distribution", "features": {...}}``; the costlier features
@@ -493,29 +505,35 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
     grouped: their union bounding box spans <= 50% of the image in both directions (extent <= 0.5) or they
     fill >= 50% of it (union_fill >= 0.5, pieces side by side); else "scattered".
     """
-    m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 else load_mask(mask)
-    binary = m > BINARY_THRESHOLD
-    if labels is None or count is None:
-        labels, count = ndimage.label(binary, structure=_EIGHT)
+    if _components is not None:   # from _stats_from_arrays: labels are of the union bounding box crop
+        binary, crop_labels, count, sizes, bbox = _components
+    else:
+        m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 \
+            else load_mask(mask)
+        binary = m > BINARY_THRESHOLD
+        if labels is None or count is None:
+            labels, count = ndimage.label(binary, structure=_EIGHT)
+        sizes = None
+        bbox = _union_bbox(binary) if count else None
+        crop_labels = labels[bbox[0]:bbox[1], bbox[2]:bbox[3]] if count else labels
     if count == 0:
         return {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
                 "Spatial Distribution": FALLBACK_DISTRIBUTION, "features": {"component_count": 0}}
     h, w = binary.shape
     n = binary.size
     # union bounding box (all components) and the dominant component's crop
-    rows_any, cols_any = binary.any(axis=1), binary.any(axis=0)
-    y0, y1 = int(rows_any.argmax()), h - int(rows_any[::-1].argmax())
-    x0, x1 = int(cols_any.argmax()), w - int(cols_any[::-1].argmax())
+    y0, y1, x0, x1 = bbox
     if count == 1:
         sub = binary[y0:y1, x0:x1]
         total = None
     else:
-        sizes = _sizes if _sizes is not None else np.bincount(labels[labels > 0], minlength=count + 1)
+        if sizes is None:
+            sizes = np.bincount(crop_labels[crop_labels > 0], minlength=count + 1)
         sizes = sizes.copy()
         sizes[0] = 0
         k = int(sizes.argmax())
         total = float(sizes.sum())
-        dom = labels[y0:y1, x0:x1] == k
+        dom = crop_labels == k
         r_any, c_any = dom.any(axis=1), dom.any(axis=0)
         sub = dom[int(r_any.argmax()):len(r_any) - int(r_any[::-1].argmax()),
                   int(c_any.argmax()):len(c_any) - int(c_any[::-1].argmax())]
@@ -658,10 +676,11 @@ def analyze(image: Any, mask: Any, class_name: str, *, shape: str | None = None,
     direction = _check_choice(direction, DIRECTIONS, "Direction")
     distribution = _check_choice(distribution, DISTRIBUTIONS, "Spatial Distribution")
     gray, m = load_pair(image, mask, resize_mask=resize_mask)
-    stats, labels, count, sizes = _stats_from_arrays(gray, m)
+    stats, comps = _stats_from_arrays(gray, m)
+    count = comps[2]
     position = compute_position(m)
     if geometry and (full_features or shape is None or direction is None or distribution is None):
-        geo = compute_geometry(m, labels=labels, count=count, full=full_features, _sizes=sizes)
+        geo = compute_geometry(m, full=full_features, _components=comps)
     else:
         geo = {"Shape": FALLBACK_SHAPE, "Direction": FALLBACK_DIRECTION,
                "Spatial Distribution": FALLBACK_DISTRIBUTION, "features": {}}

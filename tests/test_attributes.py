@@ -344,6 +344,10 @@ def test_geometry_values_within_authors_sets_and_full_features(oracle_dir):
         lazy = A.compute_geometry(path)
         assert (lazy["Shape"], lazy["Direction"], lazy["Spatial Distribution"]) == \
             (g["Shape"], g["Direction"], g["Spatial Distribution"])
+        # analyze() reuses the labels of its statistics (cropped to the union box): same features and fields
+        res = A.analyze(oracle_dir / "images" / path.name, path, "Inclusion", full_features=True)
+        assert res["geometry"] == pytest.approx(f)
+        assert (res["attributes"]["Shape"], res["attributes"]["Direction"]) == (g["Shape"], g["Direction"])
 
 
 def test_hull_matches_brute_force_pixel_corner_hull():
