@@ -1064,9 +1064,12 @@ def contact_sheet(data_dir: str | os.PathLike, out_png: str | os.PathLike, n_per
 # CLI
 # ------------------------------------------------------------------------------------------------------------
 def _cli_generate(args: argparse.Namespace) -> dict[str, Any]:
-    summary = generate(args.out, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-                       seed=args.seed, size=args.size, classes=args.classes, progress=not args.quiet,
-                       overwrite=args.overwrite)
+    try:
+        summary = generate(args.out, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                           seed=args.seed, size=args.size, classes=args.classes, progress=not args.quiet,
+                           overwrite=args.overwrite)
+    except (FileExistsError, NotADirectoryError) as error:  # one-line CLI error (main catches ValueError)
+        raise ValueError(str(error)) from error
     if args.contact_sheet:
         summary["contact_sheet"] = str(contact_sheet(args.out, args.contact_sheet, n_per_class=2))
     print(f"wrote {summary['images']} synthetic images ({summary['splits']['train']} train, "

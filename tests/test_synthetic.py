@@ -348,3 +348,12 @@ def test_steeldefectx_cli_and_loader_read_the_output(tmp_path):
     assert row["t4"] == record["template_sentence"]
     assert np.array_equal(np.asarray(row["mask"].convert("L")) > 127,
                           np.asarray(Image.open(out / "val_mask" / row["image_name"].replace(".jpg", ".png"))) > 127)
+
+
+def test_cli_refuses_non_empty_out_with_one_line_error(tmp_path):
+    parser = argparse.ArgumentParser()
+    synthetic.register_cli(parser.add_subparsers(dest="command", required=True))
+    (tmp_path / "keep.txt").write_text("x")
+    args = parser.parse_args(["generate", str(tmp_path), "--quiet"])
+    with pytest.raises(ValueError, match="not empty.*--overwrite"):
+        args.func(args)
