@@ -447,6 +447,32 @@ def _runs_and_euler(sub: np.ndarray) -> tuple[int, int, int]:
     return h_runs, v_runs, euler
 
 
+def _pieces_direction(crop_labels: np.ndarray, count: int) -> str:
+    """The Direction shared by components holding > 50% of the mask area (per-component second moments from
+    bincounts over the labelled pixels; one small loop over components, none over pixels), else "none"."""
+    ys, xs = np.nonzero(crop_labels)
+    lab = crop_labels[ys, xs]
+    n = np.bincount(lab, minlength=count + 1)[1:].astype(np.float64)
+    ys, xs = ys.astype(np.float64), xs.astype(np.float64)
+    sx, sy = (np.bincount(lab, weights=v, minlength=count + 1)[1:] for v in (xs, ys))
+    sxx, syy, sxy = (np.bincount(lab, weights=v, minlength=count + 1)[1:] for v in (xs * xs, ys * ys, xs * ys))
+    mx, my = sx / n, sy / n
+    vxx, vyy, vxy = sxx / n - mx * mx + 1 / 12, syy / n - my * my + 1 / 12, sxy / n - mx * my
+    disc = np.sqrt(np.maximum((vxx - vyy) ** 2 / 4 + vxy * vxy, 0.0))
+    l1, l2 = (vxx + vyy) / 2 + disc, np.maximum((vxx + vyy) / 2 - disc, 1e-12)
+    elong = np.sqrt(l1 / l2)
+    angle = np.abs(np.degrees(0.5 * np.arctan2(2 * vxy, vxx - vyy)))
+    area: dict[str, float] = collections.defaultdict(float)
+    for e, a, size in zip(elong, angle, n):
+        area[_direction_word(float(e), float(a))] += size
+    area.pop("none", None)
+    if area:
+        word, share = max(area.items(), key=lambda kv: kv[1])
+        if share > 0.5 * n.sum():
+            return word
+    return "none"
+
+
 def _direction_word(elong: float, angle: float) -> str:
     if elong < ELONGATED_MIN_ELONGATION:
         return "none"
@@ -498,7 +524,9 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
     Direction: from D's moments when D's elongation >= 2, else (with >= 3 components) from the whole mask's
     moments when its elongation >= 2 (a row of pieces), else "none". Angle < 22.5 degrees "horizontal",
     > 67.5 "vertical", else "diagonal".
-    Shapes "diffuse" and "network-like" always get "none" (no single direction).
+    Shapes "diffuse" and "network-like" always get "none" (no single direction). "fragmented": the direction
+    shared by pieces holding more than half of the mask area (each piece's own axis, elongation >= 2), else
+    the whole mask's direction (elongation >= 2), else "none".
 
     Spatial Distribution: 0 components "unclear"; 1 component "isolated" (the authors' rule); D holding
     >= 90% of the mask "isolated" (one region with negligible crumbs); "clustered" when the pieces are
@@ -634,6 +662,11 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
 
     if shape in ("diffuse", "network-like"):
         direction = "none"
+    elif shape == "fragmented":   # the pieces together are the defect
+        direction = _pieces_direction(crop_labels, count)
+        if direction == "none":
+            mask_moments()
+            direction = _direction_word(f["mask_elongation"], f["mask_angle"])
     elif elong >= ELONGATED_MIN_ELONGATION:
         direction = _direction_word(elong, angle)
     elif count < DIRECTION_MIN_PIECES:

@@ -328,6 +328,9 @@ def _spots(centres, radius):
     ("two discs side by side", _spots([(128, 60), (128, 200)], 30), ("circular", "none", "scattered")),
     ("two adjacent blobs", _spots([(128, 100), (128, 165)], 30), ("circular", "none", "clustered")),
     ("row of spots", _spots([(128, 20 + 40 * i) for i in range(6)], 5), ("spot-like", "horizontal", "scattered")),
+    ("pieces of a broken +", ((abs(_YY - 128) < 3) | (abs(_XX - 128) < 3)) & (abs(_YY - 128) < 100)
+     & (abs(_XX - 128) < 100) & (_XX % 40 > 6) & (_YY % 40 > 6), ("fragmented", "none", "scattered")),
+    ("parallel scratch pieces", (_XX % 50 < 4) & (_YY % 60 < 40) & (_XX > 20), ("fragmented", "vertical", "scattered")),
     ("many pieces", ((_XX % 50 < 25) & (_YY % 50 < 35)) & (abs(_YY - 128) < 100) & (abs(_XX - 128) < 100),
      ("fragmented", "none", "scattered")),
 ])
