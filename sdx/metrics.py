@@ -22,12 +22,14 @@ Retrieval:
 Pixel-level localization (``scores`` and ``targets`` of any shape, flattened; a target pixel is positive when
 ``target > 0`` after the caller binarised the mask at > 127):
 
-- ``pixel_auroc``: area under the ROC curve, computed from one descending sort with tied scores grouped
-  (equal to scikit-learn's ``roc_auc_score``).
-- ``f1_max``: the best F1 over every threshold t (a pixel is predicted positive when score >= t), computed from
-  the same sort: cumulative true positives at the last index of each distinct score. Returns F1-max, the
-  threshold reaching it (the smallest score value in the predicted-positive set) and the IoU
-  (TP / (TP + FP + FN)) of that same thresholded prediction.
+- The positive and the negative scores are each sorted once (value sorts); for every distinct positive score u
+  (the only thresholds that can maximise F1) ``searchsorted`` in the sorted negatives gives TP(u), FP(u) and the
+  number of negatives below / equal to u, all vectorised.
+- ``pixel_auroc``: the Mann-Whitney form of the ROC area (each positive counts the negatives below it, ties
+  1/2), equal to scikit-learn's ``roc_auc_score``.
+- ``f1_max``: the best F1 over every threshold t (a pixel is predicted positive when score >= t). Returns F1-max,
+  the threshold reaching it (the highest one on ties) and the IoU (TP / (TP + FP + FN)) of that same
+  thresholded prediction.
 - ``localization_metrics``: all three in one call (one sort), in percent.
 
 Every function rejects empty input and shape mismatches with a ValueError naming the argument.
@@ -81,11 +83,17 @@ def mean_class_accuracy(y_true, y_pred) -> float:
 
 
 def macro_f1(y_true, y_pred) -> float:
-    """Macro-F1 over classes present in y_true or y_pred (zero_division=0), in percent."""
-    from sklearn.metrics import f1_score
-
+    """Macro-F1 over classes present in y_true or y_pred (zero_division=0), in percent (= scikit-learn's)."""
     t, p = _check_pair(y_true, y_pred)
-    return float(100.0 * f1_score(t, p, average="macro", zero_division=0))
+    classes, inv = np.unique(np.concatenate([t, p]), return_inverse=True)
+    ti, pi = inv[: t.size], inv[t.size:]
+    hit = ti == pi
+    tp = np.bincount(ti[hit], minlength=classes.size).astype(np.float64)
+    support = np.bincount(ti, minlength=classes.size)
+    predicted = np.bincount(pi, minlength=classes.size)
+    denom = support + predicted  # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (support + predicted)
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(100.0 * f1.mean())
 
 
 def confusion(y_true, y_pred, labels: Sequence[int] | None = None) -> np.ndarray:
@@ -158,7 +166,8 @@ def retrieval_recall(sim, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[str,
 # --------------------------------------------------------------------------------------------------------------
 # pixel-level localization
 # --------------------------------------------------------------------------------------------------------------
-def _sorted_counts(scores, targets):
+def _split_sorted(scores, targets):
+    """Positive and negative scores, each sorted ascending (two value sorts, cheaper than one argsort)."""
     s = _as_1d("scores", scores)
     if s.dtype not in (np.float32, np.float64):
         s = s.astype(np.float64)
@@ -166,49 +175,63 @@ def _sorted_counts(scores, targets):
     if s.shape != y.shape:
         raise ValueError(f"scores has {s.size} items but targets has {y.size}")
     y = y > 0
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    pos, neg = np.sort(s[y]), np.sort(s[~y])
+    if pos.size == 0 or neg.size == 0:
         raise ValueError("targets must contain both positive and negative pixels")
-    order = np.argsort(-s)  # ties need no order: they are grouped below
-    s_sorted = s[order]
-    y_sorted = y[order]
-    tp = np.cumsum(y_sorted, dtype=np.int64)
-    fp = np.arange(1, s.size + 1, dtype=np.int64) - tp
-    # last index of each group of equal scores: the thresholds where the prediction changes
-    last = np.r_[np.nonzero(np.diff(s_sorted))[0], s.size - 1]
-    return s_sorted[last], tp[last], fp[last], n_pos, n_neg
+    return pos, neg
+
+
+def _threshold_counts(pos, neg):
+    """At each distinct positive score u (ascending): TP = #pos >= u, FP = #neg >= u, #neg < u, #neg == u.
+
+    The F1-maximising threshold is always one of the positive scores (lowering it to the next positive adds a
+    positive; any threshold between two positive scores only adds negatives), so these are all the candidates.
+    """
+    first = np.r_[0, np.flatnonzero(np.diff(pos)) + 1]   # first index of each distinct positive value
+    u = pos[first]
+    count = np.diff(np.r_[first, pos.size])              # positives with exactly that value
+    tp = pos.size - first
+    below = np.searchsorted(neg, u, side="left")
+    equal = np.searchsorted(neg, u, side="right") - below
+    fp = neg.size - below
+    return u, count, tp, fp, below, equal
+
+
+def _auroc(pos, neg, count, below, equal) -> float:
+    # Mann-Whitney U: each positive beats the negatives below it and ties count 1/2 (= the ROC area)
+    return float(100.0 * np.sum(count * (below + 0.5 * equal)) / (pos.size * neg.size))
+
+
+def _f1max(u, tp, fp, n_pos):
+    pred = tp + fp
+    f1 = 2.0 * tp / (pred + n_pos)  # = 2PR / (P + R)
+    i = int(np.argmax(f1[::-1]))     # scan from the highest threshold so ties keep the higher one
+    i = f1.size - 1 - i
+    iou = tp[i] / (pred[i] + n_pos - tp[i])
+    return float(f1[i]), float(u[i]), float(iou)
 
 
 def pixel_auroc(scores, targets) -> float:
-    """ROC AUC of pixel scores against binary targets, in percent (ties handled as scikit-learn does)."""
-    thr, tp, fp, n_pos, n_neg = _sorted_counts(scores, targets)
-    tpr = np.r_[0.0, tp / n_pos]
-    fpr = np.r_[0.0, fp / n_neg]
-    return float(100.0 * np.trapezoid(tpr, fpr))
-
-
-def _f1max_from_counts(thr, tp, fp, n_pos):
-    pred = tp + fp
-    f1 = 2.0 * tp / (pred + n_pos)  # = 2PR/(P+R)
-    i = int(np.argmax(f1))
-    iou = tp[i] / (pred[i] + n_pos - tp[i])
-    return float(f1[i]), float(thr[i]), float(iou)
+    """ROC AUC of pixel scores against binary targets, in percent (ties count 1/2, as scikit-learn)."""
+    pos, neg = _split_sorted(scores, targets)
+    _, count, _, _, below, equal = _threshold_counts(pos, neg)
+    return _auroc(pos, neg, count, below, equal)
 
 
 def f1_max(scores, targets) -> tuple[float, float, float]:
     """(F1-max, threshold, IoU at that threshold), F1 and IoU as fractions in [0, 1]; positive = score >= t."""
-    thr, tp, fp, n_pos, _ = _sorted_counts(scores, targets)
-    return _f1max_from_counts(thr, tp, fp, n_pos)
+    pos, neg = _split_sorted(scores, targets)
+    u, _, tp, fp, _, _ = _threshold_counts(pos, neg)
+    return _f1max(u, tp, fp, pos.size)
 
 
 def localization_metrics(scores, targets) -> dict[str, float]:
     """{"pixel_auroc", "f1_max", "iou", "threshold", "pixels", "positive_pixels"}; metrics in percent."""
-    thr, tp, fp, n_pos, n_neg = _sorted_counts(scores, targets)
-    auroc = float(100.0 * np.trapezoid(np.r_[0.0, tp / n_pos], np.r_[0.0, fp / n_neg]))
-    f1, t, iou = _f1max_from_counts(thr, tp, fp, n_pos)
-    return {"pixel_auroc": auroc, "f1_max": 100.0 * f1, "iou": 100.0 * iou, "threshold": t,
-            "pixels": int(n_pos + n_neg), "positive_pixels": int(n_pos)}
+    pos, neg = _split_sorted(scores, targets)
+    u, count, tp, fp, below, equal = _threshold_counts(pos, neg)
+    f1, t, iou = _f1max(u, tp, fp, pos.size)
+    return {"pixel_auroc": _auroc(pos, neg, count, below, equal), "f1_max": 100.0 * f1, "iou": 100.0 * iou,
+            "threshold": t, "pixels": int(pos.size + neg.size), "positive_pixels": int(pos.size)}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

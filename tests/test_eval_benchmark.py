@@ -282,6 +282,22 @@ def test_cache_invalidated_by_new_weights(small_ds, models, tmp_path):
     assert third.cache_counts()["image"]["encoded"] == len(small_ds["test"])
 
 
+def test_linear_probe_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16))
+    y = np.repeat([3, 5, 8, 9], 6)
+    x = centers[np.searchsorted([3, 5, 8, 9], y)] + rng.normal(scale=1.5, size=(len(y), 16))
+    xt = centers[np.repeat(np.arange(4), 20)] + rng.normal(scale=1.5, size=(80, 16))
+    classes, W, b = T.fit_logistic_grid(x, y, (0.1, 1.0, 10.0))
+    preds = T.predict_logistic(classes, W, b, xt)
+    for g, C in enumerate((0.1, 1.0, 10.0)):
+        ref = LogisticRegression(C=C, max_iter=5000, tol=1e-10).fit(x, y)
+        assert np.abs(W[g].T - ref.coef_).max() < 1e-3 * max(1.0, np.abs(ref.coef_).max())
+        assert (preds[g] == ref.predict(xt)).mean() == 1.0
+
+
 def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
     names = small_ds["train"].features["label"].names
     order = list(reversed(range(len(names))))

@@ -21,6 +21,14 @@ def test_accuracy_macc_f1_by_hand():
     assert cm.tolist() == [[2, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
 
 
+def test_macro_f1_matches_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(2)
+    t, p = rng.integers(0, 7, 300), rng.integers(1, 9, 300)
+    assert M.macro_f1(t, p) == pytest.approx(100 * f1_score(t, p, average="macro", zero_division=0))
+
+
 def test_per_class_table_rows():
     rows = M.per_class_table([0, 0, 1], [0, 1, 1], labels=[0, 1, 2], names=["a", "b", "c"])
     assert [r["class"] for r in rows] == ["a", "b", "c"]
@@ -74,14 +82,17 @@ def test_f1_max_and_iou_by_hand():
 
 def test_f1_max_matches_bruteforce():
     rng = np.random.default_rng(1)
-    s = np.round(rng.random(400), 2)
+    s = np.round(rng.random(400), 2)  # many ties
     y = rng.random(400) < s
-    best = 0.0
-    for t in np.unique(s):
+    best = (0.0, None, None)
+    for t in np.unique(s)[::-1]:  # highest threshold first: ties keep it
         pred = s >= t
         tp = (pred & y).sum()
-        best = max(best, 2 * tp / (pred.sum() + y.sum()))
-    assert M.f1_max(s, y)[0] == pytest.approx(best)
+        f1 = 2 * tp / (pred.sum() + y.sum())
+        if f1 > best[0]:
+            best = (f1, t, tp / (pred | y).sum())
+    f1, thr, iou = M.f1_max(s, y)
+    assert f1 == pytest.approx(best[0]) and thr == pytest.approx(best[1]) and iou == pytest.approx(best[2])
 
 
 def test_errors_name_argument():
