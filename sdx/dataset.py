@@ -7,7 +7,8 @@ Splits (the paper reports on the official val split, so it is our ``test``):
 
 ==============  =====================================================================================
 ``train``       the official train split minus the carve-out (or its k-shot subset when ``shots`` is set)
-``validation``  a stratified, seeded carve-out of the official train split (``validation_fraction``)
+``validation``  a stratified, seeded carve-out of the official train split (``validation_fraction``; with 0
+                the split is empty and left out of the DatasetDict, as is any empty split)
 ``test``        the official val split exactly as released
 ==============  =====================================================================================
 
@@ -277,8 +278,12 @@ class SteelDefectX(datasets.GeneratorBasedBuilder):
                                     source=source))
                 for it in sorted(group, key=lambda it: it.record["image_name"])
             ]
+        empty = [split for split, r in rows.items() if not r]
+        for split in empty:  # `datasets` cannot store an empty split: it is left out, and the report says so
+            del rows[split]
         summary = report.as_dict()
         summary["splits"] = {split: len(r) for split, r in rows.items()}
+        summary["empty_splits_left_out"] = empty
         summary["config"] = {"name": cfg.name, "caption_level": cfg.caption_level, "data_dir": str(data_dir),
                              "validation_fraction": cfg.validation_fraction, "shots": cfg.shots, "seed": cfg.seed,
                              "classes": list(cfg.classes or []), "exclude_classes": list(cfg.exclude_classes or [])}

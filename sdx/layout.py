@@ -385,6 +385,8 @@ def scan_layout(data_dir: Path, *, on_error: str = "raise", with_masks: bool = T
 
 def format_report(summary: dict) -> str:
     lines = ["SteelDefectX build: " + ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items())]
+    if summary.get("empty_splits_left_out"):
+        lines.append(f"  empty splits left out: {', '.join(summary['empty_splits_left_out'])}")
     for split in summary.get("records_in", {}):
         lines.append(f"  {split}: records in {summary['records_in'][split]}, images in "
                      f"{summary['images_in'][split]}, rows out {summary['rows_out'].get(split, 0)}")

@@ -524,3 +524,10 @@ def test_annotate_missing_fills_t3_t4_from_masks(layout, cache):
                       row["class_name"])
     assert row["caption"] == row["t4"] == t4
     assert row["t3"]["Scale"] == t3["Scale"] and row["t3"]["Shape"] == t3["Shape"]
+
+
+def test_empty_split_is_left_out_and_reported(layout, cache):
+    ds = D.load_steeldefectx(layout, cache_dir=cache, validation_fraction=0.0)
+    assert set(ds) == {"train", "test"} and len(ds["train"]) == 12
+    assert D.build_report(ds)["empty_splits_left_out"] == ["validation"]
+    assert "empty splits left out: validation" in D.format_report(D.build_report(ds))
