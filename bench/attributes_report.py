@@ -71,7 +71,7 @@ def table(rows: list[dict]) -> str:
     for cls in sorted(by_class):
         rs = by_class[cls]
 
-        def counts(field):
+        def counts(field, rs=rs):
             c = Counter(r[field] for r in rs)
             return ", ".join(f"{k} {v}" for k, v in c.most_common())
 

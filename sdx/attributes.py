@@ -99,8 +99,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from sdx.text import (CLASS_NAMES, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, NUMBERS, SHAPES, T3_FIELDS,
-                      render_t4)
+from sdx.text import CLASS_NAMES, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, NUMBERS, SHAPES, T3_FIELDS, render_t4
 
 __all__ = [
     "load_gray", "load_mask", "load_pair", "compute_statistics", "compute_position", "compute_geometry",

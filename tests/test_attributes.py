@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sdx import attributes as A
-from sdx.text import GRID_CELLS, SHAPES, DIRECTIONS, DISTRIBUTIONS, T3_FIELDS, render_t4
+from sdx.text import DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES, T3_FIELDS, render_t4
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_position_grid_edges_and_touching_pixels():
     m[0, 84] = m[0, 85] = m[0, 170] = m[0, 171] = 255
     m[84, 0] = m[85, 0] = 255
     m[255, 255] = 255
-    pos = dict((c, s) for c, s in A.compute_position(m))
+    pos = {c: s for c, s in A.compute_position(m)}
     # cells: (0,84)->top-left, (0,85)->top-center, (0,170)->top-center, (0,171)->top-right,
     #        (84,0)->top-left, (85,0)->middle-left, (255,255)->bottom-right
     assert pos == {"top-left": round(2 / 7, 6), "top-center": round(2 / 7, 6), "top-right": round(1 / 7, 6),
