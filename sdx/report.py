@@ -105,7 +105,7 @@ def plot_confusion(conf: dict, path: Path, title: str) -> Path:
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.04, label="row share")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.3, bottom=0.3, right=0.95, top=0.92)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -135,7 +135,7 @@ def plot_kshot(task3: dict, path: Path, title: str) -> Path | None:
     ax.set_ylabel("test Acc (%)  mean +- std over seeds")
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, bottom=0.12, right=0.97, top=0.92)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -164,34 +164,45 @@ def plot_txty(task2: dict, path: Path, metric: str, title: str) -> Path | None:
                     fontsize=7, color="white")
     fig.colorbar(im, ax=ax, fraction=0.04, label=f"{metric} (%)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.4, bottom=0.2, right=0.95, top=0.88)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
 def plot_overlays(items: list, path: Path, title: str) -> Path | None:
-    """items: (image name, PIL image, score map [H, W], binary mask [H, W])."""
+    """items: (image name, PIL image, score map [H, W], binary mask [H, W]) -> one PNG, a row per image:
+    image | mask | image blended with the min-max scaled score map (jet) and the mask outline in white.
+    Drawn with numpy + PIL (a matplotlib figure of this size costs seconds)."""
     if not items:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(len(items), 3, figsize=(7.5, 2.5 * len(items)), squeeze=False)
-    for row, (name, im, score, mask) in zip(axes, items):
-        img = np.asarray(im.resize((mask.shape[1], mask.shape[0])))
-        row[0].imshow(img)
-        row[0].set_title(name, fontsize=7)
-        row[1].imshow(mask, cmap="gray")
-        row[1].set_title("mask (> 127)", fontsize=7)
-        row[2].imshow(img)
-        row[2].imshow(score, cmap="jet", alpha=0.5)
-        row[2].contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-        row[2].set_title("text-patch score", fontsize=7)
-        for a in row:
-            a.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from matplotlib import colormaps
+    from PIL import Image as PILImage, ImageDraw
+
+    jet = colormaps["jet"]
+    rows = []
+    for name, im, score, mask in items:
+        h, w = mask.shape
+        img = np.asarray(im.convert("RGB").resize((w, h)), dtype=np.float32)
+        sc = (score - score.min()) / max(float(np.ptp(score)), 1e-12)
+        heat = jet(sc)[..., :3] * 255.0
+        blend = 0.5 * img + 0.5 * heat
+        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+        blend[edge] = 255.0
+        m = np.repeat(mask[..., None].astype(np.float32) * 255.0, 3, axis=2)
+        row = np.concatenate([img, np.full((h, 4, 3), 255.0), m, np.full((h, 4, 3), 255.0), blend], axis=1)
+        label = np.full((14, row.shape[1], 3), 255.0)
+        rows.append(np.concatenate([label, row], axis=0).astype(np.uint8))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    canvas = PILImage.fromarray(np.concatenate([np.full((16, width, 3), 255, np.uint8)] + rows, axis=0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), title, fill=(0, 0, 0))
+    y = 16
+    for (name, _, _, mask), r in zip(items, rows):
+        draw.text((2, y + 1), f"{name}: image | mask (> 127) | text-patch score", fill=(0, 0, 0))
+        y += r.shape[0]
+    canvas.save(path)
     return path
 
 
@@ -427,83 +438,12 @@ def write_report(results: dict, output_dir: str | Path, artifacts: dict | None =
 
 
 def _versions() -> dict:
-    import importlib
+    from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "datasets", "sklearn", "numpy"):
+    for name in ("torch", "transformers", "datasets", "scikit-learn", "numpy"):
         try:
-            out[name] = importlib.import_module(name).__version__
-        except ImportError:
+            out[name] = version(name)
+        except PackageNotFoundError:
             pass
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Data gallery: images, masks and every text level, for the README and the pipeline
-
-def data_gallery(ds, out_png: str | os.PathLike, *, split: str = "test", n_rows: int = 8, seed: int = 0,
-                 title: str | None = None) -> Path:
-    """Draw ``n_rows`` images of different classes (those with a mask first) with their mask outlined and
-    their text at every level T0-T4, marking the levels the record lacks. ``ds``: a DatasetDict or Dataset
-    from sdx.dataset.load_steeldefectx."""
-    import textwrap
-
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from scipy import ndimage
-
-    from sdx import text as T
-
-    data = ds[split] if hasattr(ds, "keys") else ds
-    raw = data.cast_column("mask", datasets.Image(decode=False)) if "mask" in data.column_names else data
-    has_mask = [m is not None for m in raw["mask"]]
-    classes = list(raw["class_name"])
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(classes))
-    picked, seen = [], set()
-    for want_mask in (True, False):  # one image per class, images with a mask first
-        for i in order:
-            if len(picked) == n_rows:
-                break
-            if has_mask[i] == want_mask and classes[i] not in seen:
-                picked.append(int(i))
-                seen.add(classes[i])
-    picked.sort(key=lambda i: classes[i])
-    fig, axes = plt.subplots(len(picked), 3, figsize=(15, 2.9 * len(picked)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 3.6]})
-    for row, i in zip(axes, picked):
-        ex = data[i]
-        img = np.asarray(ex["image"].convert("L"))
-        row[0].imshow(img, cmap="gray", vmin=0, vmax=255)
-        row[0].set_title(f"{ex['class_name']}\n{ex['image_name']}", fontsize=9)
-        row[1].imshow(img, cmap="gray", vmin=0, vmax=255)
-        if ex["mask"] is not None:
-            m = np.asarray(ex["mask"].convert("L")) > 127
-            edge = m & ~ndimage.binary_erosion(m, iterations=2)
-            overlay = np.zeros((*m.shape, 4))
-            overlay[m] = (1, 0.2, 0.2, 0.25)
-            overlay[edge] = (1, 0, 0, 1)
-            row[1].imshow(overlay)
-            row[1].set_title("mask (> 127)", fontsize=9)
-        else:
-            row[1].set_title("no mask in the release", fontsize=9)
-        attrs = ex["t3"]
-        lines = [("T0", ex["t0"]), ("T1", ex["t1"]),
-                 ("T2", ex["t2"] or "(none in this release)"),
-                 ("T3", T.render_t3({**attrs, "Position": T.position_from_records(attrs["Position"])})
-                  if attrs else "(none in this release)"),
-                 ("T4", ex["t4"] or "(none in this release)")]
-        body = "\n".join(textwrap.fill(f"{lv}: {txt}", 120, subsequent_indent="      ") for lv, txt in lines)
-        row[2].text(0.0, 1.0, body, va="top", ha="left", fontsize=7.5, family="monospace", wrap=False)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        row[2].axis("off")
-    fig.suptitle(title or f"SteelDefectX {split} split: images, masks and text levels T0-T4", fontsize=11)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

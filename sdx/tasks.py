@@ -33,7 +33,7 @@ the support set is drawn from train only with the builder's own rule (sdx.datase
 train split: identical to load_steeldefectx(shots=k, seed=s)["train"], nested across k for one seed; checked
 to be a subset of train and disjoint from validation and test). Two methods:
   * linear probe: multinomial L2 logistic regression on normalised image embeddings (scikit-learn's objective,
-    solved for all of LP_C_GRID at once with torch L-BFGS: fit_logistic_grid), C chosen by validation accuracy;
+    solved for all of LP_C_GRID at once with L-BFGS-B: fit_logistic_grid), C chosen by validation accuracy;
   * Tip-Adapter (training-free): logits = 100 * f W_T0^T + alpha * exp(-beta (1 - f F_s^T)) L_s, with W_T0
     the T0 class prompts, F_s / L_s the support embeddings / one-hot labels; (alpha, beta) chosen from
     TIP_ALPHA_GRID x TIP_BETA_GRID by validation accuracy.
@@ -507,35 +507,38 @@ def builder_support(train_ds, k: int, seed: int, _memo: dict = {}) -> list[int]:
     return sorted(it.row for it in draw_shots(_memo[key], k, seed))
 
 
-def fit_logistic_grid(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], max_iter: int = 500):
+def fit_logistic_grid(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], max_iter: int = 300):
     """Multinomial L2 logistic regression for every C at once: (classes, W [G, D, K], b [G, K]).
 
     Same objective as scikit-learn's LogisticRegression(C) with lbfgs: C * sum_i CE_i + 0.5 ||W||^2 (bias not
-    penalised), here divided by C (same minimiser) and solved jointly for the G values of C with torch L-BFGS
-    (the G problems are independent, so the joint minimiser is the set of separate minimisers).
+    penalised), here divided by C (same minimiser) and solved jointly for the G values of C with scipy's L-BFGS-B
+    on an analytic numpy gradient (the G problems are independent, so the joint minimiser is the set of the
+    separate minimisers). At most ``max_iter`` iterations (scikit-learn's default is 100).
     """
+    from scipy.optimize import minimize
+
     classes, yi = np.unique(np.asarray(y), return_inverse=True)
-    X = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    Y = torch.as_tensor(yi, dtype=torch.long)
-    G, D, K = len(Cs), X.shape[1], len(classes)
-    inv_c = torch.tensor([1.0 / c for c in Cs], dtype=torch.float64)
-    W = torch.zeros(G, D, K, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(G, K, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-8,
-                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
-    Yg = Y.repeat(G)
+    X = np.asarray(x, dtype=np.float64)
+    G, (N, D), K = len(Cs), X.shape, len(classes)
+    onehot = np.zeros((N, K))
+    onehot[np.arange(N), yi] = 1.0
+    inv_c = 1.0 / np.asarray(Cs, dtype=np.float64)
+    n_w = G * D * K
 
-    def closure():
-        opt.zero_grad()
-        logits = torch.einsum("nd,gdk->gnk", X, W) + b[:, None, :]
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, K), Yg, reduction="none").view(G, -1).sum(1)
-        loss = (ce + 0.5 * inv_c * (W ** 2).sum(dim=(1, 2))).sum()
-        loss.backward()
-        return loss
+    def loss_grad(theta):
+        W, b = theta[:n_w].reshape(G, D, K), theta[n_w:].reshape(G, K)
+        z = np.einsum("nd,gdk->gnk", X, W) + b[:, None, :]
+        z -= z.max(axis=2, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=2, keepdims=True))
+        logp = z - lse
+        loss = -(logp * onehot).sum() + 0.5 * float((inv_c * (W ** 2).sum(axis=(1, 2))).sum())
+        d = np.exp(logp) - onehot                                   # dL/dz, [G, N, K]
+        gW = np.einsum("nd,gnk->gdk", X, d) + inv_c[:, None, None] * W
+        return loss, np.concatenate([gW.ravel(), d.sum(axis=1).ravel()])
 
-    with torch.enable_grad():
-        opt.step(closure)
-    return classes, W.detach().numpy(), b.detach().numpy()
+    res = minimize(loss_grad, np.zeros(n_w + G * K), jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "gtol": 1e-6})
+    return classes, res.x[:n_w].reshape(G, D, K), res.x[n_w:].reshape(G, K)
 
 
 def predict_logistic(classes, W, b, x) -> np.ndarray:

@@ -29,6 +29,15 @@ def test_macro_f1_matches_sklearn():
     assert M.macro_f1(t, p) == pytest.approx(100 * f1_score(t, p, average="macro", zero_division=0))
 
 
+def test_confusion_matches_sklearn():
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(4)
+    t, p = rng.integers(0, 6, 200), rng.integers(0, 7, 200)
+    for labels in ([0, 1, 2, 3, 4, 5, 6], [5, 2, 0]):
+        assert M.confusion(t, p, labels).tolist() == confusion_matrix(t, p, labels=labels).tolist()
+
+
 def test_per_class_table_rows():
     rows = M.per_class_table([0, 0, 1], [0, 1, 1], labels=[0, 1, 2], names=["a", "b", "c"])
     assert [r["class"] for r in rows] == ["a", "b", "c"]
