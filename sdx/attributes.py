@@ -564,8 +564,16 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         r_any, c_any = dom.any(axis=1), dom.any(axis=0)
         sub = dom[int(r_any.argmax()):len(r_any) - int(r_any[::-1].argmax()),
                   int(c_any.argmax()):len(c_any) - int(c_any[::-1].argmax())]
+    sub_area = float(np.count_nonzero(sub))
+    total = sub_area if total is None else total
+    rect = sub_area == sub.size   # D is exactly its bounding rectangle (NEU-DET box masks): closed forms below
+    if total / n >= DIFFUSE_MIN_SCALE and not full:
+        # "diffuse" needs no outline feature: only the distribution is still to decide
+        f = {"scale_ratio": total / n, "component_count": int(count), "largest_ratio": sub_area / total,
+             "extent": max((y1 - y0) / h, (x1 - x0) / w), "union_fill": total / float((y1 - y0) * (x1 - x0))}
+        return {"Shape": "diffuse", "Direction": "none", "Spatial Distribution": _distribution(count, f),
+                "features": f}
     area, _, _, elong, angle = _moments(sub)
-    total = area if total is None else total
     f: dict[str, Any] = {
         "scale_ratio": total / n,
         "component_count": int(count),
@@ -581,13 +589,13 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
     # the costlier features are computed only when a rule needs them (all of them with full=True)
     def hull_feats() -> None:
         if "solidity" not in f:
-            hull_area, hull_perim = _hull(sub)
+            hull_area, hull_perim = (float(sub.size), 2.0 * (sub.shape[0] + sub.shape[1])) if rect else _hull(sub)
             f["solidity"] = min(area / hull_area, 1.0)
             f["roundness"] = 4 * math.pi * hull_area / (hull_perim * hull_perim)
 
     def run_feats() -> None:
         if "holes" not in f:
-            h_runs, v_runs, euler = _runs_and_euler(sub)
+            h_runs, v_runs, euler = (sub.shape[0], sub.shape[1], 1) if rect else _runs_and_euler(sub)
             thickness = min(area / max(h_runs, 1), area / max(v_runs, 1))
             f["thickness"] = thickness
             f["slenderness"] = area / (thickness * thickness)
@@ -674,13 +682,16 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
         mask_moments()
         direction = _direction_word(f["mask_elongation"], f["mask_angle"])
 
+    return {"Shape": shape, "Direction": direction, "Spatial Distribution": _distribution(count, f),
+            "features": f}
+
+
+def _distribution(count: int, f: Mapping[str, Any]) -> str:
     if count == 1 or f["largest_ratio"] >= ISOLATED_MIN_LARGEST:
-        dist = "isolated"
-    elif f["extent"] <= CLUSTERED_MAX_EXTENT or f["union_fill"] >= CLUSTERED_MIN_UNION_FILL:
-        dist = "clustered"
-    else:
-        dist = "scattered"
-    return {"Shape": shape, "Direction": direction, "Spatial Distribution": dist, "features": f}
+        return "isolated"
+    if f["extent"] <= CLUSTERED_MAX_EXTENT or f["union_fill"] >= CLUSTERED_MIN_UNION_FILL:
+        return "clustered"
+    return "scattered"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -536,3 +536,17 @@ def test_cli_annotate_class_folders_prefixes_and_bad_input(tmp_path):
         _cli(args + ["--labels", str(tmp_path / "bad.csv")])
     with pytest.raises(ValueError, match="not found"):
         _cli(["annotate", "--image_dir", str(tmp_path / "nope"), "--mask_dir", str(masks), "--output", str(out)])
+
+
+def test_rectangle_shortcuts_equal_general_features():
+    # compute_geometry uses closed forms for a component that is exactly its bounding rectangle
+    for h, w in [(1, 1), (1, 7), (5, 3), (40, 80), (100, 33)]:
+        sub = np.ones((h, w), bool)
+        area, perim = A._hull(sub)
+        assert area == pytest.approx(h * w) and perim == pytest.approx(2 * (h + w))
+        assert A._runs_and_euler(sub) == (h, w, 1)
+        m = np.zeros((120, 120), np.uint8)
+        m[7:7 + h, 9:9 + w] = 255
+        f = A.compute_geometry(m, full=True)["features"]
+        assert f["solidity"] == 1.0 and f["roundness"] == pytest.approx(4 * np.pi * h * w / (2 * (h + w)) ** 2)
+        assert f["holes"] == 0 and f["thickness"] == min(w, h)
