@@ -2,6 +2,7 @@
 against a bare PyTorch loop on the same CLIP, the same pre-processed batches and the same optimizer.
 
     python bench/bench_train_clip.py [--model_size tiny] [--batch_size 32] [--steps 60] [--repeat 3]
+    python bench/bench_train_clip.py --model_size base --batch_size 128 --steps 40   # on a GPU: bf16, images/s, MFU
 
 Both loops iterate a DataLoader over the same pre-processed tensors (pixel values + padded token ids + labels),
 in the same seeded order, with AdamW at a constant learning rate. The bare loop calls get_image_features /
@@ -12,6 +13,13 @@ run alternately `--repeat` times; the median over repeats is reported with the r
 ratio of the fastest runs and the ratio of CPU time per step (process_time; both less sensitive to other
 processes on a shared machine).
 Set OMP_NUM_THREADS to fix the thread count (the figure depends on the machine's load).
+
+On a GPU both loops run there in bf16 autocast (``--mixed_precision``), and the script also prints images/s and
+the model FLOPs utilisation: FLOPs of one step (forward + backward, counted once with torch's FlopCounterMode)
+divided by the median step time and by the accelerator's dense bf16 peak (``--peak_tflops``, by default 989 for
+an H100/H200). The goal is an MFU of at least 40 % for CLIP ViT-B/16 (``--model_size base``). The random
+``base`` preset has CLIP ViT-B/16's shapes (text 512x12, vision 768x12, 224 px, patch 16), so its FLOPs match
+the pretrained model's.
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ from sdx.losses import contrastive_loss  # noqa: E402
 from sdx.models import build_clip_from_scratch, get_logit_scale, image_features, text_features  # noqa: E402
 
 WARMUP = 5
+MAX_UNIQUE = 480
+# dense bf16 peak of the accelerator, TFLOP/s, for the MFU figure (H100/H200 SXM: 989)
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 class TensorBatches(torch.utils.data.Dataset):
@@ -54,9 +65,11 @@ def make_data(model_size: str, n: int, seed: int = 0):
     from sdx.text import render_t3
 
     with tempfile.TemporaryDirectory() as tmp:
-        per_class = max(1, n // 12 + 1)
+        unique = min(n, MAX_UNIQUE)
+        per_class = max(1, unique // 12 + 1)
         generate(tmp, train_per_class=per_class, val_per_class=1, size=64, seed=seed, progress=False)
-        recs = json.loads((Path(tmp) / "train-text.json").read_text())[:n]
+        recs = json.loads((Path(tmp) / "train-text.json").read_text())[:unique]
+        recs = [recs[i % len(recs)] for i in range(n)]          # tiled when n > MAX_UNIQUE
         from PIL import Image
         images = [Image.open(Path(tmp) / "train" / r["image_name"]).convert("RGB") for r in recs]
         texts = [r["natural_language_description"] for r in recs]
@@ -80,6 +93,8 @@ def loader(data, batch_size: int, seed: int):
 
 
 def _now() -> tuple[float, float]:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     return time.perf_counter(), time.process_time()
 
 
@@ -89,17 +104,24 @@ def median_step(stamps: list[tuple[float, float]]) -> tuple[float, float]:
     return (statistics.median(b[0] - a[0] for a, b in pairs), statistics.median(b[1] - a[1] for a, b in pairs))
 
 
-def bare_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int) -> tuple[float, float]:
-    model = copy.deepcopy(model0)
+def bare_step_loss(model, batch, device: str, precision: str):
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        img = image_features(model, batch["pixel_values"])
+        txt = text_features(model, batch["input_ids"], batch["attention_mask"])
+    return contrastive_loss(img, txt, get_logit_scale(model), labels=batch["labels"])
+
+
+def bare_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int, device: str = "cpu",
+              precision: str = "no") -> tuple[float, float]:
+    model = copy.deepcopy(model0).to(device)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     stamps = [_now()]
     done = 0
     while done < steps:
         for batch in loader(data, batch_size, seed):
-            img = image_features(model, batch["pixel_values"])
-            txt = text_features(model, batch["input_ids"], batch["attention_mask"])
-            loss = contrastive_loss(img, txt, get_logit_scale(model), labels=batch["labels"])
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss = bare_step_loss(model, batch, device, precision)
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -110,13 +132,16 @@ def bare_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int) -
     return median_step(stamps)
 
 
-def shared_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int) -> tuple[float, float]:
+def shared_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int, device: str = "cpu",
+                precision: str = "no") -> tuple[float, float]:
+    """accelerate places the model on its device (the GPU when one is visible, else the CPU)."""
     from sdx.training import create_optimizer, make_accelerator, run_training
 
     with tempfile.TemporaryDirectory() as out:
         args = CT.parse_clip_args(["--output_dir", out, "--max_train_steps", str(steps), "--learning_rate", str(lr),
                                    "--lr_scheduler_type", "constant", "--seed", str(seed),
-                                   "--per_device_train_batch_size", str(batch_size)])
+                                   "--per_device_train_batch_size", str(batch_size),
+                                   "--mixed_precision", precision])
         accelerator = make_accelerator(args)
         module = CT.ClipTrainModule(copy.deepcopy(model0), "full", "class_aware")
         optimizer = create_optimizer(args, module)
@@ -125,6 +150,18 @@ def shared_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int)
                      compute_loss=lambda m, b: m(**b), evaluate=None, select_metric=None,
                      save_best=lambda *a: None, step_callback=lambda s: stamps.append(_now()))
     return median_step(stamps)
+
+
+def flops_per_step(model0, data, batch_size: int, device: str, precision: str) -> float:
+    """Floating-point operations of one training step (forward + backward), counted by torch's FlopCounterMode
+    (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(model0).to(device)
+    batch = {k: v[:batch_size].to(device) for k, v in data.items()}
+    with FlopCounterMode(display=False) as counter:
+        bare_step_loss(model, batch, device, precision).backward()
+    return float(counter.get_total_flops())
 
 
 def main(argv=None) -> dict:
@@ -136,13 +173,20 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=3, help="alternating runs of each loop")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed_precision", choices=("no", "bf16"), default=None,
+                   help="default: bf16 on a GPU, no on the CPU")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="accelerator peak (dense bf16) for MFU; default from the GPU name (H100/H200 989)")
     args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = args.mixed_precision or ("bf16" if device == "cuda" else "no")
     torch.manual_seed(args.seed)
     model, data = make_data(args.model_size, args.batch_size * args.steps, args.seed)
+    flops = flops_per_step(model, data, args.batch_size, device, precision)
     bare, ours = [], []
     for _ in range(args.repeat):
-        bare.append(bare_loop(model, data, args.batch_size, args.steps, args.lr, args.seed))
-        ours.append(shared_loop(model, data, args.batch_size, args.steps, args.lr, args.seed))
+        bare.append(bare_loop(model, data, args.batch_size, args.steps, args.lr, args.seed, device, precision))
+        ours.append(shared_loop(model, data, args.batch_size, args.steps, args.lr, args.seed, device, precision))
     b, o = statistics.median(x[0] for x in bare), statistics.median(x[0] for x in ours)
     bmin, omin = min(x[0] for x in bare), min(x[0] for x in ours)
     bc, oc = statistics.median(x[1] for x in bare), statistics.median(x[1] for x in ours)
@@ -155,6 +199,17 @@ def main(argv=None) -> dict:
           f"{1000 * b:.2f} ms/step, train_clip loop {1000 * o:.2f} ms/step, ratio {o / b:.3f}x (goal <= 1.10x); "
           f"fastest runs {1000 * bmin:.2f} vs {1000 * omin:.2f} ms ({omin / bmin:.3f}x); CPU time per step "
           f"{1000 * bc:.2f} vs {1000 * oc:.2f} ms ({oc / bc:.3f}x)")
+    peak = args.peak_tflops
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    if peak is None and device == "cuda":
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    res.update({"device": name, "precision": precision, "gflops_per_step": flops / 1e9,
+                "train_clip_images_per_s": args.batch_size / o, "bare_images_per_s": args.batch_size / b,
+                "train_clip_tflops": flops / o / 1e12,
+                "mfu": (flops / o / 1e12 / peak) if peak else None})
+    print(f"{name}, {precision}: {flops / 1e9:.2f} GFLOP/step, train_clip {args.batch_size / o:.1f} images/s, "
+          f"{flops / o / 1e12:.3f} TFLOP/s" + (f", MFU {100 * res['mfu']:.1f}% of {peak:g} TFLOP/s" if peak else
+                                              " (no peak given: no MFU)"))
     print(json.dumps(res))
     return res
 
