@@ -487,8 +487,9 @@ def compute_geometry(mask: Any, *, labels: np.ndarray | None = None, count: int 
     """Shape, Direction and Spatial Distribution from mask geometry, within the authors' value sets.
 
     Returns ``{"Shape", "Direction", "Spatial Distribution", "features": {...}}``; the costlier features
-    (hull, runs, holes, whole-mask moments) are computed only when a rule needs them, all of them with
-    ``full=True`` (the report script). Everything is measured on
+    (hull, runs, holes, whole-mask moments) are computed only when a rule needs them (a diffuse mask gets only
+    the mask-level ones), all of them with ``full=True`` (the report script). A component that is exactly its
+    bounding rectangle gets its hull and runs in closed form. Everything is measured on
     the binary mask (> 127) with 8-connected components; the *dominant* component D is the largest one.
 
     Features (of D unless said otherwise; all vectorised, no per-pixel Python loop):
