@@ -216,8 +216,20 @@ def test_every_caption_level_trains(tmp_path, data_dir, cache_dir, tiny_clip, le
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_full_with_frozen_text_tower(tmp_path, data_dir, cache_dir, tiny_clip):
-    res, out = _run(tmp_path, "frozen", data_dir, cache_dir, tiny_clip, "--freeze_text_model", "--loss", "infonce")
+def test_full_with_frozen_text_tower_tracking_and_push(tmp_path, data_dir, cache_dir, tiny_clip, monkeypatch):
+    import sdx.training
+
+    pushed = {}
+
+    def fake_push(output_dir, repo_id=None, **kw):
+        pushed.update(dir=str(output_dir), repo=repo_id, files=sorted(p.name for p in output_dir.iterdir()), **kw)
+
+    monkeypatch.setattr(sdx.training, "push_output_dir", fake_push)
+    res, out = _run(tmp_path, "frozen", data_dir, cache_dir, tiny_clip, "--freeze_text_model", "--loss", "infonce",
+                    "--with_tracking", "--logging_steps", "1", "--push_to_hub", "--hub_model_id", "me/clip-test")
+    assert pushed["dir"] == str(out) and pushed["repo"] == "me/clip-test"
+    assert {"README.md", "all_results.json", "model.safetensors", "sdx_training.json"} <= set(pushed["files"])
+    assert any((out / "logs").rglob("events.out.tfevents.*"))          # tensorboard tracking
     before, after = _weights(tiny_clip), _weights(out)
     text_keys = [k for k in before if k.startswith(("text_model.", "text_projection"))]
     vision_keys = [k for k in before if k.startswith(("vision_model.", "visual_projection"))]
@@ -340,3 +352,14 @@ def test_two_process_cpu_run_counts_each_sample_once(tmp_path, data_dir, cache_d
     assert res["validation_num_samples"] == res["splits"]["validation"]
     assert res["test_num_samples"] == res["splits"]["test"] == 2 * len(CLASSES)
     assert all(h["eval_num_samples"] == res["splits"]["validation"] for h in res["history"])
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        train_clip.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--caption_level", "--method", "--freeze_vision_model", "--freeze_text_model", "--lora_towers",
+                 "--adapter_alpha", "--loss", "--model_name_or_path", "--model_size", "--metric_for_best_model",
+                 "--recipe", "--config", "--resume_from_checkpoint", "--mixed_precision", "--push_to_hub",
+                 "--gradient_accumulation_steps", "--with_tracking", "--data_dir"):
+        assert flag in text, flag
