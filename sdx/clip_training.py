@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -453,7 +452,6 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
                       ) -> dict[str, Any]:
     """Train as `args` says (see the module docstring) and return the results written to all_results.json."""
     from sdx.dataset import class_names
-    from sdx.models import encode_images  # noqa: F401 - fail early if sdx.models lacks the CLIP section
     from sdx.training import (check_output_dir, create_optimizer, load_best, make_accelerator,
                               push_output_dir, resolve_checkpoint, run_training, start_output_dir,
                               write_all_results, write_model_card)

@@ -311,7 +311,6 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 #   - Linear(D/r, D) - ReLU without biases; alpha 0.2 and reduction r 4 by default; CLIP itself frozen.
 import json as _json
 import math as _math
-import os as _os
 import re as _re
 from pathlib import Path as _Path
 from typing import Any as _Any, Iterable as _Iterable, Optional as _Optional
