@@ -462,7 +462,7 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
     with accelerator.main_process_first():
         ds = _load_data(args)
     for split in ("train", "validation"):
-        if len(ds[split]) == 0:
+        if split not in ds or len(ds[split]) == 0:
             raise ValueError(f"the {split} split is empty (data_dir {args.data_dir}, classes {args.classes}, "
                              f"validation_fraction {args.validation_fraction}): nothing to "
                              f"{'train on' if split == 'train' else 'validate on'}")

@@ -294,8 +294,10 @@ def test_bad_inputs_name_the_problem(tmp_path, data_dir, cache_dir, tiny_clip):
     (occupied / "all_results.json").write_text("{}")
     with pytest.raises(FileExistsError, match="already holds a run"):
         _run(tmp_path, "occupied", data_dir, cache_dir, tiny_clip)
-    with pytest.raises(Exception, match="Unknown"):
+    with pytest.raises(ValueError, match="unknown class name.*Unknown defect"):
         _run(tmp_path, "badclass", data_dir, cache_dir, tiny_clip, "--classes", "Unknown defect")
+    with pytest.raises(ValueError, match="validation split is empty"):
+        _run(tmp_path, "noval", data_dir, cache_dir, tiny_clip, "--validation_fraction", "0")
 
 
 def test_kill_and_resume_gives_identical_weights(tmp_path, data_dir, cache_dir, tiny_clip):
