@@ -355,6 +355,12 @@ def make_accelerator(args: argparse.Namespace, **kwargs: Any):
     if getattr(args, "with_tracking", False):
         acc_kwargs["log_with"] = args.report_to
     acc_kwargs.update(kwargs)
+    # a second trainer run in the same process (tests, notebooks, the pipeline) may ask for another precision or
+    # accumulation: forget the previous run's accelerator settings (the process group, PartialState, is kept)
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(**acc_kwargs)
     set_seed(args.seed)
     return accelerator

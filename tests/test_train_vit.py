@@ -148,14 +148,28 @@ def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):
                                                                        "Slag inclusion", "Finishing roll printing"}
 
 
-def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_names):
+def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_names, monkeypatch):
+    from huggingface_hub import HfApi
     from peft import PeftModel
     from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    sent = {}  # --push_to_hub: HfApi runs up to its network calls, which are recorded instead
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: sent.setdefault("repo", (repo_id, kw)))
+    monkeypatch.setattr(HfApi, "_validate_yaml", lambda self, content, **kw: sent.setdefault("yaml", content))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kw: sent.setdefault(
+        "files", sorted(op.path_in_repo for op in operations)))
+    monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
 
     base = ["--max_train_samples", "32", "--max_train_steps", "3", "--max_eval_samples", "24", "--use_lora",
             "--lora_r", "4", "--learning_rate", "1e-2"]
     adapter = train_vit.main(_argv(tiny_model, tmp_path / "adapter", *base))
-    merged = train_vit.main(_argv(tiny_model, tmp_path / "merged", *base, "--merge_lora"))
+    merged = train_vit.main(_argv(tiny_model, tmp_path / "merged", *base, "--merge_lora", "--push_to_hub",
+                                  "--hub_model_id", "me/sdx-vit", "--hub_private"))
+    assert sent["repo"][0] == "me/sdx-vit" and sent["repo"][1]["private"] is True
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json",
+            "confusion_matrix_test.png"} <= set(sent["files"])
+    assert not any(f.startswith(("best/", "checkpoints/", "logs/")) for f in sent["files"])
+    assert "test_accuracy" in sent["yaml"]
     assert adapter["saved"] == "lora-adapter" and merged["saved"] == "lora-merged"
     assert adapter["trainable_parameters"] < adapter["total_parameters"] / 2
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
