@@ -10,7 +10,9 @@ What it does
    (seed, epoch, example index), so it is the same for any number of processes and after a resume.
    T3 is rendered with ``sdx.text.render_t3``. Images are converted to RGB (the release mixes grayscale and RGB)
    and preprocessed by the model's processor; texts are tokenised with padding and truncation at the model's
-   ``max_position_embeddings``.
+   ``max_position_embeddings``. There is no random augmentation, so the train and validation images are
+   pre-processed once and kept in memory when they fit in ``--pixel_cache_mb`` (default 1024 MB; e.g. 12 KB per
+   image at 32 px, 600 KB at 224 px), otherwise per batch; the pixel values are the same either way.
 2. Model: ``--model_name_or_path`` (Hub id or local dir, via ``sdx.models.load_clip``) or, without it, a random
    ``--model_size`` preset with a BPE tokenizer trained on the training texts of every level plus the class texts.
 3. Methods:
@@ -129,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--annotate_missing", action="store_true",
                    help="compute missing T3/T4 from masks (sdx.attributes) instead of falling back to T1")
     d.add_argument("--dataset_cache_dir", type=str, default=None, help="datasets cache folder")
+    d.add_argument("--pixel_cache_mb", type=float, default=1024,
+                   help="pre-process the train and validation images once and keep them in memory when they fit "
+                        "in this many MB (0: process every batch on the fly; identical pixel values either way)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--metric_for_best_model", choices=EVAL_METRICS, default="t0_accuracy",
                    help="validation metric that picks the best epoch")
@@ -222,8 +227,9 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 class CaptionDataset(torch.utils.data.Dataset):
     """(image, caption, label) rows; with level 'mixed' the caption level is drawn per example per epoch."""
 
-    def __init__(self, hf_split, caption_level: str, seed: int):
+    def __init__(self, hf_split, caption_level: str, seed: int, pixels: Optional[torch.Tensor] = None):
         self.ds = hf_split.select_columns(["image"])       # rows decode the image only (no mask)
+        self.pixels = pixels                                # pre-processed pixel values (see pixel_cache)
         self.level, self.seed, self.epoch = caption_level, int(seed), 0
         if caption_level == "mixed":
             cols = [c for c in ("class_name", "t0", "t1", "t2", "t3", "t4") if c in hf_split.column_names]
@@ -252,23 +258,55 @@ class CaptionDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.ds[int(i)]["image"], "caption": self.caption(int(i)), "label": self.labels[int(i)]}
+        row = _image_item(self.ds, self.pixels, int(i))
+        row.update(caption=self.caption(int(i)), label=self.labels[int(i)])
+        return row
+
+
+def _image_item(ds, pixels: Optional[torch.Tensor], i: int) -> dict[str, Any]:
+    return {"pixel_values": pixels[i]} if pixels is not None else {"image": ds[i]["image"]}
+
+
+def pixel_cache(hf_split, image_processor, budget_mb: float, desc: str = "pre-processing images",
+                batch_size: int = 64) -> Optional[torch.Tensor]:
+    """All images of `hf_split` pre-processed once (RGB, the processor's resize/crop/normalise), float32, when
+    they fit in `budget_mb`; None otherwise (or when the budget is 0): then every batch is processed on the fly.
+    The processor works per image, so cached and on-the-fly pixel values are identical."""
+    n = len(hf_split)
+    if budget_mb <= 0 or n == 0:
+        return None
+    images = hf_split.select_columns(["image"])
+    first = image_processor(images=[images[0]["image"].convert("RGB")], return_tensors="pt")["pixel_values"]
+    if first.numel() * 4 * n > budget_mb * 2 ** 20:
+        logger.info("%s: %d images need %.0f MB > --pixel_cache_mb %g; processing per batch", desc, n,
+                    first.numel() * 4 * n / 2 ** 20, budget_mb)
+        return None
+    from tqdm.auto import tqdm
+
+    out = torch.empty((n,) + tuple(first.shape[1:]), dtype=torch.float32)
+    for start in tqdm(range(0, n, batch_size), desc=desc, disable=n <= batch_size):
+        chunk = images[start:start + batch_size]["image"]
+        out[start:start + len(chunk)] = image_processor(images=[im.convert("RGB") for im in chunk],
+                                                        return_tensors="pt")["pixel_values"]
+    return out
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, hf_split):
+    def __init__(self, hf_split, pixels: Optional[torch.Tensor] = None):
         self.ds = hf_split.select_columns(["image"])
+        self.pixels = pixels
         self.labels = [int(x) for x in hf_split["label"]]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.ds[int(i)]["image"], "label": self.labels[int(i)]}
+        return dict(_image_item(self.ds, self.pixels, int(i)), label=self.labels[int(i)])
 
 
 class ClipCollator:
-    """PIL images -> pixel_values (RGB, the processor's resize/crop/normalise); captions -> input_ids/mask."""
+    """PIL images -> pixel_values (RGB, the processor's resize/crop/normalise) unless the rows carry cached
+    pixel values; captions -> input_ids/mask (padding, truncation)."""
 
     def __init__(self, processor, with_text: bool = True):
         self.image_processor = processor.image_processor
@@ -276,9 +314,12 @@ class ClipCollator:
         self.with_text = with_text
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [r["image"].convert("RGB") for r in rows]
-        batch = {"pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"],
-                 "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long)}
+        if "pixel_values" in rows[0]:
+            pixel_values = torch.stack([r["pixel_values"] for r in rows])
+        else:
+            images = [r["image"].convert("RGB") for r in rows]
+            pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        batch = {"pixel_values": pixel_values, "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long)}
         if self.with_text:
             enc = self.tokenizer([r["caption"] for r in rows], padding=True, truncation=True, return_tensors="pt")
             batch["input_ids"], batch["attention_mask"] = enc["input_ids"], enc["attention_mask"]
@@ -481,18 +522,26 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
     n_total = sum(prm.numel() for prm in model.parameters())
     start_output_dir(args, accelerator)
 
-    train_set = CaptionDataset(train_split, args.caption_level, args.seed)
+    budget = [args.pixel_cache_mb]          # shared by the splits, train first
+
+    def cached(split, desc):
+        pixels = pixel_cache(split, processor.image_processor, budget[0], desc=desc)
+        if pixels is not None:
+            budget[0] -= pixels.numel() * 4 / 2 ** 20
+        return pixels
+
+    train_set = CaptionDataset(train_split, args.caption_level, args.seed, cached(train_split, "train images"))
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.per_device_train_batch_size, sampler=EpochShuffleSampler(train_set, args.seed),
         collate_fn=ClipCollator(processor), num_workers=args.dataloader_num_workers, drop_last=False)
     eval_collate = ClipCollator(processor, with_text=False)
 
-    def eval_loader(split):
+    def eval_loader(split, pixels=None):
         return accelerator.prepare(torch.utils.data.DataLoader(
-            ImageDataset(split), batch_size=args.per_device_eval_batch_size, shuffle=False,
+            ImageDataset(split, pixels), batch_size=args.per_device_eval_batch_size, shuffle=False,
             collate_fn=eval_collate, num_workers=args.dataloader_num_workers))
 
-    val_loader = eval_loader(val_split)
+    val_loader = eval_loader(val_split, cached(val_split, "validation images"))
     prompts = {"t0": t0_prompts, "t1": t1_prompts}
 
     def evaluate(prepared) -> dict[str, float]:
@@ -509,7 +558,8 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
     metrics: dict[str, Any] = {}
     for name, split in (("validation", val_split), ("test", test_split)):
         if split is not None and len(split):
-            for k, v in zero_shot_eval(accelerator, model.clip, eval_loader(split), processor.tokenizer,
+            loader = val_loader if name == "validation" else eval_loader(split)
+            for k, v in zero_shot_eval(accelerator, model.clip, loader, processor.tokenizer,
                                        class_ids, prompts).items():
                 metrics[f"{name}_{k}"] = v
     summary = result.summary()

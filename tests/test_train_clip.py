@@ -193,6 +193,24 @@ def test_mixed_levels_are_seeded_per_example_per_epoch(data_dir, cache_dir):
     assert a.epoch == 2 and sorted(s) == list(range(len(a)))
 
 
+def test_pixel_cache_equals_per_batch_processing(data_dir, cache_dir, tiny_clip):
+    from sdx.dataset import load_steeldefectx
+    from sdx.models import load_clip
+
+    _, processor = load_clip(str(tiny_clip))
+    split = load_steeldefectx(str(data_dir), caption_level="t1", validation_fraction=0.25,
+                              cache_dir=str(cache_dir))["train"]
+    pixels = CT.pixel_cache(split, processor.image_processor, budget_mb=64, batch_size=5)
+    assert pixels is not None and pixels.shape == (len(split), 3, 32, 32)
+    assert CT.pixel_cache(split, processor.image_processor, budget_mb=0.001) is None     # over budget
+    collate = CT.ClipCollator(processor)
+    rows = list(range(len(split)))
+    on_the_fly = collate([CT.CaptionDataset(split, "t1", 0)[i] for i in rows])
+    from_cache = collate([CT.CaptionDataset(split, "t1", 0, pixels)[i] for i in rows])
+    assert torch.equal(on_the_fly["pixel_values"], from_cache["pixel_values"])
+    assert torch.equal(on_the_fly["input_ids"], from_cache["input_ids"])
+
+
 # -------------------------------------------------------------------------------------------------------------
 # training runs
 # -------------------------------------------------------------------------------------------------------------
@@ -214,6 +232,42 @@ def test_every_caption_level_trains(tmp_path, data_dir, cache_dir, tiny_clip, le
     # training changed the weights and the output loads back as a CLIP model
     before, after = _weights(tiny_clip), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_from_scratch_runs_are_reproducible(tmp_path, data_dir, cache_dir):
+    """No --model_name_or_path: a random tiny preset with a tokenizer trained on the captions; the same seed
+    gives the same tokenizer and the same weights."""
+    from transformers import AutoProcessor, CLIPProcessor
+
+    outs = []
+    for name in ("scratch-a", "scratch-b"):
+        out = tmp_path / name
+        res = train_clip.main(["--data_dir", str(data_dir), "--dataset_cache_dir", str(cache_dir), "--output_dir",
+                               str(out), "--model_size", "tiny", "--tokenizer_vocab_size", "700",
+                               "--validation_fraction", "0.25", "--per_device_train_batch_size", "6",
+                               "--max_train_steps", "2", "--caption_level", "t3"])
+        assert res["init"] == "random-init"
+        outs.append(out)
+    a, b = outs
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    proc = AutoProcessor.from_pretrained(str(a))
+    assert isinstance(proc, CLIPProcessor) and len(proc.tokenizer) <= 700
+    assert "random initialisation" in (a / "README.md").read_text()
+    assert json.loads((a / "sdx_training.json").read_text())["sdx_origin"] == "random-init"
+
+
+def test_tokenizer_training_is_deterministic_and_learns_words():
+    from sdx.models import build_clip_tokenizer
+
+    texts = ["A photo of steel surface defect: Water spot.", "Water spots are round stains."] * 3
+    t1, t2 = build_clip_tokenizer(texts, 600), build_clip_tokenizer(list(reversed(texts)), 600)
+    assert t1.get_vocab() == t2.get_vocab()
+    assert t1.convert_ids_to_tokens(t1("water spot")["input_ids"]) == [
+        "<|startoftext|>", "water</w>", "spot</w>", "<|endoftext|>"]
+    small = build_clip_tokenizer(texts, 2 + 512 + 3)                    # room for 3 merges only
+    assert len(small) == 2 + 512 + 3
 
 
 def test_full_with_frozen_text_tower_tracking_and_push(tmp_path, data_dir, cache_dir, tiny_clip, monkeypatch):
@@ -318,8 +372,9 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, data_dir, cache_dir, 
          "--max_train_steps", "5", *common])
     with pytest.raises(Crash):
         CT.run_clip_training(args, step_callback=crash_at_3)
+    # the resumed run also processes images per batch (no pixel cache): same pixel values, same weights
     res, out = _run(tmp_path, "crashed", data_dir, cache_dir, tiny_clip, *common, "--resume_from_checkpoint",
-                    "latest", steps=5)
+                    "latest", "--pixel_cache_mb", "0", steps=5)
     assert res["train_resumed_from"] and res["train_completed_steps"] == 5
     a, b = _weights(ref), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -363,5 +418,5 @@ def test_help_lists_every_flag(capsys):
     for flag in ("--caption_level", "--method", "--freeze_vision_model", "--freeze_text_model", "--lora_towers",
                  "--adapter_alpha", "--loss", "--model_name_or_path", "--model_size", "--metric_for_best_model",
                  "--recipe", "--config", "--resume_from_checkpoint", "--mixed_precision", "--push_to_hub",
-                 "--gradient_accumulation_steps", "--with_tracking", "--data_dir"):
+                 "--gradient_accumulation_steps", "--with_tracking", "--data_dir", "--pixel_cache_mb"):
         assert flag in text, flag
