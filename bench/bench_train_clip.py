@@ -69,21 +69,19 @@ def make_data(model_size: str, n: int, seed: int = 0):
         per_class = max(1, unique // 12 + 1)
         generate(tmp, train_per_class=per_class, val_per_class=1, size=64, seed=seed, progress=False)
         recs = json.loads((Path(tmp) / "train-text.json").read_text())[:unique]
-        recs = [recs[i % len(recs)] for i in range(n)]          # tiled when n > MAX_UNIQUE
         from PIL import Image
         images = [Image.open(Path(tmp) / "train" / r["image_name"]).convert("RGB") for r in recs]
-        texts = [r["natural_language_description"] for r in recs]
-        all_texts = texts + [r["template_sentence"] for r in recs] + [render_t3(r["structured_attributes"])
-                                                                       for r in recs]
-        classes = sorted({r["class_name"] for r in recs})
-        labels = torch.tensor([classes.index(r["class_name"]) for r in recs])
+    texts = [r["natural_language_description"] for r in recs]
+    all_texts = texts + [r["template_sentence"] for r in recs] + [render_t3(r["structured_attributes"])
+                                                                   for r in recs]
+    classes = sorted({r["class_name"] for r in recs})
     model, processor = build_clip_from_scratch(model_size, all_texts, vocab_size=1000, seed=seed)
-    pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-    enc = processor.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt",
-                              max_length=64)
-    data = {"pixel_values": pixel_values, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-            "labels": labels}
-    return model, data
+    enc = processor.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt", max_length=64)
+    data = {"pixel_values": processor.image_processor(images=images, return_tensors="pt")["pixel_values"],
+            "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "labels": torch.tensor([classes.index(r["class_name"]) for r in recs])}
+    tile = torch.arange(n) % len(recs)                         # n examples, the unique ones repeated
+    return model, {k: v[tile] for k, v in data.items()}
 
 
 def loader(data, batch_size: int, seed: int):
