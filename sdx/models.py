@@ -133,6 +133,8 @@ def load_image_classifier(model_name_or_path: str, class_names: Sequence[str], *
     from transformers import AutoConfig, AutoModelForImageClassification
 
     id2label, label2id = label_maps(class_names)
+    if str(model_name_or_path).startswith(("/", "./", "../", "~")) and not Path(model_name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"--model_name_or_path: model folder not found: {model_name_or_path}")
     try:
         config = AutoConfig.from_pretrained(model_name_or_path)
     except Exception as exc:  # noqa: BLE001 - name the source
@@ -160,8 +162,6 @@ def load_image_classifier(model_name_or_path: str, class_names: Sequence[str], *
                              f"{config.num_labels} outputs, the dataset {len(id2label)} classes; pass "
                              f"--ignore_mismatched_sizes to re-initialise the head") from exc
         raise
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    del head
     out_features = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if out_features and out_features[-1] != len(id2label):
         raise ValueError(f"--model_name_or_path {model_name_or_path}: head has {out_features[-1]} outputs, the "

@@ -294,3 +294,32 @@ def test_presets_forward_and_lora_targets(model_type, overrides, targets):
     assert all("lora_" in n or "classifier" in n for n in trainable)
     # the full presets have the documented sizes (no weights allocated: config only)
     assert set(M.IMAGE_MODEL_PRESETS[model_type]) == {"tiny", "small", "base"}
+
+
+def test_label_checks_when_loading(tmp_path):
+    """Generic LABEL_i heads take the dataset's names (size must match unless re-initialised); named heads must
+    match the dataset's classes in order; a backbone without a head gets a new one; a missing folder is named."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+    cfg = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16, image_size=32,
+               patch_size=16)
+    ViTForImageClassification(ViTConfig(num_labels=3, **cfg)).save_pretrained(tmp_path / "generic3")
+    ViTModel(ViTConfig(**cfg)).save_pretrained(tmp_path / "backbone")
+    m = M.load_image_classifier(str(tmp_path / "generic3"), ["a", "b", "c"])
+    assert m.config.id2label == {0: "a", 1: "b", 2: "c"}
+    with pytest.raises(ValueError, match="3 outputs.*5 classes.*--ignore_mismatched_sizes"):
+        M.load_image_classifier(str(tmp_path / "generic3"), list("abcde"))
+    assert M.load_image_classifier(str(tmp_path / "generic3"), list("abcde"),
+                                   ignore_mismatched_sizes=True).classifier.out_features == 5
+    assert M.load_image_classifier(str(tmp_path / "backbone"), list("abcde")).classifier.out_features == 5
+    named = tmp_path / "named"
+    M.load_image_classifier(str(tmp_path / "generic3"), ["a", "b", "c"]).save_pretrained(named)
+    with pytest.raises(ValueError, match="another order"):
+        M.load_image_classifier(str(named), ["b", "a", "c"])
+    reinit = M.load_image_classifier(str(named), ["b", "a", "c"], ignore_mismatched_sizes=True)
+    assert reinit.config.id2label[0] == "b"
+    kept = M.load_image_classifier(str(named), ["a", "b", "c"])
+    assert not torch.equal(reinit.classifier.weight, kept.classifier.weight)  # the head was re-initialised
+    assert torch.equal(reinit.vit.layernorm.weight, kept.vit.layernorm.weight)  # the backbone was loaded
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        M.load_image_classifier(str(tmp_path / "nowhere"), ["a"])
