@@ -320,6 +320,7 @@ def test_label_checks_when_loading(tmp_path):
     assert reinit.config.id2label[0] == "b"
     kept = M.load_image_classifier(str(named), ["a", "b", "c"])
     assert not torch.equal(reinit.classifier.weight, kept.classifier.weight)  # the head was re-initialised
-    assert torch.equal(reinit.vit.layernorm.weight, kept.vit.layernorm.weight)  # the backbone was loaded
+    assert torch.equal(reinit.vit.embeddings.patch_embeddings.projection.weight,
+                       kept.vit.embeddings.patch_embeddings.projection.weight)  # the backbone was loaded
     with pytest.raises(FileNotFoundError, match="nowhere"):
         M.load_image_classifier(str(tmp_path / "nowhere"), ["a"])
