@@ -9,11 +9,10 @@
 ``loader``  images/s of the real training data loader (real fixture JPEGs, RGB, random resized crop + flips,
             the processor) against images/s of a training step of the same model at the same input size on the
             same (pre-made) batches: the loader must not be the bottleneck (ratio loader/train > 1).
-``memory``  peak resident memory (VmHWM of /proc/self/status) of a few training steps of a ViT-B/16-sized random model (86M
-            parameters, 224 px) with LoRA (r=8 on q/k/v, head trained) against full fine-tuning (AdamW), each in
-            its own subprocess; reported raw and net of the process's peak RSS after the imports, before the model
-            was built.
-            Goal: LoRA / full <= 0.6.
+``memory``  peak resident memory (VmHWM of /proc/self/status) of a few training steps of a ViT-B/16-sized
+            random model (86M parameters, 224 px) with LoRA (r=8 on q/k/v, head trained) against full
+            fine-tuning (AdamW), each in its own subprocess; reported raw and net of the process's resident memory
+            after the imports, before the model was built. Goal: LoRA / full <= 0.6.
 
 Usage: ``OMP_NUM_THREADS=1 python bench/bench_train_vit.py {step,loader,memory,all} [--real_data DIR]``.
 """

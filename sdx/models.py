@@ -133,7 +133,8 @@ def load_image_classifier(model_name_or_path: str, class_names: Sequence[str], *
     from transformers import AutoConfig, AutoModelForImageClassification
 
     id2label, label2id = label_maps(class_names)
-    if str(model_name_or_path).startswith(("/", "./", "../", "~")) and not Path(model_name_or_path).expanduser().exists():
+    local = str(model_name_or_path).startswith(("/", "./", "../", "~"))
+    if local and not Path(model_name_or_path).expanduser().exists():
         raise FileNotFoundError(f"--model_name_or_path: model folder not found: {model_name_or_path}")
     try:
         config = AutoConfig.from_pretrained(model_name_or_path)
