@@ -246,7 +246,12 @@ def test_two_process_cpu_run_counts_each_sample_once(tmp_path, tiny_model):
     """A real two-process gloo run (torchrun); odd split sizes so padding duplicates would show."""
     out = tmp_path / "ddp"
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    import socket
+
+    with socket.socket() as sock:  # a free port, so parallel suites do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            str(ROOT / "train_vit.py"), *_argv(tiny_model, out, "--max_train_samples", "40", "--max_eval_samples",
                                               "37", "--max_train_steps", "2", "--per_device_eval_batch_size", "5")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
