@@ -99,7 +99,7 @@ def describe_data(data_dir: str, ds) -> dict:
     elif data_dir in ("hub", "None"):
         desc = "the SteelDefectX release from the Hub"
     else:
-        desc = f"images in the SteelDefectX layout from {path.name}"
+        desc = f"images in the SteelDefectX layout from {path.name} (no SYNTHETIC.md marker: not generated data)"
     build = build_report(ds)
     if build.get("splits"):
         desc += "; builder splits " + ", ".join(f"{k} {v}" for k, v in build["splits"].items())

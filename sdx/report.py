@@ -229,7 +229,8 @@ def _data_lines(meta: dict) -> list[str]:
 
 
 def _model_lines(results: dict) -> list[str]:
-    lines = ["## Models", "", "| name | kind | origin | trained with | method | fingerprint |", "|---|---|---|---|---|---|"]
+    lines = ["## Models", "", "| name | kind | origin | trained with | method | training seed | fingerprint |",
+             "|---|---|---|---|---|---|---|"]
     models = list(results.get("models") or [])
     t1 = results.get("task1") or {}
     if isinstance(t1, dict) and t1.get("model"):
@@ -237,7 +238,8 @@ def _model_lines(results: dict) -> list[str]:
     for m in models:
         lvl = m.get("train_level")
         lines.append(f"| {m['name']} | {m['kind']} | {m.get('origin') or 'unknown'} | "
-                     f"{lvl.upper() if lvl else '-'} | {m.get('method') or '-'} | {m.get('fingerprint')} |")
+                     f"{lvl.upper() if lvl else '-'} | {m.get('method') or '-'} | {'-' if m.get('seed') is None else m['seed']} | "
+                     f"{m.get('fingerprint')} |")
     lines.append("")
     return lines
 

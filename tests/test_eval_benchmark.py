@@ -199,9 +199,9 @@ def test_all_tasks_end_to_end(full_run, small_ds):
         assert (out / png).stat().st_size > 1000, png
     md = (out / "report.md").read_text()
     assert "96.34" in md and "94.45 / 93.66" in md and "78.96" in md  # paper numbers beside ours
-    assert "random-init" in md and "| T4 | adapter |" in md and "seeds [1, 2]" in md
+    assert "random-init" in md and "| T4 | adapter | - |" in md and "seeds [1, 2]" in md
     assert res["localization"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
-    assert "SYNTHETIC" not in md  # this layout is not the synthetic generator's data
+    assert "SYNTHETIC DATA" not in md and "NOT SteelDefectX" not in md  # not the generator's data
 
 
 def test_selected_hyperparameters_all_on_validation(full_run):
@@ -290,7 +290,7 @@ def test_linear_probe_matches_sklearn():
     y = np.repeat([3, 5, 8, 9], 6)
     x = centers[np.searchsorted([3, 5, 8, 9], y)] + rng.normal(scale=1.5, size=(len(y), 16))
     xt = centers[np.repeat(np.arange(4), 20)] + rng.normal(scale=1.5, size=(80, 16))
-    classes, W, b = T.fit_logistic_grid(x, y, (0.1, 1.0, 10.0))
+    classes, W, b = T.fit_logistic_grid(x, y, (0.1, 1.0, 10.0), max_iter=1000)
     preds = T.predict_logistic(classes, W, b, xt)
     for g, C in enumerate((0.1, 1.0, 10.0)):
         ref = LogisticRegression(C=C, max_iter=5000, tol=1e-10).fit(x, y)
@@ -317,11 +317,15 @@ def test_synthetic_data_flagged(tmp_path):
         pytest.skip("sdx.synthetic has no default_dataset_dir yet")
     ds = load_steeldefectx("synthetic")  # the default datasets cache: shared with other tests, keyed by the data
     clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
-    res = eval_benchmark.main(["--data_dir", "synthetic",
-                               "--model_name_or_path", f"t2={clip}", "--tasks", "task2,task3,retrieval,localization",
+    vit = tiny_vit(tmp_path / "vit", ds["train"].features["label"].names)
+    res = eval_benchmark.main(["--data_dir", "synthetic", "--vision_model_name_or_path", str(vit),
+                               "--model_name_or_path", f"t2={clip}", "--tasks", "all",
                                "--shots", "1", "--seeds", "1", "--max_eval_samples", "40", "--no_progress",
                                "--output_dir", str(tmp_path / "out")])
     assert res["meta"]["data"]["synthetic"] is True
+    assert res["task1"]["n"] == 40 and res["task2"]["rows"][0]["results"]["t2"]["available"]
+    assert res["task4"]["clip"]["cross_class"]["levels"]["t0"]["n"] > 0
+    assert res["retrieval"]["clip"]["t2"]["available"] and res["localization"]["clip"]["t0"]["pixels"] > 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert md.startswith("# SteelDefectX benchmark report (SYNTHETIC DATA)") and "NOT SteelDefectX" in md
     assert {h["selected_on"] for h in res["hyperparameters"]} == {"validation"}
@@ -330,10 +334,12 @@ def test_synthetic_data_flagged(tmp_path):
 def test_real_fixture_subsampled(real_subset, tmp_path):
     ds = load_steeldefectx(str(real_subset))  # default datasets cache (shared, keyed by the raw files' fingerprint)
     clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
-    res = eval_benchmark.main(["--data_dir", str(real_subset),
-                               "--model_name_or_path", f"t4={clip}", "--tasks", "task2,task3,task4,retrieval,localization",
+    vit = tiny_vit(tmp_path / "vit", ds["train"].features["label"].names)
+    res = eval_benchmark.main(["--data_dir", str(real_subset), "--vision_model_name_or_path", str(vit),
+                               "--model_name_or_path", f"t4={clip}", "--tasks", "all",
                                "--shots", "1", "--seeds", "1", "--max_eval_samples", "60", "--no_progress",
                                "--output_dir", str(tmp_path / "out")])
+    assert res["task1"]["n"] == 60 and res["task4"]["clip"]["cross_class"]["n_test"] > 0
     row = res["task2"]["rows"][0]["results"]
     # the fixture has no T2 text at all: reported unavailable, never silently equal to T1
     assert row["t2"]["available"] is False
