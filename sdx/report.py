@@ -10,6 +10,8 @@
 - PNGs: ``confusion_task1.png`` (row-normalised), ``kshot_curve.png`` (mean +- std over seeds per k),
   ``txty_heatmap_<metric>.png`` (Task 2), ``localization_<model>.png`` (image, mask, score map overlay).
 
+``data_gallery(ds, png)`` (written by the lead) draws a few images with their masks and every text level T0-T4.
+
 Paper numbers are the paper's models on the full SteelDefectX val split; ours are whatever checkpoint was given,
 so a side-by-side is a reference point, not a like-for-like comparison unless the model and data match.
 """
