@@ -337,6 +337,21 @@ def _json_default(o: Any) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _cache_accelerate_package_probes() -> None:
+    """accelerate asks `is_lomo_available()` (an importlib find_spec over sys.path, ~0.5 ms) in every
+    `backward` and optimizer `step`; the answer cannot change within a process, so it is cached (measured: about
+    1 ms less loop overhead per step on CPU, see bench/bench_train_vit.py step)."""
+    import functools
+
+    import accelerate.accelerator as acc_mod
+    import accelerate.optimizer as opt_mod
+
+    for mod in (acc_mod, opt_mod):
+        probe = getattr(mod, "is_lomo_available", None)
+        if probe is not None and not hasattr(probe, "cache_info"):
+            mod.is_lomo_available = functools.lru_cache(maxsize=None)(probe)
+
+
 def make_accelerator(args: argparse.Namespace, **kwargs: Any):
     """An `Accelerator` for `args`: grad accumulation, precision, trackers, automatic checkpoint naming under
     ``output_dir``, seedable samplers; seeds every RNG with ``--seed``."""
@@ -361,6 +376,7 @@ def make_accelerator(args: argparse.Namespace, **kwargs: Any):
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    _cache_accelerate_package_probes()
     accelerator = Accelerator(**acc_kwargs)
     set_seed(args.seed)
     return accelerator
