@@ -438,12 +438,14 @@ def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: S
     clip.eval()
     device = accelerator.device
     class_ids_t = torch.tensor(list(class_ids), device=device)
-    text_embs = {name: encode_text_list(clip, tokenizer, list(texts), device=device)
-                 for name, texts in prompts.items()}
+    with accelerator.autocast():                          # the training precision (bf16/fp16 or none)
+        text_embs = {name: encode_text_list(clip, tokenizer, list(texts), device=device)
+                     for name, texts in prompts.items()}
     preds: dict[str, list[torch.Tensor]] = {name: [] for name in prompts}
     labels: list[torch.Tensor] = []
     for batch in loader:
-        img = encode_images(clip, batch["pixel_values"].to(device))
+        with accelerator.autocast():
+            img = encode_images(clip, batch["pixel_values"].to(device))
         for name, emb in text_embs.items():
             pred = class_ids_t[(img @ emb.t()).argmax(dim=1)]
             preds[name].append(accelerator.gather_for_metrics(pred))
