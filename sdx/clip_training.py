@@ -600,7 +600,8 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
                      "config": LEVEL_CONFIG_NAMES.get(args.caption_level, "mixed"),
                      "caption_level": args.caption_level, "splits": results["splits"],
                      "synthetic": _is_synthetic(args.data_dir)},
-            metrics={k: v for k, v in metrics.items() if not k.endswith("num_samples")}, tags=["clip", "contrastive", f"caption-{args.caption_level}", args.method],
+            metrics={k: v for k, v in metrics.items() if not k.endswith("num_samples")},
+            tags=["clip", "contrastive", f"caption-{args.caption_level}", args.method],
             hyperparameters={k: getattr(args, k) for k in (
                 "method", "caption_level", "loss", "learning_rate", "optimizer", "num_train_epochs",
                 "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "seed")},
