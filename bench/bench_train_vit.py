@@ -13,7 +13,8 @@
 ``memory``  peak resident memory (VmHWM of /proc/self/status) of a few training steps of a ViT-B/16-sized
             random model (86M parameters, 224 px) with LoRA (r=8 on q/k/v, head trained) against full
             fine-tuning (AdamW), each in its own subprocess; reported raw and net of the process's resident memory
-            after the imports, before the model was built. Goal: LoRA / full <= 0.6.
+            after the imports, before the model was built; ``--gradient_checkpointing`` turns it on in both.
+            Goal: LoRA / full <= 0.6.
 
 Usage: ``OMP_NUM_THREADS=1 python bench/bench_train_vit.py {step,loader,memory,all} [--real_data DIR]``.
 """
@@ -181,6 +182,8 @@ from transformers import ViTForImageClassification
 rss0 = _status("VmRSS")
 torch.manual_seed(0)
 model = build_image_classifier("vit", "base", [f"c{{i}}" for i in range(25)], image_size=224)
+if {gc}:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={{"use_reentrant": False}})
 if {lora}:
     model = apply_lora(model, r=8, alpha=16)
 built_peak, built_rss = _status("VmHWM"), _status("VmRSS")
@@ -201,11 +204,11 @@ print(json.dumps({{"peak_rss_mb": rss / 1024, "rss_before_model_mb": rss0 / 1024
 """
 
 
-def bench_memory(batch: int = 4, steps: int = 2) -> dict:
+def bench_memory(batch: int = 4, steps: int = 2, gradient_checkpointing: bool = False) -> dict:
     out = {"bench": "memory", "model": "ViT-B/16 sized random (768x12x12, 224px), AdamW", "batch": batch,
-           "steps": steps}
+           "steps": steps, "gradient_checkpointing": gradient_checkpointing}
     for name, lora in (("full", False), ("lora", True)):
-        code = MEM_CHILD.format(root=str(ROOT), lora=lora, batch=batch, steps=steps)
+        code = MEM_CHILD.format(root=str(ROOT), lora=lora, batch=batch, steps=steps, gc=gradient_checkpointing)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
         if proc.returncode:
@@ -225,6 +228,7 @@ def main(argv=None):
     p.add_argument("--real_data", type=Path, default=REAL, help="the real fixture (loader benchmark)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--memory_batch", type=int, default=4)
+    p.add_argument("--gradient_checkpointing", action="store_true", help="memory: both runs with checkpointing")
     a = p.parse_args(argv)
     results = []
     if a.which in ("step", "all"):
@@ -242,7 +246,7 @@ def main(argv=None):
         results.append(bench_loader(a.real_data))
         print(json.dumps(results[-1], indent=1), flush=True)
     if a.which in ("memory", "all"):
-        results.append(bench_memory(batch=a.memory_batch))
+        results.append(bench_memory(batch=a.memory_batch, gradient_checkpointing=a.gradient_checkpointing))
         print(json.dumps(results[-1], indent=1), flush=True)
     return results
 

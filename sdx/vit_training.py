@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edit the preset config: 'hidden_size=96,num_hidden_layers=4,depths=[2,2]'")
     m.add_argument("--ignore_mismatched_sizes", action="store_true",
                    help="re-initialise the classification head when the checkpoint's labels differ")
+    m.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute activations in the backward pass (less memory, about 30%% more compute)")
     a = p.add_argument_group("augmentation and sampling")
     a.add_argument("--random_resized_crop", action="store_true", help="random resized crop (training only)")
     a.add_argument("--crop_scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("MIN", "MAX"),
@@ -266,10 +268,20 @@ def build_model(args: argparse.Namespace, names: Sequence[str]):
                                        patch_size=args.patch_size, config_overrides=args.config_overrides)
         processor, _ = load_or_build_image_processor(None, args.image_size)
         origin = "random-init"
+    if getattr(args, "gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
     if args.use_lora:
         model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                            target_modules=args.lora_target_modules)
     return model, processor, origin
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """transformers' gradient checkpointing (non-reentrant, so frozen inputs under LoRA still get gradients)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"--gradient_checkpointing: {type(model).__name__} does not support gradient "
+                         "checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 # ----------------------------------------------------------------------------------------------------------------

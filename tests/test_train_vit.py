@@ -161,7 +161,7 @@ def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_name
     monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
 
     base = ["--max_train_samples", "32", "--max_train_steps", "3", "--max_eval_samples", "24", "--use_lora",
-            "--lora_r", "4", "--learning_rate", "1e-2"]
+            "--lora_r", "4", "--learning_rate", "1e-2", "--gradient_checkpointing"]
     adapter = train_vit.main(_argv(tiny_model, tmp_path / "adapter", *base))
     merged = train_vit.main(_argv(tiny_model, tmp_path / "merged", *base, "--merge_lora", "--push_to_hub",
                                   "--hub_model_id", "me/sdx-vit", "--hub_private"))
