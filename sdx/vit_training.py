@@ -12,6 +12,8 @@ What it does, top to bottom (`run_vit_training`)
    the dataset's, see sdx.models) or a random ``--model_type`` (vit, resnet, convnext) of ``--model_size``
    (tiny, small, base) at ``--image_size`` px; ``--config_overrides`` edits a preset. ``--use_lora`` wraps it with
    peft LoRA (targets found from the model's own module names, head trained), ``--merge_lora`` saves merged weights.
+   ``--gradient_checkpointing`` recomputes activations in the backward pass (transformers' non-reentrant
+   checkpointing; ViT yes, ResNet / ConvNeXt do not support it and say so).
 4. Preprocessing, on the fly (`datasets.Dataset.with_transform`): every image converted to RGB (the release mixes
    grayscale and RGB), then for training the optional augmentations, in this order, with torch's global RNG
    (seeded by ``--seed``; restored on resume): ``--random_resized_crop`` (area share uniform in
