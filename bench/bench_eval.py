@@ -53,7 +53,11 @@ def main(argv=None) -> dict:
     import eval_benchmark
     from sdx import tasks as T
     from sdx.dataset import load_steeldefectx
-    from sdx.models import build_clip_from_scratch, build_image_classifier, load_or_build_image_processor
+    from sdx.models import (
+        build_clip_from_scratch,
+        build_image_classifier,
+        load_or_build_image_processor,
+    )
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_eval_"))
     work.mkdir(parents=True, exist_ok=True)

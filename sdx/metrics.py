@@ -38,7 +38,7 @@ Every function rejects empty input and shape mismatches with a ValueError naming
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 

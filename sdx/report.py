@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import datasets
 import numpy as np
 
 # The paper's numbers (reference section 3); "approx" marks values read off a figure.
@@ -180,7 +179,8 @@ def plot_overlays(items: list, path: Path, title: str) -> Path | None:
     if not items:
         return None
     from matplotlib import colormaps
-    from PIL import Image as PILImage, ImageDraw
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
 
     jet = colormaps["jet"]
     rows = []
@@ -216,12 +216,12 @@ def _data_lines(meta: dict) -> list[str]:
     data = meta.get("data", {})
     lines = ["## Data", ""]
     if data_is_synthetic(data):
-        lines += ["> **SYNTHETIC DEMO DATA.** These images were drawn by sdx.synthetic; they are not SteelDefectX "
-                  "and not steel photographs. No number below says anything about the paper's benchmark.", ""]
-    lines += [f"- data: `{data.get('data_dir')}` (config `{data.get('config')}`), "
-              f"{data.get('description', 'no description')}",
-              f"- evaluated on split `test` (= the official val split); hyper-parameters selected on `validation` "
-              f"(a carve-out of official train)"]
+        lines += [("> **SYNTHETIC DEMO DATA.** These images were drawn by sdx.synthetic; they are not SteelDefectX "
+                  "and not steel photographs. No number below says anything about the paper's benchmark."), ""]
+    lines += [(f"- data: `{data.get('data_dir')}` (config `{data.get('config')}`), "
+              f"{data.get('description', 'no description')}"),
+              ("- evaluated on split `test` (= the official val split); hyper-parameters selected on `validation` "
+              "(a carve-out of official train)")]
     for name, s in (meta.get("splits") or {}).items():
         lines.append(f"- split `{name}`: {s['images']} images used (fingerprint {s['fingerprint']})")
     if meta.get("max_eval_samples"):
@@ -253,10 +253,10 @@ def render_markdown(results: dict) -> str:
     flag = " (SYNTHETIC DATA)" if synthetic else ""
     warn = ["> Synthetic data: not SteelDefectX; paper numbers shown only as the target scale.", ""] if synthetic else []
     L = [f"# SteelDefectX benchmark report{flag}", "",
-         f"Generated {meta.get('created')} by eval_benchmark.py; tasks: {', '.join(meta.get('tasks', []))}. "
+         (f"Generated {meta.get('created')} by eval_benchmark.py; tasks: {', '.join(meta.get('tasks', []))}. "
          f"Few-shot seeds {meta.get('seeds')}, shots {meta.get('shots')}. Percentages throughout. Paper numbers are "
          "the paper's models on the full SteelDefectX val split (reference section 3): a reference point, not a "
-         "like-for-like comparison unless model and data match.", ""]
+         "like-for-like comparison unless model and data match."), ""]
     L += _data_lines(meta) + _model_lines(results)
 
     t1 = results.get("task1")
@@ -266,8 +266,8 @@ def render_markdown(results: dict) -> str:
             L += [f"Skipped: {t1['skipped']}.", ""]
         else:
             L += ["| model | Acc | mAcc | macro-F1 | n |", "|---|---|---|---|---|",
-                  f"| ours: {t1['model']['name']} ({t1['model'].get('origin')}) | {_f(t1['acc'])} | {_f(t1['macc'])} | "
-                  f"{_f(t1['macro_f1'])} | {t1['n']} |"]
+                  (f"| ours: {t1['model']['name']} ({t1['model'].get('origin')}) | {_f(t1['acc'])} | {_f(t1['macc'])} | "
+                  f"{_f(t1['macro_f1'])} | {t1['n']} |")]
             L += [f"| paper: {m} | {a:.2f} | {b:.2f} | - | 2324 |" for m, a, b in PAPER["task1"]]
             L += ["", "Per class (test):", "", "| class | support | recall | precision | F1 |", "|---|---|---|---|---|"]
             L += [f"| {r['class']} | {r['support']} | {_f(r['recall'])} | {_f(r['precision'])} | {_f(r['f1'])} |"
@@ -278,8 +278,8 @@ def render_markdown(results: dict) -> str:
     if t2:
         levels = t2["test_levels"]
         L += ["## Task 2: vision-language classification (Tx-Ty: train with Tx, class prompts at Ty)", ""] + warn
-        L += [f"Candidate classes: {len(t2['candidates'])}. Sample-level prompts (T2-T4) are the mean embedding of "
-              "the class's training captions. Acc / mAcc:", "",
+        L += [(f"Candidate classes: {len(t2['candidates'])}. Sample-level prompts (T2-T4) are the mean embedding of "
+              "the class's training captions. Acc / mAcc:"), "",
               "| model (train level) | " + " | ".join(f"T{lv[1]}" for lv in levels) + " |",
               "|---" * (len(levels) + 1) + "|"]
         notes = []
@@ -315,8 +315,8 @@ def render_markdown(results: dict) -> str:
             fs = res.get("few_shot") or {}
             if fs:
                 ks = sorted({int(k) for per in fs.values() for k in per})
-                L += ["", "Few-shot, test Acc mean +- std over seeds (support from train only; C / alpha, beta "
-                      "selected on validation):", "", "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+                L += ["", ("Few-shot, test Acc mean +- std over seeds (support from train only; C / alpha, beta "
+                      "selected on validation):"), "", "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
                       "|---" * (len(ks) + 1) + "|"]
                 for method, per_k in fs.items():
                     L.append(f"| ours: {method} | " + " | ".join(
@@ -334,10 +334,10 @@ def render_markdown(results: dict) -> str:
         for model, res in t4.items():
             cc = res.get("cross_class", {})
             L += [f"### {model}", "",
-                  f"Cross-class on SteelDefectX: unseen classes {cc.get('unseen_classes')} ({cc.get('source')}); "
+                  (f"Cross-class on SteelDefectX: unseen classes {cc.get('unseen_classes')} ({cc.get('source')}); "
                   f"the model {'did' if cc.get('model_excluded_unseen') else 'is NOT known to have'} "
                   f"exclude{'d' if cc.get('model_excluded_unseen') else ''} them in training; "
-                  f"{cc.get('n_test')} test images.", ""]
+                  f"{cc.get('n_test')} test images."), ""]
             if cc.get("levels"):
                 L += ["| prompt level | Acc | mAcc |", "|---|---|---|"]
                 for lv, c in cc["levels"].items():
@@ -346,8 +346,8 @@ def render_markdown(results: dict) -> str:
             elif cc.get("skipped"):
                 L.append(f"Skipped: {cc['skipped']}.")
             for name, ext in (res.get("external") or {}).items():
-                L += ["", f"External set `{name}` ({ext['n_images']} images, {len(ext['classes'])} classes): "
-                      f"T0 Acc {_f(ext['t0']['acc'])}, T1 (descriptions) Acc {_f(ext['t1']['acc'])}."]
+                L += ["", (f"External set `{name}` ({ext['n_images']} images, {len(ext['classes'])} classes): "
+                      f"T0 Acc {_f(ext['t0']['acc'])}, T1 (descriptions) Acc {_f(ext['t1']['acc'])}.")]
             L.append("")
         L += ["Paper (Long-CLIP ViT-L/14 trained on SteelDefectX, Acc on external sets; for reference):", "",
               "| text used in training | aluminium (MSD-Cls) | steel tube (CGFSDS-9) |", "|---|---|---|"]
@@ -392,8 +392,8 @@ def render_markdown(results: dict) -> str:
     if hp:
         splits = sorted({h["selected_on"] for h in hp})
         L += ["## Selected hyper-parameters", "",
-              f"{len(hp)} selections, all on split(s): {', '.join(splits)} (grid order breaks ties). "
-              "Full list with grids and validation scores in results.json.", "",
+              (f"{len(hp)} selections, all on split(s): {', '.join(splits)} (grid order breaks ties). "
+              "Full list with grids and validation scores in results.json."), "",
               "| model | method | k | seed | name | value | val Acc | selected on |", "|---|---|---|---|---|---|---|---|"]
         L += [f"| {h['model']} | {h['method']} | {h['k']} | {h['seed']} | {h['name']} | {h['value']} | "
               f"{_f(h['score'])} | {h['selected_on']} |" for h in hp[:60]]

@@ -68,9 +68,10 @@ import os
 import time
 import types
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sdx import metrics as M
-from sdx.text import LEVELS, normalize_level, position_from_records, render_t3, t0_prompt
+from sdx.text import (
+    LEVELS,
+    normalize_level,
+    position_from_records,
+    render_t3,
+    t0_prompt,
+)
 
 SAMPLE_LEVELS = ("t2", "t3", "t4")
 CLASS_LEVELS = ("t0", "t1")
@@ -399,11 +406,11 @@ class ImageSet:
     def pil(self, i: int) -> Image.Image:
         try:
             return Image.open(io.BytesIO(self.blobs[i]))
-        except Exception as err:  # noqa: BLE001 - name the file
+        except Exception as err:
             raise ValueError(f"{self.name}/{self.image_names[i]}: cannot decode image ({err})") from err
 
     @classmethod
-    def from_dataset(cls, name: str, ds) -> "ImageSet":
+    def from_dataset(cls, name: str, ds) -> ImageSet:
         import datasets as hfds
 
         raw = ds.select_columns(["image"]).cast_column("image", hfds.Image(decode=False))
@@ -430,7 +437,7 @@ class ImageSet:
             data = item["bytes"] if item.get("bytes") else Path(item["path"]).read_bytes()
             try:
                 out.append(np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 raise ValueError(f"{self.name}/{self.image_names[i]}: field 'mask': cannot decode ({err})") from err
         return out
 
@@ -947,7 +954,7 @@ class Benchmark:
             rows = np.nonzero(np.isin(test.labels, ids))[0]
             present = sorted(set(test.labels[rows].tolist()))
             cc: dict[str, Any] = {"unseen_classes": [self.class_names[c] for c in ids], "source": source,
-                                  "model_excluded_unseen": excluded, "n_test": int(len(rows))}
+                                  "model_excluded_unseen": excluded, "n_test": len(rows)}
             if len(rows) and len(present) >= 2:
                 img = self.image_emb(enc, test)[rows]
                 sub = types.SimpleNamespace(labels=test.labels[rows])
@@ -1002,13 +1009,13 @@ class Benchmark:
             return {"skipped": "no test image has a mask"}
         out: dict[str, Any] = {}
         for enc in self.encoders():
-            if not enc.can_localize:  # noqa: SIM102
+            if not enc.can_localize:
                 out[enc.label] = {"skipped": "model has no vision_model/visual_projection (not CLIP-style)"}
                 continue
             self.image_emb(enc, test)  # stores the patch tokens of the masked rows on a cache miss
             tokens = self.patch_tokens(enc, test, rows)  # [N, P, D]
             n_patch = tokens.shape[1]
-            g = int(round(np.sqrt(n_patch)))
+            g = round(np.sqrt(n_patch))
             if g * g != n_patch:
                 out[enc.label] = {"skipped": f"{n_patch} patch tokens do not form a square grid"}
                 continue

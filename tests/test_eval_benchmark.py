@@ -232,14 +232,14 @@ def test_selection_never_sees_test(small_ds, models, tmp_path):
     """Selections depend on validation only: replacing the test split leaves every selected value unchanged."""
     import datasets
 
-    kw = dict(clip_models=[str(models["clip_t1"])], shots=(1, 2), seeds=(1,), progress=False)
+    kw = {"clip_models": [str(models["clip_t1"])], "shots": (1, 2), "seeds": (1,), "progress": False}
     a = T.Benchmark(small_ds, **kw)
     a.task3()
     other = datasets.DatasetDict({"train": small_ds["train"], "validation": small_ds["validation"],
                                   "test": small_ds["test"].select(range(3))})
     b = T.Benchmark(other, **kw)
     b.task3()
-    pick = lambda bench: [(h["method"], h["k"], h["name"], h["value"]) for h in bench.hyperparameters]  # noqa: E731
+    pick = lambda bench: [(h["method"], h["k"], h["name"], h["value"]) for h in bench.hyperparameters]
     assert pick(a) == pick(b)
 
 
@@ -269,7 +269,7 @@ def test_cache_invalidated_by_new_weights(small_ds, models, tmp_path):
 
     ckpt = tmp_path / "clip"
     shutil.copytree(models["clip_t1"], ckpt)
-    kw = dict(clip_models=[str(ckpt)], cache_dir=tmp_path / "cache", progress=False)
+    kw = {"clip_models": [str(ckpt)], "cache_dir": tmp_path / "cache", "progress": False}
     first = T.Benchmark(small_ds, **kw)
     first.run(["task2"])
     assert first.cache_counts()["image"]["encoded"] == len(small_ds["test"])
