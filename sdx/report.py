@@ -163,7 +163,7 @@ def plot_txty(task2: dict, path: Path, metric: str, title: str) -> Path | None:
     for i in range(len(rows)):
         for j in range(len(levels)):
             ax.text(j, i, "n/a" if np.isnan(m[i, j]) else f"{m[i, j]:.1f}", ha="center", va="center",
-                    fontsize=7, color="white")
+                    fontsize=7, color="black" if np.isnan(m[i, j]) or m[i, j] > 60 else "white")
     fig.colorbar(im, ax=ax, fraction=0.04, label=f"{metric} (%)")
     ax.set_title(title, fontsize=9)
     fig.subplots_adjust(left=0.4, bottom=0.2, right=0.95, top=0.88)
@@ -335,8 +335,8 @@ def render_markdown(results: dict) -> str:
             cc = res.get("cross_class", {})
             L += [f"### {model}", "",
                   (f"Cross-class on SteelDefectX: unseen classes {cc.get('unseen_classes')} ({cc.get('source')}); "
-                  f"the model {'did' if cc.get('model_excluded_unseen') else 'is NOT known to have'} "
-                  f"exclude{'d' if cc.get('model_excluded_unseen') else ''} them in training; "
+                  f"the model {'excluded' if cc.get('model_excluded_unseen') else 'is NOT known to have excluded'} "
+                  "them in training; "
                   f"{cc.get('n_test')} test images."), ""]
             if cc.get("levels"):
                 L += ["| prompt level | Acc | mAcc |", "|---|---|---|"]

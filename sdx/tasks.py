@@ -1021,6 +1021,11 @@ class Benchmark:
                 continue
             normal = self.text_emb(enc, [NORMAL_PROMPT])[0]
             res = {"images": len(rows), "grid": [g, g], "normal_prompt": NORMAL_PROMPT}
+            # overlay rows: the first masked image of each class (distinct classes first), N_OVERLAYS at most
+            firsts: dict[int, int] = {}
+            for r in rows:
+                firsts.setdefault(int(test.labels[r]), r)
+            shown = set((list(firsts.values()) + rows)[:N_OVERLAYS])
             for lv in CLASS_LEVELS:
                 E, _ = self.class_embeddings(enc, lv, list(range(len(self.class_names))))
                 e_cls = E[test.labels[rows]]                                    # [N, D]
@@ -1038,7 +1043,7 @@ class Benchmark:
                     scores.append(up.reshape(-1))
                     targets.append(np.stack([masks[rows[j]] for j in js]).reshape(-1))
                     if lv == "t0":
-                        small += [(rows[j], up[t]) for t, j in enumerate(js[: N_OVERLAYS - len(small)])]
+                        small += [(rows[j], up[t]) for t, j in enumerate(js) if rows[j] in shown]
                 scores_all, targets_all = np.concatenate(scores), np.concatenate(targets)
                 if targets_all.all() or not targets_all.any():
                     res[lv] = {"available": False, "reason": "masks are all positive or all negative"}
