@@ -313,6 +313,8 @@ def render_markdown(results: dict) -> str:
                 ours = (f"{_f(c['acc'])} | {_f(c['macc'])}" if c.get("available") else "n/a | n/a")
                 L.append(f"| T{lv[1]} | {ours} | {_f(paper) if paper else '-'} |")
             fs = res.get("few_shot") or {}
+            if res.get("few_shot_skipped"):
+                L += ["", f"Few-shot skipped: {res['few_shot_skipped']}."]
             if fs:
                 ks = sorted({int(k) for per in fs.values() for k in per})
                 L += ["", ("Few-shot, test Acc mean +- std over seeds (support from train only; C / alpha, beta "

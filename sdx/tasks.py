@@ -871,6 +871,11 @@ class Benchmark:
             if not supports:
                 out[enc.label] = res
                 continue
+            if len(val.keys) == 0:  # nothing to select on: refuse rather than select on test
+                res["few_shot_skipped"] = ("the validation split is empty (validation_fraction 0): C, alpha and beta "
+                                           "can only be selected on validation")
+                out[enc.label] = res
+                continue
             x_test, x_val = self.image_emb(enc, test), self.image_emb(enc, val)
             union_emb = self.image_emb(enc, train_set, union_rows)
             row_pos = {r: i for i, r in enumerate(union_rows)}

@@ -243,6 +243,17 @@ def test_selection_never_sees_test(small_ds, models, tmp_path):
     assert pick(a) == pick(b)
 
 
+def test_few_shot_refused_without_validation(small_ds, models):
+    import datasets
+
+    ds = datasets.DatasetDict({"train": small_ds["train"], "validation": small_ds["validation"].select([]),
+                               "test": small_ds["test"]})
+    bench = T.Benchmark(ds, clip_models=[str(models["clip_t1"])], shots=(1,), seeds=(1,), progress=False)
+    res = bench.task3()["clip_t1"]
+    assert "few_shot" not in res and "validation" in res["few_shot_skipped"]
+    assert bench.hyperparameters == []
+
+
 def test_support_leak_is_refused(small_ds, models):
     leak_name = small_ds["validation"][0]["image_name"]
     train = small_ds["train"].map(lambda r, i: {"image_name": leak_name if i == 0 else r["image_name"]},
