@@ -243,7 +243,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     args.recipe = recipe_name
     args.applied_recipe = dict(recipes[recipe_name]) if recipe_name else None
     args.explicit = sorted(given | set(config))
-    args.command_line = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if sys.argv else "python", *argv])
+    args.command_line = " ".join(shlex.quote(a) for a in [parser.prog, *argv])
     if not getattr(args, "output_dir", None):
         parser.error("--output_dir is required (on the command line or in --config)")
     if args.checkpointing_steps is not None and args.checkpointing_steps != "epoch":

@@ -104,7 +104,7 @@ def test_synthetic_run_outputs(full_run, synthetic_names):
     acc = _test_accuracy(model, AutoImageProcessor.from_pretrained(out), synthetic_names, None)
     assert acc == pytest.approx(saved["test_accuracy"], abs=1e-6)
     card = (out / "README.md").read_text()
-    assert "test_accuracy" in card and "--max_train_steps 6" in card
+    assert "test_accuracy" in card and "train_vit.py --data_dir synthetic" in card and "--max_train_steps 6" in card
     assert json.loads((out / "sdx_training.json").read_text())["sdx_method"] == "full"
 
 
