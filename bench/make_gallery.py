@@ -21,10 +21,12 @@ def main(argv=None) -> Path:
     p.add_argument("--data_dir", default=str(ROOT.parent / "shared/data/steeldefectx-real-subset"))
     p.add_argument("--out", default=str(ROOT / "docs/figures/gallery_real.png"))
     p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--dpi", type=int, default=72)
     args = p.parse_args(argv)
     ds = load_steeldefectx(args.data_dir)
     out = data_gallery(ds, args.out, n_rows=args.rows,
-                       title="SteelDefectX real fixture (NEU + X-SDD images, 13 of 25 classes), test split")
+                       title="SteelDefectX real fixture (NEU + X-SDD images, 13 of 25 classes), test split",
+                       dpi=args.dpi)
     print(out)
     return out
 
