@@ -67,7 +67,10 @@ class DataSourceError(RuntimeError):
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, hub_repo: str = HUB_REPO) -> Path:
-    """A local folder as given, "synthetic" for the embedded generator, or None for the Hub release."""
+    """A local folder as given, "synthetic" for the embedded generator, or None (or "hub", when no local folder
+    has that name) for the Hub release."""
+    if data_dir is not None and str(data_dir) == "hub" and not Path("hub").is_dir():
+        data_dir = None
     if data_dir is not None and str(data_dir) == "synthetic":
         from sdx.synthetic import default_dataset_dir
 

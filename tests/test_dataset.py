@@ -313,6 +313,8 @@ def test_offline_without_data_dir_gives_one_clear_error(monkeypatch):
     with pytest.raises(D.DataSourceError, match="--data_dir") as e:
         D.load_steeldefectx(None)
     assert "hf download Zhaosxian/SteelDefectX" in str(e.value)
+    with pytest.raises(D.DataSourceError, match="could not be fetched"):
+        D.load_steeldefectx("hub")  # the same as None on every command line
 
 
 def test_missing_data_dir(tmp_path):
