@@ -1,16 +1,8 @@
 #!/usr/bin/env python
-"""SteelDefectX benchmark: the paper's four tasks plus retrieval and text-guided localization, in one report.
+"""Run the SteelDefectX benchmark (the paper's four tasks, retrieval, localization) and write one report.
 
-Example (paths are local checkpoint folders written by train_clip.py / train_vit.py, or Hub ids)::
-
-    python eval_benchmark.py --data_dir synthetic \\
-        --model_name_or_path t1=outputs/clip_t1 --model_name_or_path t3=outputs/clip_t3 \\
-        --vision_model_name_or_path outputs/vit --tasks all --output_dir outputs/bench
-
-writes outputs/bench/results.json, outputs/bench/report.md and PNG plots. Every image is encoded once per model
-and cached under --cache_dir (default OUTPUT_DIR/cache); a re-run with the same models and data encodes
-nothing. The protocols, every rule and every grid are documented in sdx/tasks.py; the report in sdx/report.py.
-"""
+The work is done by ``sdx.tasks.run_benchmark``; ``python eval_benchmark.py --help`` shows an example and every
+option, and docs/benchmark.md explains the protocols and how to read the report."""
 
 from __future__ import annotations
 
