@@ -326,14 +326,6 @@ class ClipCollator:
         return batch
 
 
-def _limit(split, n: Optional[int], seed: int):
-    if n is None or n >= len(split):
-        return split
-    if n < 1:
-        raise ValueError(f"--max_train_samples / --max_eval_samples must be >= 1, got {n}")
-    return split.shuffle(seed=seed).select(range(n))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the trained module
 # ----------------------------------------------------------------------------------------------------------------
@@ -476,11 +468,6 @@ def _load_data(args):
                              annotate_missing=args.annotate_missing, cache_dir=args.dataset_cache_dir)
 
 
-def _is_synthetic(data_dir) -> bool:
-    d = str(data_dir)
-    return d.lower() == "synthetic" or (Path(d) / "SYNTHETIC.md").is_file()
-
-
 def _save_final(args, model: ClipTrainModule, processor, out: Path) -> None:
     clip = model.clip
     if args.method == "lora":
@@ -495,7 +482,8 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
                       ) -> dict[str, Any]:
     """Train as `args` says (see the module docstring) and return the results written to all_results.json."""
     from sdx.dataset import class_names
-    from sdx.training import (check_output_dir, create_optimizer, load_best, make_accelerator,
+    from sdx.synthetic import is_synthetic_dir
+    from sdx.training import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
                               push_output_dir, resolve_checkpoint, run_training, start_output_dir,
                               write_all_results, write_model_card)
 
@@ -509,9 +497,9 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
             raise ValueError(f"the {split} split is empty (data_dir {args.data_dir}, classes {args.classes}, "
                              f"validation_fraction {args.validation_fraction}): nothing to "
                              f"{'train on' if split == 'train' else 'validate on'}")
-    train_split = _limit(ds["train"], args.max_train_samples, args.seed)
-    val_split = _limit(ds["validation"], args.max_eval_samples, args.seed)
-    test_split = _limit(ds["test"], args.max_eval_samples, args.seed) if "test" in ds else None
+    train_split = limit_samples(ds["train"], args.max_train_samples, args.seed)
+    val_split = limit_samples(ds["validation"], args.max_eval_samples, args.seed)
+    test_split = limit_samples(ds["test"], args.max_eval_samples, args.seed) if "test" in ds else None
 
     class_ids, t0_prompts, t1_prompts = class_prompts(ds)
     names = class_names(ds)
@@ -599,7 +587,7 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
             dataset={"name": "SteelDefectX", "data_dir": str(args.data_dir),
                      "config": LEVEL_CONFIG_NAMES.get(args.caption_level, "mixed"),
                      "caption_level": args.caption_level, "splits": results["splits"],
-                     "synthetic": _is_synthetic(args.data_dir)},
+                     "synthetic": is_synthetic_dir(args.data_dir)},
             metrics={k: v for k, v in metrics.items() if not k.endswith("num_samples")},
             tags=["clip", "contrastive", f"caption-{args.caption_level}", args.method],
             hyperparameters={k: getattr(args, k) for k in (
@@ -613,7 +601,7 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
                 "- validation: zero-shot accuracy with T0 and T1 class prompts on a stratified carve-out of "
                 f"train; best epoch by {args.metric_for_best_model}"
                 + ("\n- **data: the embedded SYNTHETIC demo set, not steel photographs; these numbers say nothing "
-                   "about SteelDefectX**" if _is_synthetic(args.data_dir) else ""))})
+                   "about SteelDefectX**" if is_synthetic_dir(args.data_dir) else ""))})
         if args.push_to_hub:
             push_output_dir(out, args.hub_model_id, token=args.hub_token, private=args.hub_private)
     accelerator.wait_for_everyone()

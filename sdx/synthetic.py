@@ -976,6 +976,13 @@ def cache_key(*, train_per_class: int = 12, val_per_class: int = 6, seed: int = 
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def is_synthetic_dir(data_dir) -> bool:
+    """True for "synthetic" and for any folder this generator wrote (it carries a SYNTHETIC.md marker)."""
+    if data_dir is None:
+        return False
+    return str(data_dir).lower() == "synthetic" or (Path(data_dir) / "SYNTHETIC.md").is_file()
+
+
 def default_dataset_dir(*, progress: bool = False, **params: Any) -> Path:
     """Path of the cached synthetic dataset for `params` (those of `generate`), generating it once.
 

@@ -1183,12 +1183,11 @@ def _parse_tasks(text: str) -> list[str]:
 def describe_data(data_dir: str, ds) -> dict:
     """What the data is, for the report: synthetic sets are flagged."""
     from sdx.dataset import build_report
+    from sdx.synthetic import is_synthetic_dir
 
     info = {"data_dir": data_dir}
-    synthetic = data_dir == "synthetic"
+    synthetic = is_synthetic_dir(data_dir)
     path = Path(data_dir)
-    if not synthetic and path.is_dir() and (path / "SYNTHETIC.md").exists():
-        synthetic = True
     if synthetic:
         desc = "synthetic images from sdx.synthetic (NOT SteelDefectX)"
     elif data_dir in ("hub", "None"):

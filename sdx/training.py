@@ -316,6 +316,15 @@ def start_output_dir(args: argparse.Namespace, accelerator) -> Path:
     return out
 
 
+def limit_samples(split, n: int | None, seed: int):
+    """--max_train_samples / --max_eval_samples: a seeded subset of n rows of a datasets split (all when None)."""
+    if n is None or n >= len(split):
+        return split
+    if n < 1:
+        raise ValueError(f"--max_train_samples / --max_eval_samples must be >= 1, got {n}")
+    return split.shuffle(seed=seed).select(range(n))
+
+
 def write_all_results(output_dir: str | os.PathLike, results: Mapping[str, Any]) -> Path:
     """Write ``all_results.json`` (sorted keys, indented). Returns its path."""
     path = Path(output_dir) / RESULTS

@@ -230,12 +230,6 @@ class ClassBalancedSampler(torch.utils.data.Sampler):
         yield from torch.multinomial(self.weights, len(self.weights), replacement=True, generator=g).tolist()
 
 
-def _limit(split, n: int | None, seed: int):
-    if n is None or n >= len(split):
-        return split
-    return split.shuffle(seed=seed).select(range(n))
-
-
 def load_data(args: argparse.Namespace):
     """The DatasetDict of `args` (module docstring, step 2), images and labels only."""
     from sdx.dataset import load_steeldefectx
@@ -385,7 +379,8 @@ def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], No
     """Train as `args` says (module docstring) and return the results written to all_results.json."""
     from sdx.dataset import class_names
     from sdx.models import count_parameters
-    from sdx.training import (check_output_dir, create_optimizer, load_best, make_accelerator, push_output_dir,
+    from sdx.training import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
+                              push_output_dir,
                               resolve_checkpoint, run_training, start_output_dir, write_all_results,
                               write_model_card)
 
@@ -399,10 +394,10 @@ def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], No
         if split not in ds or len(ds[split]) == 0:
             raise ValueError(f"the {split} split is empty (data_dir {args.data_dir}, classes {args.classes}, "
                              f"validation_fraction {args.validation_fraction})")
-    splits = {"train": _limit(ds["train"], args.max_train_samples, args.seed),
-              "validation": _limit(ds["validation"], args.max_eval_samples, args.seed)}
+    splits = {"train": limit_samples(ds["train"], args.max_train_samples, args.seed),
+              "validation": limit_samples(ds["validation"], args.max_eval_samples, args.seed)}
     if not args.skip_test and "test" in ds and len(ds["test"]):
-        splits["test"] = _limit(ds["test"], args.max_eval_samples, args.seed)
+        splits["test"] = limit_samples(ds["test"], args.max_eval_samples, args.seed)
     splits = {k: v.select_columns(["image", "label"]) for k, v in splits.items()}
 
     model, processor, origin = build_model(args, names)  # label / LoRA-target errors raise here, before any step

@@ -69,9 +69,10 @@ def _state(path: Path):
 def _test_accuracy(model, processor, names, max_eval_samples, seed=42):
     """Acc recomputed from a saved model on the same test subset the trainer used."""
     from sdx.dataset import load_steeldefectx
-    from sdx.vit_training import ImageTransform, _limit, collate
+    from sdx.training import limit_samples
+    from sdx.vit_training import ImageTransform, collate
 
-    test = _limit(load_steeldefectx("synthetic")["test"], max_eval_samples, seed).select_columns(["image", "label"])
+    test = limit_samples(load_steeldefectx("synthetic")["test"], max_eval_samples, seed).select_columns(["image", "label"])
     batch = collate([test.with_transform(ImageTransform(processor, False))[i] for i in range(len(test))])
     model.eval()
     with torch.no_grad():
