@@ -8,7 +8,7 @@ Each chunk of 100 pairs is timed --repeat times (default 3) and its best time ke
 slices other processes steal; --repeat 1 gives a single plain pass.
 
     python bench/bench_attributes.py [--data_dir ../shared/data/steeldefectx-real-subset] [--repeat 3]
-                                     [--limit N] [--out /tmp/team/BENCH_attributes.md]
+                                     [--limit N] [--out rows.md]
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeat", type=int, default=3,
                     help="times each chunk of 100 pairs is timed (its best time is kept; 1 = a single plain pass)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs (0 = all)")
-    ap.add_argument("--out", default="/tmp/team/BENCH_attributes.md",
-                    help="append the result rows to this markdown file ('' to skip)")
+    ap.add_argument("--out", default="",
+                    help="also append the result rows to this markdown file (default: print only)")
     args = ap.parse_args(argv)
     pairs = fixture_pairs(args.data_dir)
     if args.limit:
