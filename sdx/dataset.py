@@ -226,6 +226,26 @@ class SteelDefectXConfig(datasets.BuilderConfig):
             setattr(self, name, tuple(value) if value else None)
 
 
+def _drop_default_overrides(builder_cls, kwargs: dict) -> None:
+    """Remove overrides equal to the named config's own values: `datasets` hashes the passed kwargs into the
+    cache key, so `validation_fraction=0.1` given explicitly would otherwise rebuild what the default built."""
+    name = kwargs.get("config_name") or builder_cls.DEFAULT_CONFIG_NAME
+    base = next((c for c in builder_cls.BUILDER_CONFIGS if c.name == name), None)
+    if base is None:
+        return
+    if not kwargs.get("shots") and base.shots is None:
+        kwargs.pop("seed", None)  # the k-shot seed changes nothing without shots
+    for key in [k for k in kwargs if k in SteelDefectXConfig.__dataclass_fields__ and k not in ("name", "data_dir")]:
+        value = kwargs[key]
+        if key == "caption_level":
+            value = T.normalize_level(value)
+        elif key in ("classes", "exclude_classes") and value:
+            value = tuple([value] if isinstance(value, str) else value)
+        if value == getattr(base, key) or (key in ("classes", "exclude_classes") and not value and
+                                           getattr(base, key) is None):
+            del kwargs[key]
+
+
 class SteelDefectX(datasets.GeneratorBasedBuilder):
     """Builds SteelDefectX from a local folder in the official layout (or the Hub release)."""
 
@@ -242,6 +262,7 @@ class SteelDefectX(datasets.GeneratorBasedBuilder):
         config_name = kwargs.get("config_name")
         if config_name in LEVEL_CONFIGS:  # "t1" etc. accepted as config names
             kwargs["config_name"] = LEVEL_CONFIGS[config_name]
+        _drop_default_overrides(self, kwargs)
         kwargs.setdefault("fingerprint", fingerprint_layout(resolved))
         kwargs.setdefault("dataset_name", "steeldefectx")
         kwargs.setdefault("hash", _CODE_HASH)

@@ -227,6 +227,18 @@ def test_cache_follows_raw_files(layout, cache):
     assert len(grown["test"]) == len(first["test"]) + 1
 
 
+def test_overrides_equal_to_the_defaults_reuse_the_cache(layout, cache):
+    first = D.load_steeldefectx(layout, "fine", cache_dir=cache)
+    same = D.load_steeldefectx(layout, "fine", cache_dir=cache, validation_fraction=0.1, on_error="raise",
+                               caption_level="t2", classes=None, with_masks=True, seed=42, shots=None)
+    assert same["test"].cache_files == first["test"].cache_files
+    other = D.load_steeldefectx(layout, "fine", cache_dir=cache, validation_fraction=0.25)
+    assert other["test"].cache_files != first["test"].cache_files
+    shot1 = D.load_steeldefectx(layout, "fine", cache_dir=cache, shots=1, seed=1)
+    shot2 = D.load_steeldefectx(layout, "fine", cache_dir=cache, shots=1, seed=2)
+    assert shot1["train"].cache_files != shot2["train"].cache_files  # with shots, the seed still counts
+
+
 def test_interrupted_build_is_never_loaded(layout, cache, monkeypatch):
     calls = {"n": 0}
     original = D.SteelDefectX._generate_examples
