@@ -18,7 +18,7 @@ import importlib
 import logging
 import sys
 
-from sdx.dataset import (  # noqa: F401  (re-exported: the builder lives in the package)
+from sdx.data.builder import (  # noqa: F401  (re-exported: the builder lives in the package)
     DataError,
     DataSourceError,
     SteelDefectX,
@@ -29,7 +29,7 @@ from sdx.dataset import (  # noqa: F401  (re-exported: the builder lives in the 
     load_steeldefectx,
 )
 
-CLI_MODULES = ("sdx.dataset", "sdx.attributes", "sdx.synthetic")
+CLI_MODULES = ("sdx.data.builder", "sdx.annotate.engine", "sdx.data.synthetic")
 
 
 def build_parser() -> argparse.ArgumentParser:

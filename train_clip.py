@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a CLIP model on SteelDefectX captions (T0-T4 or mixed): full fine-tuning, LoRA or the CLIP-Adapter.
 
-The work is done by ``sdx.clip_training.run_clip_training`` with the shared accelerate loop of sdx.training; see
+The work is done by ``sdx.train.clip.run_clip_training`` with the shared accelerate loop of sdx.train.loop; see
 that module's docstring for every rule (caption levels and fallbacks, methods, loss, zero-shot validation,
 outputs). Examples::
 
@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    from sdx.clip_training import parse_clip_args, run_clip_training
+    from sdx.train.clip import parse_clip_args, run_clip_training
 
     return run_clip_training(parse_clip_args(argv))
 

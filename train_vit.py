@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a vision-only SteelDefectX classifier (benchmark task 1): ViT by default, ResNet / ConvNeXt too.
 
-The work is done by ``sdx.vit_training.run_vit_training`` with the shared accelerate loop of sdx.training; see
+The work is done by ``sdx.train.vit.run_vit_training`` with the shared accelerate loop of sdx.train.loop; see
 those module docstrings for every rule. Examples::
 
     # a small ViT from scratch on a local copy of the data
@@ -19,15 +19,11 @@ those module docstrings for every rule. Examples::
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any, Sequence
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from sdx.vit_training import parse_vit_args, run_vit_training
+    from sdx.train.vit import parse_vit_args, run_vit_training
 
     return run_vit_training(parse_vit_args(argv))
 

@@ -1,6 +1,6 @@
 """How the geometry-derived T3 fields fall per class on the real fixture's masked images.
 
-Runs sdx.attributes.analyze (all geometry features) over every image of the fixture that has a mask
+Runs sdx.annotate.engine.analyze (all geometry features) over every image of the fixture that has a mask
 (train_mask + val_mask: the 1,800 NEU images) and writes
 
 * a per-class markdown table (counts of Shape, Direction, Spatial Distribution, and the median of the main
@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdx.attributes import analyze  # noqa: E402
-from sdx.text import DIRECTIONS, DISTRIBUTIONS, SHAPES  # noqa: E402
+from sdx.annotate.engine import analyze  # noqa: E402
+from sdx.data.levels import DIRECTIONS, DISTRIBUTIONS, SHAPES  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text("# Geometry-derived T3 fields per class (real fixture, masked images)\n\n"
                           "Written by `python bench/attributes_report.py`; rules in the docstring of "
-                          "`sdx.attributes.compute_geometry`.\n\n" + md + "\n")
+                          "`sdx.annotate.engine.compute_geometry`.\n\n" + md + "\n")
     figure(rows, args.figure)
     print(f"table -> {args.table}\nfigure -> {args.figure}")
     if args.sheet:

@@ -1,6 +1,6 @@
 """Benchmark of the annotation engine: image+mask pairs per second on one core, decoding included.
 
-Runs sdx.attributes.analyze over the real fixture's 1,800 masked pairs (train_mask + val_mask with their images)
+Runs sdx.annotate.engine.analyze over the real fixture's 1,800 masked pairs (train_mask + val_mask with their images)
 twice: all nine fields (geometry rules included) and the rule-based fields only (geometry=False, as when the
 three model fields are given). One process, one thread (OMP/BLAS threads pinned to 1 before numpy loads).
 CPU time (time.process_time) is the headline figure because the machine is shared; wall time is printed too.
@@ -27,8 +27,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdx.attributes import analyze  # noqa: E402
-from sdx.text import PREFIX_TO_CLASS  # noqa: E402
+from sdx.annotate.engine import analyze  # noqa: E402
+from sdx.data.levels import PREFIX_TO_CLASS  # noqa: E402
 
 GOAL = 500.0
 

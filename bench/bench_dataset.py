@@ -2,7 +2,7 @@
 
     python bench/bench_dataset.py [--data_dir ../shared/data/steeldefectx-real-subset] [--repeat 3]
 
-The build checks every image and mask on a few threads (sdx.layout.default_workers()), so the floor is timed
+The build checks every image and mask on a few threads (sdx.data.layout.default_workers()), so the floor is timed
 twice: on one thread, and on the same number of threads as the build. Prints the times and both ratios
 (goal: build / floor <= 1.5), measured in one run, best of --repeat, sides interleaved.
 """
@@ -22,8 +22,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdx.dataset import SPLITS, load_steeldefectx  # noqa: E402
-from sdx.layout import default_workers  # noqa: E402
+from sdx.data.builder import SPLITS, load_steeldefectx  # noqa: E402
+from sdx.data.layout import default_workers  # noqa: E402
 
 
 def _floor_one(path: Path) -> None:

@@ -51,13 +51,10 @@ def main(argv=None) -> dict:
     import torch
 
     import eval_benchmark
-    from sdx import tasks as T
-    from sdx.dataset import load_steeldefectx
-    from sdx.models import (
-        build_clip_from_scratch,
-        build_image_classifier,
-        load_or_build_image_processor,
-    )
+    from sdx.bench import tasks as T
+    from sdx.data.builder import load_steeldefectx
+    from sdx.models.classifiers import build_image_classifier, load_or_build_image_processor
+    from sdx.models.clip import build_clip_from_scratch
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_eval_"))
     work.mkdir(parents=True, exist_ok=True)

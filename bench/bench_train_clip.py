@@ -1,4 +1,4 @@
-"""CLIP training step time: train_clip's path (sdx.training.run_training + ClipTrainModule + class-aware loss)
+"""CLIP training step time: train_clip's path (sdx.train.loop.run_training + ClipTrainModule + class-aware loss)
 against a bare PyTorch loop on the same CLIP, the same pre-processed batches and the same optimizer.
 
     python bench/bench_train_clip.py [--model_size tiny] [--batch_size 32] [--steps 60] [--repeat 3]
@@ -6,7 +6,7 @@ against a bare PyTorch loop on the same CLIP, the same pre-processed batches and
 
 Both loops iterate a DataLoader over the same pre-processed tensors (pixel values + padded token ids + labels),
 in the same seeded order, with AdamW at a constant learning rate. The bare loop calls get_image_features /
-get_text_features and sdx.losses.contrastive_loss, backward, step, zero_grad: nothing else. The shared loop
+get_text_features and sdx.train.losses.contrastive_loss, backward, step, zero_grad: nothing else. The shared loop
 adds accelerate (prepare, accumulate, scheduler, progress bar, loss bookkeeping). Step time = median interval
 between consecutive optimizer steps (the first 5 steps of each run are warm-up and left out); the two loops are
 run alternately `--repeat` times; the median over repeats is reported with the ratio (goal <= 1.10x), and the
@@ -38,9 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdx import clip_training as CT  # noqa: E402
-from sdx.losses import contrastive_loss  # noqa: E402
-from sdx.models import build_clip_from_scratch, get_logit_scale, image_features, text_features  # noqa: E402
+from sdx.train import clip as CT  # noqa: E402
+from sdx.train.losses import contrastive_loss  # noqa: E402
+from sdx.models.clip import build_clip_from_scratch, get_logit_scale, image_features, text_features  # noqa: E402
 
 WARMUP = 5
 MAX_UNIQUE = 480
@@ -61,8 +61,8 @@ class TensorBatches(torch.utils.data.Dataset):
 
 def make_data(model_size: str, n: int, seed: int = 0):
     """n pre-processed examples (synthetic images, T2 captions) and a fresh CLIP of the preset."""
-    from sdx.synthetic import generate
-    from sdx.text import render_t3
+    from sdx.data.synthetic import generate
+    from sdx.data.levels import render_t3
 
     with tempfile.TemporaryDirectory() as tmp:
         unique = min(n, MAX_UNIQUE)
@@ -133,7 +133,7 @@ def bare_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int, d
 def shared_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int, device: str = "cpu",
                 precision: str = "no") -> tuple[float, float]:
     """accelerate places the model on its device (the GPU when one is visible, else the CPU)."""
-    from sdx.training import create_optimizer, make_accelerator, run_training
+    from sdx.train.loop import create_optimizer, make_accelerator, run_training
 
     with tempfile.TemporaryDirectory() as out:
         args = CT.parse_clip_args(["--output_dir", out, "--max_train_steps", str(steps), "--learning_rate", str(lr),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Benchmarks of train_vit.py / sdx.training, each printing a ratio measured in one run.
+"""Benchmarks of train_vit.py / sdx.train.loop, each printing a ratio measured in one run.
 
-``step``    per-step time of sdx.training.run_training against a bare PyTorch loop doing the same forward,
+``step``    per-step time of sdx.train.loop.run_training against a bare PyTorch loop doing the same forward,
             backward, optimizer and scheduler step on the same model (same initial weights) and the same in-memory
             batches. Rounds alternate bare/ours; the figure is the median over rounds of each round's median
             step time (first steps of a round dropped as warm-up), on the wall clock and on the process's CPU time
@@ -40,7 +40,7 @@ REAL = ROOT.parent / "shared" / "data" / "steeldefectx-real-subset"
 
 
 def _vit(image_size: int, overrides: str, n_labels: int = 13, seed: int = 0):
-    from sdx.models import build_image_classifier
+    from sdx.models.classifiers import build_image_classifier
 
     torch.manual_seed(seed)
     return build_image_classifier("vit", "tiny", [f"c{i}" for i in range(n_labels)], image_size=image_size,
@@ -48,7 +48,7 @@ def _vit(image_size: int, overrides: str, n_labels: int = 13, seed: int = 0):
 
 
 def _training_args(out: str, steps: int, batch: int):
-    from sdx.training import add_training_args, parse_args
+    from sdx.train.loop import add_training_args, parse_args
 
     p = argparse.ArgumentParser()
     add_training_args(p)
@@ -97,8 +97,8 @@ def _deltas(stamps):
 
 
 def ours(model, data, batch: int, steps: int) -> list[float]:
-    """Step times of sdx.training.run_training (accelerate prepare/accumulate/backward, tqdm, scheduler)."""
-    from sdx.training import create_optimizer, make_accelerator, run_training
+    """Step times of sdx.train.loop.run_training (accelerate prepare/accumulate/backward, tqdm, scheduler)."""
+    from sdx.train.loop import create_optimizer, make_accelerator, run_training
 
     with tempfile.TemporaryDirectory() as tmp:
         args = _training_args(tmp, steps, batch)
@@ -134,9 +134,9 @@ def bench_step(rounds: int = 3, steps: int = 25, warmup: int = 5, batch: int = 1
 
 def bench_loader(real_data: Path, batches: int = 6, batch: int = 32, image_size: int = 64,
                  workers: tuple[int, ...] = (0, 2)) -> dict:
-    from sdx.dataset import load_steeldefectx
-    from sdx.models import load_or_build_image_processor
-    from sdx.vit_training import ImageTransform, collate
+    from sdx.data.builder import load_steeldefectx
+    from sdx.models.classifiers import load_or_build_image_processor
+    from sdx.train.vit import ImageTransform, collate
 
     ds = load_steeldefectx(str(real_data), with_masks=False)["train"].select_columns(["image", "label"])
     processor, _ = load_or_build_image_processor(None, image_size)
@@ -154,7 +154,7 @@ def bench_loader(real_data: Path, batches: int = 6, batch: int = 32, image_size:
         del it
     # training throughput of the real-data baseline model at the same size, on pre-made batches
     overrides = "hidden_size=128,num_hidden_layers=4,num_attention_heads=4,intermediate_size=256"
-    from sdx.models import build_image_classifier
+    from sdx.models.classifiers import build_image_classifier
 
     torch.manual_seed(0)
     model = build_image_classifier("vit", "tiny", [f"c{i}" for i in range(25)], image_size=image_size,
@@ -176,7 +176,7 @@ def _status(key):  # kB from /proc/self/status: VmRSS now, VmHWM = peak of this 
         if line.startswith(key + ":"):
             return int(line.split()[1])
 sys.path.insert(0, {root!r})
-from sdx.models import build_image_classifier, apply_lora, count_parameters
+from sdx.models.classifiers import build_image_classifier, apply_lora, count_parameters
 import transformers, peft  # imported before the baseline reading: "net" is the model and its training only
 from transformers import ViTForImageClassification
 rss0 = _status("VmRSS")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sdx import text as T
+from sdx.data import levels as T
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +106,11 @@ def _optional(flag: str, value: Any) -> list[str]:
 
 
 def run_pipeline(args) -> dict:
-    from sdx.clip_training import parse_clip_args, run_clip_training
-    from sdx.dataset import build_report, format_report, load_steeldefectx
-    from sdx.report import data_gallery
-    from sdx.tasks import parse_benchmark_args, run_benchmark
-    from sdx.vit_training import parse_vit_args, run_vit_training
+    from sdx.train.clip import parse_clip_args, run_clip_training
+    from sdx.data.builder import build_report, format_report, load_steeldefectx
+    from sdx.report.markdown import data_gallery
+    from sdx.bench.tasks import parse_benchmark_args, run_benchmark
+    from sdx.train.vit import parse_vit_args, run_vit_training
 
     s = _settings(args)
     out = Path(args.output_dir)
@@ -119,7 +119,7 @@ def run_pipeline(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = None if args.data_dir == "hub" else args.data_dir
     if data_dir == "synthetic":  # generated once per size, then cached; every step reads that folder
-        from sdx.synthetic import default_dataset_dir
+        from sdx.data.synthetic import default_dataset_dir
 
         n_train, n_val = s["synthetic_size"]
         data_dir = str(default_dataset_dir(train_per_class=n_train, val_per_class=n_val, progress=True))

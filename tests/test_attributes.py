@@ -1,4 +1,4 @@
-"""Tests of the annotation engine sdx.attributes against the authors' values and on edge cases."""
+"""Tests of the annotation engine sdx.annotate.engine against the authors' values and on edge cases."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdx import attributes as A
-from sdx.text import DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES, T3_FIELDS, render_t4
+from sdx.annotate import engine as A
+from sdx.data.levels import DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES, T3_FIELDS, render_t4
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 import steeldefectx
-from sdx import dataset as D
-from sdx import text as T
+from sdx.data import builder as D
+from sdx.data import levels as T
 
 NEU_CLASSES = {"Crazing", "Inclusion", "Patches", "Pitted surface", "Rolled in scale", "Bright scratch"}
 
@@ -521,7 +521,7 @@ def test_synthetic_default_loads(tmp_path, monkeypatch):
 
 
 def test_annotate_missing_fills_t3_t4_from_masks(layout, cache):
-    from sdx.attributes import annotate
+    from sdx.annotate.engine import annotate
 
     records = _records(layout, "val")
     for r in records:

@@ -1,7 +1,7 @@
-"""eval_benchmark.py / sdx.tasks / sdx.report end to end on tiny config-built models.
+"""eval_benchmark.py / sdx.bench.tasks / sdx.report.markdown end to end on tiny config-built models.
 
 Data: a tiny dataset in the official layout written here (3 classes, masks, T2/T3/T4 records), the embedded
-synthetic data when sdx.synthetic provides it, and the real fixture (subsampled with --max_eval_samples).
+synthetic data when sdx.data.synthetic provides it, and the real fixture (subsampled with --max_eval_samples).
 Models: tiny CLIPModel / ViTForImageClassification built from configs with a WordLevel tokenizer trained on the
 captions, saved with save_pretrained and loaded back from disk (the real loading path).
 """
@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 import eval_benchmark
-from sdx import tasks as T
-from sdx.dataset import load_steeldefectx
-from sdx.text import T0_TEMPLATE, render_t4
+from sdx.bench import tasks as T
+from sdx.data.builder import load_steeldefectx
+from sdx.data.levels import T0_TEMPLATE, render_t4
 
 CLASSES = {"Bright scratch": "bs", "Crazing": "cracking", "Inclusion": "in"}
 DESC = {"Bright scratch": "A photo of bright scratch, thin bright lines caused by rolling.",
@@ -73,7 +73,7 @@ def _vocab_texts(ds) -> list[str]:
 
 def tiny_clip(out_dir: Path, texts, seed: int = 0, meta: dict | None = None, adapter: bool = False) -> Path:
     """A random-init tiny CLIP from sdx.models (helper "clip"), 64 px images -> 4x4 patch grid, saved to disk."""
-    from sdx.models import ClipAdapter, ClipWithAdapter, build_clip_from_scratch
+    from sdx.models.clip import ClipAdapter, ClipWithAdapter, build_clip_from_scratch
 
     model, processor = build_clip_from_scratch("tiny", texts, vocab_size=300, image_size=64, seed=seed)
     if adapter:
@@ -313,7 +313,7 @@ def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
     names = small_ds["train"].features["label"].names
     order = list(reversed(range(len(names))))
     vit = tiny_vit(tmp_path / "vit_rev", names, seed=0, order=order)
-    from sdx.tasks import VisionClassifier
+    from sdx.bench.tasks import VisionClassifier
 
     mapping = VisionClassifier(str(vit)).label_map(names)
     assert mapping.tolist() == order
@@ -323,9 +323,9 @@ def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
 # synthetic data and the real fixture
 # ---------------------------------------------------------------------------------------------------------------
 def test_synthetic_data_flagged(tmp_path):
-    synth = pytest.importorskip("sdx.synthetic")
+    synth = pytest.importorskip("sdx.data.synthetic")
     if not hasattr(synth, "default_dataset_dir"):
-        pytest.skip("sdx.synthetic has no default_dataset_dir yet")
+        pytest.skip("sdx.data.synthetic has no default_dataset_dir yet")
     ds = load_steeldefectx("synthetic")  # the default datasets cache: shared with other tests, keyed by the data
     clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
     vit = tiny_vit(tmp_path / "vit", ds["train"].features["label"].names)

@@ -1,4 +1,4 @@
-"""Tests of sdx.losses: hand-computed values, class-aware targets, clamped temperature, cross-rank gather."""
+"""Tests of sdx.train.losses: hand-computed values, class-aware targets, clamped temperature, cross-rank gather."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sdx.losses import (MAX_LOGIT_SCALE, ContrastiveLoss, class_text_loss, contrastive_loss, gather_with_grad,
+from sdx.train.losses import (MAX_LOGIT_SCALE, ContrastiveLoss, class_text_loss, contrastive_loss, gather_with_grad,
                         same_label_targets)
 
 

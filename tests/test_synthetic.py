@@ -23,9 +23,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from sdx import synthetic
-from sdx.attributes import compute_statistics
-from sdx.text import (CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, NUMBERS, POLARITIES,
+from sdx.data import synthetic
+from sdx.annotate.engine import compute_statistics
+from sdx.data.levels import (CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, NUMBERS, POLARITIES,
                       SALIENCIES, SCALES, SHAPES, T3_FIELDS, render_t4)
 
 RECORD_KEYS = {"image_name", "class_name", "natural_language_description", "structured_attributes",
@@ -115,7 +115,7 @@ def test_counts(default_data):
 
 def test_t4_rendered_from_t3_and_rule_fields_match_files(default_data):
     """T4 is the authors' template of T3; T3's rule fields are what the engine measures on the written files."""
-    from sdx.attributes import annotate
+    from sdx.annotate.engine import annotate
     data_dir, _ = default_data
     for split in ("train", "val"):
         for r in _records(data_dir, split)[::5]:

@@ -10,15 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 import train_clip
-from sdx import clip_training as CT
-from sdx import text as T
+from sdx.train import clip as CT
+from sdx.data import levels as T
 
 CLASSES = ["Bright scratch", "Punching", "Patches", "Water spot"]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from sdx.synthetic import generate
+    from sdx.data.synthetic import generate
 
     out = tmp_path_factory.mktemp("syn")
     generate(out, train_per_class=6, val_per_class=2, size=32, classes=CLASSES, progress=False)
@@ -34,7 +34,7 @@ def cache_dir(tmp_path_factory):
 def tiny_clip(tmp_path_factory, data_dir):
     """A tiny CLIP (hidden 32, 2 layers, image 32, patch 16) with a tokenizer trained on the dataset's texts,
     saved with its processor: the real loading path of --model_name_or_path."""
-    from sdx.models import build_clip_from_scratch
+    from sdx.models.clip import build_clip_from_scratch
 
     texts = []
     for split in ("train", "val"):
@@ -73,7 +73,7 @@ def test_tiny_clip_round_trip_and_encoders(tiny_clip):
     from PIL import Image
     from transformers import AutoProcessor, CLIPProcessor
 
-    from sdx.models import encode_images, encode_texts, load_clip
+    from sdx.models.clip import encode_images, encode_texts, load_clip
 
     model, processor = load_clip(str(tiny_clip))
     assert isinstance(AutoProcessor.from_pretrained(str(tiny_clip)), CLIPProcessor)
@@ -99,7 +99,7 @@ def test_tiny_clip_round_trip_and_encoders(tiny_clip):
 
 
 def test_encoders_accept_tensor_returning_models():
-    from sdx.models import encode_images, encode_texts
+    from sdx.models.clip import encode_images, encode_texts
 
     class Dual(torch.nn.Module):
         def get_image_features(self, pixel_values):
@@ -114,7 +114,7 @@ def test_encoders_accept_tensor_returning_models():
 
 
 def test_lora_targets_and_adapter_math(tiny_clip):
-    from sdx.models import ClipAdapter, apply_clip_lora, load_clip, lora_target_regex
+    from sdx.models.clip import ClipAdapter, apply_clip_lora, load_clip, lora_target_regex
 
     model, _ = load_clip(str(tiny_clip))
     peft_model = apply_clip_lora(model, "text", r=2, alpha=4)
@@ -132,7 +132,7 @@ def test_lora_targets_and_adapter_math(tiny_clip):
 
 
 def test_load_clip_bad_paths(tmp_path):
-    from sdx.models import load_clip
+    from sdx.models.clip import load_clip
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -170,7 +170,7 @@ def test_level_texts_follow_the_dataset_fallback():
 
 
 def test_mixed_levels_are_seeded_per_example_per_epoch(data_dir, cache_dir):
-    from sdx.dataset import load_steeldefectx
+    from sdx.data.builder import load_steeldefectx
 
     ds = load_steeldefectx(str(data_dir), caption_level="t2", validation_fraction=0.25, cache_dir=str(cache_dir))
     a = CT.CaptionDataset(ds["train"], "mixed", seed=5)
@@ -194,8 +194,8 @@ def test_mixed_levels_are_seeded_per_example_per_epoch(data_dir, cache_dir):
 
 
 def test_pixel_cache_equals_per_batch_processing(data_dir, cache_dir, tiny_clip):
-    from sdx.dataset import load_steeldefectx
-    from sdx.models import load_clip
+    from sdx.data.builder import load_steeldefectx
+    from sdx.models.clip import load_clip
 
     _, processor = load_clip(str(tiny_clip))
     split = load_steeldefectx(str(data_dir), caption_level="t1", validation_fraction=0.25,
@@ -259,7 +259,7 @@ def test_from_scratch_runs_are_reproducible(tmp_path, data_dir, cache_dir):
 
 
 def test_tokenizer_training_is_deterministic_and_learns_words():
-    from sdx.models import build_clip_tokenizer
+    from sdx.models.tokenizer import build_clip_tokenizer
 
     texts = ["A photo of steel surface defect: Water spot.", "Water spots are round stains."] * 3
     t1, t2 = build_clip_tokenizer(texts, 600), build_clip_tokenizer(list(reversed(texts)), 600)
@@ -271,14 +271,14 @@ def test_tokenizer_training_is_deterministic_and_learns_words():
 
 
 def test_full_with_frozen_text_tower_tracking_and_push(tmp_path, data_dir, cache_dir, tiny_clip, monkeypatch):
-    import sdx.training
+    import sdx.train.loop
 
     pushed = {}
 
     def fake_push(output_dir, repo_id=None, **kw):
         pushed.update(dir=str(output_dir), repo=repo_id, files=sorted(p.name for p in output_dir.iterdir()), **kw)
 
-    monkeypatch.setattr(sdx.training, "push_output_dir", fake_push)
+    monkeypatch.setattr(sdx.train.loop, "push_output_dir", fake_push)
     res, out = _run(tmp_path, "frozen", data_dir, cache_dir, tiny_clip, "--freeze_text_model", "--loss", "infonce",
                     "--with_tracking", "--logging_steps", "1", "--push_to_hub", "--hub_model_id", "me/clip-test")
     assert pushed["dir"] == str(out) and pushed["repo"] == "me/clip-test"
@@ -293,7 +293,7 @@ def test_full_with_frozen_text_tower_tracking_and_push(tmp_path, data_dir, cache
 
 
 def test_lora_vision_only_changes_vision_attention(tmp_path, data_dir, cache_dir, tiny_clip):
-    from sdx.models import load_clip
+    from sdx.models.clip import load_clip
 
     res, out = _run(tmp_path, "lora", data_dir, cache_dir, tiny_clip, "--method", "lora", "--lora_towers",
                     "vision", "--lora_r", "2", "--learning_rate", "1e-2")
@@ -308,7 +308,7 @@ def test_lora_vision_only_changes_vision_attention(tmp_path, data_dir, cache_dir
 
 @pytest.mark.parametrize("level", ["t1", "t4"])
 def test_adapter_trains_only_the_adapter_and_reloads(tmp_path, data_dir, cache_dir, tiny_clip, level):
-    from sdx.models import CLIP_ADAPTER_CONFIG, ClipWithAdapter, encode_images, load_clip
+    from sdx.models.clip import CLIP_ADAPTER_CONFIG, ClipWithAdapter, encode_images, load_clip
 
     res, out = _run(tmp_path, f"adapter-{level}", data_dir, cache_dir, tiny_clip, "--method", "adapter",
                     "--caption_level", level, "--learning_rate", "1e-2")

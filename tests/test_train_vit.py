@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train_vit  # noqa: E402
-from sdx import models as M  # noqa: E402
+from sdx.models import classifiers as M  # noqa: E402
 
 TINY_VIT = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
 COMMON = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--learning_rate", "1e-3",
@@ -36,7 +36,7 @@ def _save_tiny(path: Path, names, image_size=32, seed=0):
 
 @pytest.fixture(scope="module")
 def synthetic_names():
-    from sdx.dataset import class_names, load_steeldefectx
+    from sdx.data.builder import class_names, load_steeldefectx
 
     return class_names(load_steeldefectx("synthetic"))
 
@@ -68,9 +68,9 @@ def _state(path: Path):
 
 def _test_accuracy(model, processor, names, max_eval_samples, seed=42):
     """Acc recomputed from a saved model on the same test subset the trainer used."""
-    from sdx.dataset import load_steeldefectx
-    from sdx.training import limit_samples
-    from sdx.vit_training import ImageTransform, collate
+    from sdx.data.builder import load_steeldefectx
+    from sdx.train.loop import limit_samples
+    from sdx.train.vit import ImageTransform, collate
 
     test = limit_samples(load_steeldefectx("synthetic")["test"], max_eval_samples, seed).select_columns(["image", "label"])
     batch = collate([test.with_transform(ImageTransform(processor, False))[i] for i in range(len(test))])
@@ -121,7 +121,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model, full_run):
         if step == 5:
             raise Killed
 
-    from sdx.vit_training import parse_vit_args, run_vit_training
+    from sdx.train.vit import parse_vit_args, run_vit_training
 
     with pytest.raises(Killed):
         run_vit_training(parse_vit_args(argv), step_callback=kill)
@@ -135,7 +135,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model, full_run):
 
 
 def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):
-    from sdx.text import CLASS_NAMES
+    from sdx.data.levels import CLASS_NAMES
 
     model = _save_tiny(tmp_path / "vit25", CLASS_NAMES)
     res = train_vit.main(["--data_dir", str(real_subset), "--model_name_or_path", str(model), "--output_dir",
@@ -196,7 +196,7 @@ def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_name
 
 
 def test_bad_input_fails_before_any_step(tmp_path, tiny_model):
-    from sdx.vit_training import parse_vit_args, run_vit_training
+    from sdx.train.vit import parse_vit_args, run_vit_training
 
     steps = []
 
@@ -223,7 +223,7 @@ def test_bad_input_fails_before_any_step(tmp_path, tiny_model):
 
 
 def test_recipe_paper_and_overrides():
-    from sdx.vit_training import parse_vit_args
+    from sdx.train.vit import parse_vit_args
 
     args = parse_vit_args(["--output_dir", "x", "--recipe", "paper"])
     assert (args.optimizer, args.momentum, args.weight_decay, args.learning_rate, args.lr_scheduler_type,

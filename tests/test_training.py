@@ -1,4 +1,4 @@
-"""Tests of sdx.training: flag layering, output-dir rules, the loop (accumulation, checkpoints, exact resume,
+"""Tests of sdx.train.loop: flag layering, output-dir rules, the loop (accumulation, checkpoints, exact resume,
 best-by-validation), model card and the Hub upload (HfApi mocked at the network call)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from sdx import training as T
+from sdx.train import loop as T
 
 RECIPES = {"paper": {"optimizer": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "step", "num_train_epochs": 100}}
 

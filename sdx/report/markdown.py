@@ -216,7 +216,7 @@ def _data_lines(meta: dict) -> list[str]:
     data = meta.get("data", {})
     lines = ["## Data", ""]
     if data_is_synthetic(data):
-        lines += [("> **SYNTHETIC DEMO DATA.** These images were drawn by sdx.synthetic; they are not SteelDefectX "
+        lines += [("> **SYNTHETIC DEMO DATA.** These images were drawn by sdx.data.synthetic; they are not SteelDefectX "
                   "and not steel photographs. No number below says anything about the paper's benchmark."), ""]
     lines += [(f"- data: `{data.get('data_dir')}` (config `{data.get('config')}`), "
               f"{data.get('description', 'no description')}"),
@@ -463,7 +463,7 @@ def data_gallery(ds, out_png: str | os.PathLike, *, split: str = "test", n_rows:
                  title: str | None = None, dpi: int = 110) -> Path:
     """Draw ``n_rows`` images of different classes (those with a mask first) with their mask outlined and
     their text at every level T0-T4, marking the levels the record lacks. ``ds``: a DatasetDict or Dataset
-    from sdx.dataset.load_steeldefectx."""
+    from sdx.data.builder.load_steeldefectx."""
     import textwrap
 
     import matplotlib
@@ -471,7 +471,7 @@ def data_gallery(ds, out_png: str | os.PathLike, *, split: str = "test", n_rows:
     import matplotlib.pyplot as plt
     from scipy import ndimage
 
-    from sdx import text as T
+    from sdx.data import levels as T
 
     data = ds[split] if hasattr(ds, "keys") else ds
     raw = data.cast_column("mask", datasets.Image(decode=False)) if "mask" in data.column_names else data

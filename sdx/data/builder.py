@@ -1,6 +1,6 @@
 """The SteelDefectX `datasets` builder: raw files in the official layout -> a checked, cached DatasetDict.
 
-The raw files are located, read and checked by :mod:`sdx.layout`; this module turns the checked items into
+The raw files are located, read and checked by :mod:`sdx.data.layout`; this module turns the checked items into
 splits, text levels and a cached Arrow dataset, and exports / pushes it.
 
 Splits (the paper reports on the official val split, so it is our ``test``):
@@ -19,7 +19,7 @@ along a documented chain and every fallback is counted in the build report:
 * T3 null   -> T3 computed from the mask when ``annotate_missing=True`` -> T1
 * T4 empty  -> T4 rendered from T3 when T3 exists -> T3 computed from the mask (``annotate_missing``) -> T1
 
-``strict=True`` raises instead of falling back. Bad raw input: see :mod:`sdx.layout` (errors naming the
+``strict=True`` raises instead of falling back. Bad raw input: see :mod:`sdx.data.layout` (errors naming the
 file and the field, or counted skips with ``on_error="skip"``).
 
 The cache follows the raw files: the config hash includes a fingerprint of every raw file's name, size and
@@ -44,8 +44,8 @@ from typing import Iterable, Sequence
 import datasets
 import numpy as np
 
-from sdx import text as T
-from sdx.layout import (  # noqa: F401  (DataError & co. are part of this module's API too)
+from sdx.data import levels as T
+from sdx.data.layout import (  # noqa: F401  (DataError & co. are part of this module's API too)
     HUB_REPO,
     SPLITS,
     DataError,
@@ -68,7 +68,7 @@ CONFIG_LEVELS = {"default": "t1", "t0": "t0", "coarse": "t1", "fine": "t2", "att
 LEVEL_CONFIGS = {"t0": "t0", "t1": "coarse", "t2": "fine", "t3": "attributes", "t4": "structured"}
 REPORT_PREFIX = "SteelDefectX build report: "
 _CODE_HASH = hashlib.sha1(b"".join(
-    (Path(__file__).parent / name).read_bytes() for name in ("dataset.py", "layout.py", "text.py"))).hexdigest()[:12]
+    (Path(__file__).parent / name).read_bytes() for name in ("builder.py", "layout.py", "levels.py"))).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def _t3_feature(attrs: dict | None) -> dict | None:
 
 
 def _annotate(item: Item) -> dict:
-    from sdx.attributes import annotate
+    from sdx.annotate.engine import annotate
 
     t3, _ = annotate(item.image_path, item.mask_path, item.record["class_name"])
     return t3
@@ -212,7 +212,7 @@ class SteelDefectXConfig(datasets.BuilderConfig):
     with_masks: bool = True
     on_error: str = "raise"             # or "skip": count and skip bad items
     strict: bool = False                # raise instead of falling back when the caption level is missing
-    annotate_missing: bool = False      # fill missing T3/T4 from masks with sdx.attributes
+    annotate_missing: bool = False      # fill missing T3/T4 from masks with sdx.annotate.engine
     hub_repo: str = HUB_REPO
     fingerprint: str = ""               # of the raw files; set automatically, part of the cache key
 
@@ -394,7 +394,7 @@ def export_dataset(out_dir: str | os.PathLike, data_dir: str | os.PathLike | Non
         if cfg == "default":
             entry["default"] = True
         yaml_configs.append(entry)
-    template = Path(card_template) if card_template else Path(__file__).resolve().parents[1] / "data_card.md"
+    template = Path(card_template) if card_template else Path(__file__).resolve().parents[2] / "data_card.md"
     card = DatasetCard(template.read_text(encoding="utf-8") if template.is_file() else "---\n---\n")
     card.data["configs"] = yaml_configs
     infos.to_dataset_card_data(card.data)

@@ -76,12 +76,12 @@ Text levels
   "slightly" when |diff| < 10, "clearly" when <= 40, else "much" -- the T3 Polarity / Saliency cut points).
   Phrasing is drawn from four templates and word lists with the image's own random stream.
 * T3/T4: the five rule fields (Scale, Polarity, Saliency, Number of Defects, Position) come from the annotation
-  engine ``sdx.attributes.annotate`` on the decoded JPEG and the mask. Shape is the kind's shape above;
+  engine ``sdx.annotate.engine.annotate`` on the decoded JPEG and the mask. Shape is the kind's shape above;
   Direction is derived from the drawn orientation angle (within 22.5 degrees of horizontal -> "horizontal",
   of vertical -> "vertical", else "diagonal"; "none" for kinds without an orientation: Crazing, Crescent gap,
   Oil spot, Patches, Pitted surface, Punching, Water spot); Spatial Distribution is "isolated" for one mask
   component, else "clustered" when the mean distance of the components' centroids from their common centroid
-  is below 0.2 x image size, else "scattered". T4 is ``sdx.text.render_t4`` of T3 (done by the engine).
+  is below 0.2 x image size, else "scattered". T4 is ``sdx.data.levels.render_t4`` of T3 (done by the engine).
 
 Determinism and naming
 ----------------------
@@ -123,7 +123,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from sdx.text import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES
+from sdx.data.levels import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES
 
 __all__ = [
     "GENERATOR_VERSION", "KINDS", "DEFAULT_CLASSES", "T1_SENTENCES", "generate", "render_sample",
@@ -813,7 +813,7 @@ def render_sample(class_name: str, *, seed: int = 0, split: str = "train", n: in
 
 def _annotate(sample: Sample) -> tuple[dict[str, Any], str]:
     """T3 / T4 from the annotation engine (five rule fields measured, three geometry fields as drawn)."""
-    from sdx.attributes import annotate
+    from sdx.annotate.engine import annotate
     t3, t4 = annotate(sample.gray, sample.mask, sample.class_name, shape=sample.shape,
                       direction=sample.direction, distribution=sample.distribution)
     return t3, t4
@@ -860,7 +860,7 @@ def _synthetic_md(summary: dict[str, Any]) -> str:
                      for c, v in summary["per_class"].items())
     return f"""# SYNTHETIC demo data -- not SteelDefectX
 
-Every image here was drawn by `sdx.synthetic` (generator version {summary['generator_version']}, seed
+Every image here was drawn by `sdx.data.synthetic` (generator version {summary['generator_version']}, seed
 {summary['seed']}, {summary['size']}x{summary['size']} pixels). It imitates the layout and annotation schema of
 the SteelDefectX release so the project runs offline, but it is NOT steel data: no accuracy, retrieval or
 segmentation figure obtained on it says anything about real steel defects. Report nothing from it as a result
@@ -940,7 +940,7 @@ def generate(out_dir: str | os.PathLike, *, train_per_class: int = 12, val_per_c
         "per_class": {c: {"train": train_per_class, "val": val_per_class} for c in names},
         "splits": {"train": len(records["train"]), "val": len(records["val"])},
         "images": len(jobs),
-        "t3_source": "sdx.attributes.annotate on the decoded JPEG and the mask (Shape, Direction, Spatial "
+        "t3_source": "sdx.annotate.engine.annotate on the decoded JPEG and the mask (Shape, Direction, Spatial "
                      "Distribution passed from the drawing)",
     }
     (out / "SYNTHETIC.md").write_text(_synthetic_md(summary), encoding="utf-8")
@@ -959,9 +959,9 @@ def cache_root() -> Path:
 def _code_digest() -> str:
     """Digest of the code that determines the files (this module, the annotation engine, the text module)."""
     h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in ("synthetic.py", "attributes.py", "text.py"):
-        p = here / name
+    package = Path(__file__).resolve().parents[1]
+    for name in ("data/synthetic.py", "annotate/engine.py", "data/levels.py"):
+        p = package / name
         h.update(name.encode())
         h.update(p.read_bytes() if p.is_file() else b"<absent>")
     return h.hexdigest()

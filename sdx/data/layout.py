@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sdx import text as T
+from sdx.data import levels as T
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, hub_repo: str = HUB_REP
     if data_dir is not None and str(data_dir) == "hub" and not Path("hub").is_dir():
         data_dir = None
     if data_dir is not None and str(data_dir) == "synthetic":
-        from sdx.synthetic import default_dataset_dir
+        from sdx.data.synthetic import default_dataset_dir
 
         return Path(default_dataset_dir())
     if data_dir is not None:

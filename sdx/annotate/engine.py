@@ -69,7 +69,7 @@ With exactly one component Spatial Distribution is always "isolated" (the author
 
 T4
 --
-``annotate`` renders T4 with ``sdx.text.render_t4`` (the single implementation of the authors' template).
+``annotate`` renders T4 with ``sdx.data.levels.render_t4`` (the single implementation of the authors' template).
 
 Folder tools (``steeldefectx.py annotate`` / ``verify``, registered by ``register_cli``)
 --------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from sdx.text import CLASS_NAMES, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, NUMBERS, SHAPES, T3_FIELDS, render_t4
+from sdx.data.levels import CLASS_NAMES, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, NUMBERS, SHAPES, T3_FIELDS, render_t4
 
 __all__ = [
     "load_gray", "load_mask", "load_pair", "compute_statistics", "compute_position", "compute_geometry",
@@ -746,7 +746,7 @@ def analyze(image: Any, mask: Any, class_name: str, *, shape: str | None = None,
 def compute_attributes(image: Any, mask: Any, class_name: str, *, shape: str | None = None,
                        direction: str | None = None, distribution: str | None = None,
                        resize_mask: bool = False) -> dict[str, Any]:
-    """The nine T3 fields in the release form (field order = sdx.text.T3_FIELDS, Position [[cell, share], ...])."""
+    """The nine T3 fields in the release form (field order = sdx.data.levels.T3_FIELDS, Position [[cell, share], ...])."""
     return analyze(image, mask, class_name, shape=shape, direction=direction, distribution=distribution,
                    resize_mask=resize_mask)["attributes"]
 
@@ -790,7 +790,7 @@ def _is_image(path: Path) -> bool:
 
 def _canonical_class(name: str) -> str | None:
     """A class name, a file prefix or a case-insensitive class name -> the canonical class name (else None)."""
-    from sdx.text import PREFIX_TO_CLASS
+    from sdx.data.levels import PREFIX_TO_CLASS
     if name in CLASS_NAMES:
         return name
     if name in PREFIX_TO_CLASS:
@@ -801,7 +801,7 @@ def _canonical_class(name: str) -> str | None:
 
 def class_from_prefix(file_name: str) -> str | None:
     """Class of an official file name ``<prefix>_<n>.<ext>``: the longest case-sensitive prefix + "_" match."""
-    from sdx.text import PREFIX_TO_CLASS
+    from sdx.data.levels import PREFIX_TO_CLASS
     hits = [p for p in PREFIX_TO_CLASS if file_name.startswith(p + "_")]
     return PREFIX_TO_CLASS[max(hits, key=len)] if hits else None
 
@@ -944,7 +944,7 @@ def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, o
 
     Labels: ``labels`` CSV (image_name,class_name) if given, else class sub-folders of ``image_dir`` (folder
     name = class name, file prefix or case-insensitive class name), else the file-name prefix (longest
-    case-sensitive ``<prefix>_`` match, sdx.text.PREFIX_TO_CLASS). Masks: ``<mask_dir>/<stem>.png`` (or any
+    case-sensitive ``<prefix>_`` match, sdx.data.levels.PREFIX_TO_CLASS). Masks: ``<mask_dir>/<stem>.png`` (or any
     image extension; in sub-folder mode ``<mask_dir>/<class folder>/<stem>.png`` first).
 
     Images without a mask (``missing_mask``): "keep" writes the record with structured_attributes null and

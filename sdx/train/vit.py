@@ -1,9 +1,9 @@
-"""Vision-only classification on SteelDefectX (train_vit.py's job, benchmark task 1), run by sdx.training's loop.
+"""Vision-only classification on SteelDefectX (train_vit.py's job, benchmark task 1), run by sdx.train.loop's loop.
 
 What it does, top to bottom (`run_vit_training`)
 -----------------------------------------------
-1. Checks before any work: the output dir (`sdx.training.check_output_dir`), the checkpoint to resume from.
-2. Data: ``sdx.dataset.load_steeldefectx(--data_dir, --dataset_config, validation_fraction, classes, ...)``;
+1. Checks before any work: the output dir (`sdx.train.loop.check_output_dir`), the checkpoint to resume from.
+2. Data: ``sdx.data.builder.load_steeldefectx(--data_dir, --dataset_config, validation_fraction, classes, ...)``;
    splits train / validation (stratified carve-out of the official train) / test (the official val split).
    Labels are the dataset's ClassLabel over ALL classes (25 for the release), so the head has one output per class
    even for classes without images. ``--max_train_samples`` / ``--max_eval_samples`` keep the first N examples after
@@ -23,7 +23,7 @@ What it does, top to bottom (`run_vit_training`)
    ``--class_balanced_sampling`` draws each epoch len(train) examples with replacement, each with probability
    proportional to 1 / (its class's training count), from a generator seeded with seed + epoch (identical on every
    process and after a resume).
-5. Training: `sdx.training.run_training` (cross-entropy of the model's head; evaluation on ``validation`` after
+5. Training: `sdx.train.loop.run_training` (cross-entropy of the model's head; evaluation on ``validation`` after
    every epoch; best epoch by validation ``accuracy``; checkpoints, resume, accumulation, precision, tracking).
 6. Test: the best weights evaluated once on ``test``.
 7. Outputs in ``--output_dir``: ``model.safetensors`` + ``config.json`` (id2label = dataset class names) +
@@ -69,8 +69,8 @@ RECIPES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdx.models import MODEL_SIZES, MODEL_TYPES
-    from sdx.training import add_training_args
+    from sdx.models.classifiers import MODEL_SIZES, MODEL_TYPES
+    from sdx.train.loop import add_training_args
 
     p = argparse.ArgumentParser(
         prog="train_vit.py",
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_vit_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from sdx.training import parse_args
+    from sdx.train.loop import parse_args
 
     return parse_args(build_parser(), argv, recipes=RECIPES)
 
@@ -179,7 +179,7 @@ class ImageTransform:
 
     def __init__(self, processor, train: bool, *, random_crop: bool = False, crop_scale=(0.08, 1.0),
                  hflip: bool = False, vflip: bool = False):
-        from sdx.models import processor_image_size
+        from sdx.models.classifiers import processor_image_size
 
         self.processor = processor
         self.train = train
@@ -232,7 +232,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler):
 
 def load_data(args: argparse.Namespace):
     """The DatasetDict of `args` (module docstring, step 2), images and labels only."""
-    from sdx.dataset import load_steeldefectx
+    from sdx.data.builder import load_steeldefectx
 
     overrides: dict[str, Any] = {"validation_fraction": args.validation_fraction, "on_error": args.on_error,
                                  "with_masks": False}
@@ -250,7 +250,7 @@ def load_data(args: argparse.Namespace):
 
 def build_model(args: argparse.Namespace, names: Sequence[str]):
     """(model, processor, origin) for `args`; origin is "pretrained:<path>" or "random-init"."""
-    from sdx.models import apply_lora, build_image_classifier, load_image_classifier, load_or_build_image_processor
+    from sdx.models.classifiers import apply_lora, build_image_classifier, load_image_classifier, load_or_build_image_processor
 
     if args.model_name_or_path:
         model = load_image_classifier(args.model_name_or_path, names,
@@ -377,9 +377,9 @@ def _save_final(args, model, processor, out: Path, origin: str) -> str:
 
 def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train as `args` says (module docstring) and return the results written to all_results.json."""
-    from sdx.dataset import class_names
-    from sdx.models import count_parameters
-    from sdx.training import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
+    from sdx.data.builder import class_names
+    from sdx.models.classifiers import count_parameters
+    from sdx.train.loop import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
                               push_output_dir,
                               resolve_checkpoint, run_training, start_output_dir, write_all_results,
                               write_model_card)

@@ -24,12 +24,12 @@ Task 2, vision-language classification (the Tx-Ty matrix): for each CLIP checkpo
 candidate class whose text embedding is most similar. Candidate classes = classes with at least one image in
 train or test. Class text embedding: T0 = "A photo of steel surface defect: {class}."; T1 = the class
 description; T2/T3/T4 (sample-level) = the re-normalised mean of the class's TRAINING captions at that level
-(empty captions left out; T3 rendered with sdx.text.render_t3). A class without any caption at that level falls
+(empty captions left out; T3 rendered with sdx.data.levels.render_t3). A class without any caption at that level falls
 back to its T1 sentence (counted in ``fallbacks``); a level with no caption in any class is reported as
 unavailable rather than silently equal to T1.
 
 Task 3, zero-/few-shot: zero-shot = Task 2's rule per prompt level. Few-shot for k in ``shots`` x ``seeds``:
-the support set is drawn from train only with the builder's own rule (sdx.dataset.draw_shots on the loaded
+the support set is drawn from train only with the builder's own rule (sdx.data.builder.draw_shots on the loaded
 train split: identical to load_steeldefectx(shots=k, seed=s)["train"], nested across k for one seed; checked
 to be a subset of train and disjoint from validation and test). Two methods:
   * linear probe: multinomial L2 logistic regression on normalised image embeddings (scikit-learn's objective,
@@ -82,7 +82,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sdx import metrics as M
-from sdx.text import (
+from sdx.data.levels import (
     LEVELS,
     normalize_level,
     position_from_records,
@@ -318,7 +318,7 @@ def load_clip_parts(path: str):
     from transformers import AutoModel, AutoTokenizer
 
     try:
-        from sdx.models import load_clip
+        from sdx.models.clip import load_clip
     except ImportError:
         load_clip = None
     processor = None
@@ -505,8 +505,8 @@ def caption_texts(ds, level: str) -> list[str]:
 
 
 def builder_support(train_ds, k: int, seed: int, _memo: dict = {}) -> list[int]:  # noqa: B006 - per-split memo
-    """Rows of ``train_ds`` in the builder's k-shot draw (sdx.dataset.draw_shots; nested across k)."""
-    from sdx.dataset import draw_shots
+    """Rows of ``train_ds`` in the builder's k-shot draw (sdx.data.builder.draw_shots; nested across k)."""
+    from sdx.data.builder import draw_shots
 
     key = train_ds._fingerprint
     if key not in _memo:
@@ -1182,14 +1182,14 @@ def _parse_tasks(text: str) -> list[str]:
 
 def describe_data(data_dir: str, ds) -> dict:
     """What the data is, for the report: synthetic sets are flagged."""
-    from sdx.dataset import build_report
-    from sdx.synthetic import is_synthetic_dir
+    from sdx.data.builder import build_report
+    from sdx.data.synthetic import is_synthetic_dir
 
     info = {"data_dir": data_dir}
     synthetic = is_synthetic_dir(data_dir)
     path = Path(data_dir)
     if synthetic:
-        desc = "synthetic images from sdx.synthetic (NOT SteelDefectX)"
+        desc = "synthetic images from sdx.data.synthetic (NOT SteelDefectX)"
     elif data_dir in ("hub", "None"):
         desc = "the SteelDefectX release from the Hub"
     else:
@@ -1219,8 +1219,8 @@ def run_benchmark(args: argparse.Namespace, argv=None) -> dict:
     if "task1" in tasks and not args.vision_model_name_or_path and args.tasks != "all":
         raise SystemExit("task1 needs --vision_model_name_or_path (an image-classification checkpoint)")
 
-    from sdx.dataset import load_steeldefectx
-    from sdx.report import write_report
+    from sdx.data.builder import load_steeldefectx
+    from sdx.report.markdown import write_report
 
     overrides = {}
     if args.validation_fraction is not None:

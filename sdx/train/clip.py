@@ -1,14 +1,14 @@
-"""CLIP training on SteelDefectX captions (train_clip.py's job), run by the shared loop of sdx.training.
+"""CLIP training on SteelDefectX captions (train_clip.py's job), run by the shared loop of sdx.train.loop.
 
 What it does
 ------------
-1. Data: ``sdx.dataset.load_steeldefectx(--data_dir, caption_level=...)`` (train / validation / test). The training
+1. Data: ``sdx.data.builder.load_steeldefectx(--data_dir, caption_level=...)`` (train / validation / test). The training
    text of an image is its ``caption`` for a fixed level (the dataset's documented fallback for missing fine text
    applies: T2 empty -> T4 -> T1; T3 missing -> T1; T4 missing -> T4 rendered from T3 -> T1). ``--caption_level
    mixed`` draws one of T0..T4 per example per epoch (every time the example is seen), uniformly, from a generator
    seeded with (seed, epoch), the same fallback applied to the drawn level; the draw depends only on
    (seed, epoch, example index), so it is the same for any number of processes and after a resume.
-   T3 is rendered with ``sdx.text.render_t3``. Images are converted to RGB (the release mixes grayscale and RGB)
+   T3 is rendered with ``sdx.data.levels.render_t3``. Images are converted to RGB (the release mixes grayscale and RGB)
    and preprocessed by the model's processor; texts are tokenised with padding and truncation at the model's
    ``max_position_embeddings``. There is no random augmentation, so the train and validation images are
    pre-processed once and kept in memory when they fit in ``--pixel_cache_mb`` (default 1024 MB; e.g. 12 KB per
@@ -22,14 +22,14 @@ What it does
      ``--lora_towers`` (vision, text, both); everything else, the temperature included, frozen.
    * ``adapter``: the paper's CLIP-Adapter: CLIP frozen, a residual MLP on the image features (``--adapter_alpha``
      0.2, ``--adapter_reduction`` 4). With a class-level caption (T0, T1) the objective is the bidirectional
-     cross-entropy of the images against the C class text embeddings (``sdx.losses.class_text_loss``); with
+     cross-entropy of the images against the C class text embeddings (``sdx.train.losses.class_text_loss``); with
      per-image captions (T2, T3, T4, mixed) it is the class-aware contrastive loss between the adapted image
      features and the frozen caption embeddings. When ``--method adapter`` is chosen, the paper's recipe
      (Adam, lr 1e-4, 20 epochs, constant schedule) replaces the trainer's defaults for every flag not given
      explicitly (command line or --config); ``--recipe paper`` sets the same values plus the method.
 4. Loss: ``--loss class_aware`` (default; same-class pairs are positives) or ``infonce``; features gathered across
    processes with gradients; temperature learnable (except for lora/adapter) and clamped to [0, ln 100]
-   (sdx.losses).
+   (sdx.train.losses).
 5. Validation after every epoch: zero-shot classification of the ``validation`` images against the class prompts
    T0 ("A photo of steel surface defect: {class}.") and T1 (the class descriptions). Candidate classes: those with
    at least one image in any split of the loaded dataset (a class declared but without images is not a
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdx import text as T
+from sdx.data import levels as T
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,9 @@ def caption_level_arg(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdx.models import CLIP_PRESETS, LORA_TOWERS
-    from sdx.training import add_training_args
+    from sdx.models.clip import CLIP_PRESETS
+    from sdx.models.clip import LORA_TOWERS
+    from sdx.train.loop import add_training_args
 
     p = argparse.ArgumentParser(
         prog="train_clip.py",
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--on_error", choices=("raise", "skip"), default="raise",
                    help="bad raw items: raise naming the file and field, or skip and count them")
     d.add_argument("--annotate_missing", action="store_true",
-                   help="compute missing T3/T4 from masks (sdx.attributes) instead of falling back to T1")
+                   help="compute missing T3/T4 from masks (sdx.annotate.engine) instead of falling back to T1")
     d.add_argument("--dataset_cache_dir", type=str, default=None, help="datasets cache folder")
     d.add_argument("--pixel_cache_mb", type=float, default=1024,
                    help="pre-process the train and validation images once and keep them in memory when they fit "
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_clip_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from sdx.training import parse_args
+    from sdx.train.loop import parse_args
 
     parser = build_parser()
     args = parse_args(parser, argv, recipes=RECIPES)
@@ -185,7 +186,7 @@ def level_texts(row: Mapping[str, Any]) -> dict[str, str]:
 
 def class_prompts(ds) -> tuple[list[int], list[str], list[str]]:
     """Candidate class ids (classes with at least one image in any split), their T0 prompts and T1 texts."""
-    from sdx.dataset import class_names
+    from sdx.data.builder import class_names
 
     names = class_names(ds)
     t1: dict[int, str] = {}
@@ -344,8 +345,8 @@ class ClipTrainModule(nn.Module):
             self.register_buffer("class_attention_mask", class_text_inputs["attention_mask"], persistent=False)
 
     def forward(self, pixel_values, labels, input_ids=None, attention_mask=None) -> torch.Tensor:
-        from sdx.losses import class_text_loss, contrastive_loss
-        from sdx.models import get_logit_scale, image_features, text_features
+        from sdx.train.losses import class_text_loss, contrastive_loss
+        from sdx.models.clip import get_logit_scale, image_features, text_features
 
         img = image_features(self.clip, pixel_values)
         logit_scale = get_logit_scale(self.clip)
@@ -369,7 +370,7 @@ def _freeze(module: Optional[nn.Module]) -> None:
 
 def build_clip(args, train_split, all_ds) -> tuple[nn.Module, Any, str]:
     """(clip model, processor, origin): loaded or from scratch, before method wrapping."""
-    from sdx.models import build_clip_from_scratch, load_clip
+    from sdx.models.clip import build_clip_from_scratch, load_clip
 
     if args.model_name_or_path:
         model, processor = load_clip(args.model_name_or_path)
@@ -389,7 +390,7 @@ def wrap_method(args, clip: nn.Module, processor, names: Sequence[str], t1_by_id
                 ) -> ClipTrainModule:
     """The trained module for --method (freezing, LoRA or adapter). `names`: every class name (label order);
     `t1_by_id`: class id -> T1 text (classes with images)."""
-    from sdx.models import ClipAdapter, ClipWithAdapter, apply_clip_lora, clip_embed_dim
+    from sdx.models.clip import ClipAdapter, ClipWithAdapter, apply_clip_lora, clip_embed_dim
 
     if args.method == "full":
         if args.freeze_vision_model:
@@ -424,7 +425,7 @@ def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: S
     """Zero-shot accuracy / mAcc (percent) of `loader`'s images against each prompt set (name -> C texts), and
     num_samples (images evaluated, each once across processes: gather_for_metrics drops the padding)."""
     from sdx.metrics import accuracy, mean_class_accuracy
-    from sdx.models import encode_images, encode_text_list
+    from sdx.models.clip import encode_images, encode_text_list
 
     was_training = clip.training
     clip.eval()
@@ -458,7 +459,7 @@ def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: S
 # the job
 # ----------------------------------------------------------------------------------------------------------------
 def _load_data(args):
-    from sdx.dataset import load_steeldefectx
+    from sdx.data.builder import load_steeldefectx
 
     level = "t2" if args.caption_level == "mixed" else args.caption_level
     data_dir = None if str(args.data_dir).lower() == "hub" else args.data_dir
@@ -481,9 +482,9 @@ def _save_final(args, model: ClipTrainModule, processor, out: Path) -> None:
 def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable[[int], None]] = None
                       ) -> dict[str, Any]:
     """Train as `args` says (see the module docstring) and return the results written to all_results.json."""
-    from sdx.dataset import class_names
-    from sdx.synthetic import is_synthetic_dir
-    from sdx.training import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
+    from sdx.data.builder import class_names
+    from sdx.data.synthetic import is_synthetic_dir
+    from sdx.train.loop import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
                               push_output_dir, resolve_checkpoint, run_training, start_output_dir,
                               write_all_results, write_model_card)
 

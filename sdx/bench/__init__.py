@@ -1,0 +1,1 @@
+"""The benchmark: embedding cache, one module per task, the evaluator's command line."""

@@ -1,0 +1,1 @@
+"""Models: image classifiers, CLIP (load, encode, zero-shot, adapters, tokenizer)."""

@@ -1,0 +1,1 @@
+"""Reports: results.json, report.md, plots and the data gallery."""
