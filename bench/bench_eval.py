@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
     from sdx.data.builder import load_steeldefectx
     from sdx.models.classifiers import build_image_classifier, load_or_build_image_processor
     from sdx.models.clip import build_clip_from_scratch
+    from sdx.train.runmeta import RunMetadata
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_eval_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -70,14 +71,15 @@ def main(argv=None) -> dict:
     model, processor = build_clip_from_scratch(args.clip_size, texts, image_size=args.image_size, seed=0)
     model.save_pretrained(clip_dir)
     processor.save_pretrained(clip_dir)
-    (clip_dir / "sdx_training.json").write_text(json.dumps({"sdx_caption_level": "t2", "sdx_origin": "random-init",
-                                                            "sdx_method": "bench"}))
+    RunMetadata(kind="clip", origin="random-init", method="bench", seed=0, data="synthetic",
+                caption_level="t2").write(clip_dir)
     names = ds["train"].features["label"].names
     vit_size = args.image_size or 64
     vit = build_image_classifier("vit", args.vit_size, names, image_size=vit_size, patch_size=8)
     vit.save_pretrained(vit_dir)
     load_or_build_image_processor(None, vit_size)[0].save_pretrained(vit_dir)
-    (vit_dir / "sdx_training.json").write_text(json.dumps({"sdx_origin": "random-init", "sdx_method": "bench"}))
+    RunMetadata(kind="image-classifier", origin="random-init", method="bench", seed=0,
+                data="synthetic").write(vit_dir)
 
     # the images the benchmark encodes: same subsample rule, same support draw
     bench = T.Benchmark(ds, clip_models=[f"t2={clip_dir}"], shots=shots, seeds=seeds, progress=False,
@@ -86,7 +88,7 @@ def main(argv=None) -> dict:
     support_rows = sorted({r for rows in bench.supports().values() for r in rows})
     clip_images = [(test, i) for i in range(len(test.keys))] + [(val, i) for i in range(len(val.keys))] + \
                   [(train, r) for r in support_rows]
-    enc = T.ClipEncoder(str(clip_dir), batch_size=args.batch_size)
+    enc = T.BenchClip(str(clip_dir), batch_size=args.batch_size)
     clf = T.VisionClassifier(str(vit_dir), batch_size=args.batch_size)
     enc.encode_images([test.pil(0)])  # warm-up
     clf.logits([test.pil(0)])

@@ -110,6 +110,8 @@ def run_pipeline(args) -> dict:
     from sdx.data.builder import build_report, format_report, load_steeldefectx
     from sdx.report.markdown import data_gallery
     from sdx.bench.tasks import parse_benchmark_args, run_benchmark
+    from sdx.data.layout import data_source
+    from sdx.data.synthetic import default_dataset_dir
     from sdx.train.vit import parse_vit_args, run_vit_training
 
     s = _settings(args)
@@ -117,13 +119,11 @@ def run_pipeline(args) -> dict:
     if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
         raise SystemExit(f"{out} already holds a run: pass --overwrite_output_dir or choose another --output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = None if args.data_dir == "hub" else args.data_dir
-    if data_dir == "synthetic":  # generated once per size, then cached; every step reads that folder
-        from sdx.data.synthetic import default_dataset_dir
-
+    data_dir = args.data_dir
+    if data_source(data_dir) == "synthetic":  # generated once per size, then cached; every step reads that folder
         n_train, n_val = s["synthetic_size"]
         data_dir = str(default_dataset_dir(train_per_class=n_train, val_per_class=n_val, progress=True))
-    data_arg = [] if data_dir is None else ["--data_dir", str(data_dir)]
+    data_arg = ["--data_dir", str(data_dir)]
     overwrite = ["--overwrite_output_dir"] if args.overwrite_output_dir else []
     levels = [T.normalize_level(lv) for lv in args.clip_levels.split(",") if lv.strip()]
     timings: dict[str, float] = {}
@@ -180,7 +180,7 @@ def run_pipeline(args) -> dict:
 
     t = _step("4/4 benchmark (eval_benchmark.py)")
     bench_dir = out / "bench"
-    bench_argv = [*(["--data_dir", str(data_dir)] if data_dir else ["--data_dir", "hub"]),
+    bench_argv = [*data_arg,
                   "--output_dir", str(bench_dir), "--tasks", args.tasks,
                   "--vision_model_name_or_path", str(vit_dir),
                   "--shots", str(s["shots"] if args.shots is None else args.shots),

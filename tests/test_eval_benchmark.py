@@ -81,7 +81,9 @@ def tiny_clip(out_dir: Path, texts, seed: int = 0, meta: dict | None = None, ada
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     if meta:
-        (Path(out_dir) / "sdx_training.json").write_text(json.dumps(meta))
+        from sdx.train.runmeta import RunMetadata
+
+        RunMetadata(kind="clip", seed=0, data="synthetic", **meta).write(out_dir)
     return out_dir
 
 
@@ -121,8 +123,8 @@ def models(tmp_path_factory, small_ds):
     return {
         "clip_t1": tiny_clip(root / "clip_t1", texts, seed=0),
         "clip_t4": tiny_clip(root / "clip_t4", texts, seed=1, adapter=True,
-                             meta={"sdx_caption_level": "t4", "sdx_origin": "random-init", "sdx_method": "adapter",
-                                   "sdx_exclude_classes": ["Inclusion", "Crazing"]}),
+                             meta={"caption_level": "t4", "origin": "random-init", "method": "adapter",
+                                   "exclude_classes": ["Inclusion", "Crazing"]}),
         "vit": tiny_vit(root / "vit", small_ds["train"].features["label"].names),
     }
 
@@ -199,7 +201,7 @@ def test_all_tasks_end_to_end(full_run, small_ds):
         assert (out / png).stat().st_size > 1000, png
     md = (out / "report.md").read_text()
     assert "96.34" in md and "94.45 / 93.66" in md and "78.96" in md  # paper numbers beside ours
-    assert "random-init" in md and "| T4 | adapter | - |" in md and "seeds [1, 2]" in md
+    assert "random-init" in md and "| T4 | adapter | 0 |" in md and "seeds [1, 2]" in md
     assert res["localization"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
     assert "SYNTHETIC DATA" not in md and "NOT SteelDefectX" not in md  # not the generator's data
 

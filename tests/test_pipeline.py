@@ -29,8 +29,8 @@ def test_demo_pipeline_on_synthetic_data(tmp_path, monkeypatch):
     results = json.loads((out / "bench" / "results.json").read_text())
     assert results["meta"]["data"]["synthetic"] is True
     # the seen-classes CLIP really held its unseen classes out, and task 4 used them
-    meta = json.loads((out / "clip_t1_seen" / "sdx_training.json").read_text())
-    assert meta["sdx_exclude_classes"]
+    meta = json.loads((out / "clip_t1_seen" / "sdx_run.json").read_text())
+    assert meta["exclude_classes"]
     assert "random-init" in report
     assert json.loads((out / "pipeline.json").read_text())["report"] == str(out / "bench" / "report.md")
 

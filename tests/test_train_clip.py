@@ -224,8 +224,8 @@ def test_every_caption_level_trains(tmp_path, data_dir, cache_dir, tiny_clip, le
     assert res["candidate_classes"] == sorted(CLASSES)
     saved = json.loads((out / "all_results.json").read_text())
     assert saved["caption_level"] == level and saved["method"] == "full"
-    meta = json.loads((out / "sdx_training.json").read_text())
-    assert meta["sdx_caption_level"] == level and meta["sdx_origin"] == f"pretrained:{tiny_clip}"
+    meta = json.loads((out / "sdx_run.json").read_text())
+    assert meta["caption_level"] == level and meta["origin"] == f"pretrained:{tiny_clip}"
     card = (out / "README.md").read_text()
     assert f"caption level used for training: **{level.upper()}**" in card and "SYNTHETIC" in card
     assert str(tiny_clip) in card
@@ -255,7 +255,7 @@ def test_from_scratch_runs_are_reproducible(tmp_path, data_dir, cache_dir):
     proc = AutoProcessor.from_pretrained(str(a))
     assert isinstance(proc, CLIPProcessor) and len(proc.tokenizer) <= 700
     assert "random initialisation" in (a / "README.md").read_text()
-    assert json.loads((a / "sdx_training.json").read_text())["sdx_origin"] == "random-init"
+    assert json.loads((a / "sdx_run.json").read_text())["origin"] == "random-init"
 
 
 def test_tokenizer_training_is_deterministic_and_learns_words():
@@ -282,7 +282,7 @@ def test_full_with_frozen_text_tower_tracking_and_push(tmp_path, data_dir, cache
     res, out = _run(tmp_path, "frozen", data_dir, cache_dir, tiny_clip, "--freeze_text_model", "--loss", "infonce",
                     "--with_tracking", "--logging_steps", "1", "--push_to_hub", "--hub_model_id", "me/clip-test")
     assert pushed["dir"] == str(out) and pushed["repo"] == "me/clip-test"
-    assert {"README.md", "all_results.json", "model.safetensors", "sdx_training.json"} <= set(pushed["files"])
+    assert {"README.md", "all_results.json", "model.safetensors", "sdx_run.json"} <= set(pushed["files"])
     assert any((out / "logs").rglob("events.out.tfevents.*"))          # tensorboard tracking
     before, after = _weights(tiny_clip), _weights(out)
     text_keys = [k for k in before if k.startswith(("text_model.", "text_projection"))]

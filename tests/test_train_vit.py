@@ -85,7 +85,7 @@ def test_synthetic_run_outputs(full_run, synthetic_names):
 
     out, res = full_run
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "all_results.json", "README.md",
-                 "per_class_test.json", "per_class_test.md", "confusion_matrix_test.png", "sdx_training.json",
+                 "per_class_test.json", "per_class_test.md", "confusion_matrix_test.png", "sdx_run.json",
                  "run_args.json"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "all_results.json").read_text())
@@ -106,7 +106,7 @@ def test_synthetic_run_outputs(full_run, synthetic_names):
     assert acc == pytest.approx(saved["test_accuracy"], abs=1e-6)
     card = (out / "README.md").read_text()
     assert "test_accuracy" in card and "train_vit.py --data_dir synthetic" in card and "--max_train_steps 6" in card
-    assert json.loads((out / "sdx_training.json").read_text())["sdx_method"] == "full"
+    assert json.loads((out / "sdx_run.json").read_text())["method"] == "full"
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model, full_run):

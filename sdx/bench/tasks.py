@@ -43,7 +43,7 @@ Task 4, zero-shot transfer: (a) external sets given as ``folder`` (one sub-folde
 a JSON {class: description} (default ``folder/class_descriptions.json``): zero-shot with T0 (class-name
 template) and T1 (the description) prompts over the set's classes. (b) cross-class on SteelDefectX: test images
 of the UNSEEN classes are classified among the unseen classes only, per prompt level. Unseen classes come from
-``unseen_classes`` or from the checkpoint's metadata (``sdx_exclude_classes`` / ``sdx_train_classes``); if
+``unseen_classes`` or from the checkpoint's metadata (``exclude_classes`` / ``train_classes`` of its run metadata); if
 neither exists a deterministic fallback (every 4th candidate class, alphabetical, starting at the 2nd) is used
 and the result is flagged ``model_excluded_unseen: false`` (the model may have seen those classes).
 
@@ -62,6 +62,7 @@ test images that have a mask (mask binarised at > 127).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -82,13 +83,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sdx import metrics as M
-from sdx.data.levels import (
-    LEVELS,
-    normalize_level,
-    position_from_records,
-    render_t3,
-    t0_prompt,
-)
+from sdx.data.builder import candidate_classes, class_descriptions
+from sdx.train.runmeta import RUN_META_FILE, RunMetadata
+from sdx.models.clip import ClipEncoder, load_clip_parts, zero_shot_predict
+from sdx.data.levels import LEVELS, normalize_level, row_level_texts, t0_prompt
 
 SAMPLE_LEVELS = ("t2", "t3", "t4")
 CLASS_LEVELS = ("t0", "t1")
@@ -103,7 +101,6 @@ DEFAULT_SEEDS = (1, 2, 3)
 TASKS = ("task1", "task2", "task3", "task4", "retrieval", "localization")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
 CONFIG_SUFFIXES = (".json", ".txt")
-LEVEL_META_KEYS = ("sdx_caption_level", "caption_level", "train_caption_level", "text_level")
 N_OVERLAYS = 4
 
 
@@ -204,31 +201,6 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
 
 
-def _pooled(out) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def read_model_meta(path: str) -> dict:
-    """Training metadata of a checkpoint: config attributes and sdx_*.json / training_args.json files."""
-    meta: dict[str, Any] = {}
-    p = Path(path)
-    if not p.is_dir():
-        return meta
-    cfg_file = p / "config.json"
-    if cfg_file.exists():
-        cfg = json.loads(cfg_file.read_text())
-        meta.update({k: v for k, v in cfg.items() if k.startswith("sdx_") or k in LEVEL_META_KEYS})
-    for f in sorted(p.glob("sdx_*.json")) + [p / "training_args.json", p / "train_config.json"]:
-        if f.exists():
-            try:
-                data = json.loads(f.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{f}: not valid JSON ({err})") from err
-            if isinstance(data, dict):
-                meta.update(data)
-    return meta
-
-
 def _level_or_raw(value) -> str:
     """A canonical level t0..t4, or the value itself (e.g. "mixed") when it is not a single level."""
     try:
@@ -237,70 +209,40 @@ def _level_or_raw(value) -> str:
         return str(value).strip().lower()
 
 
-def _meta_level(meta: dict) -> str | None:
-    for key in LEVEL_META_KEYS:
-        if meta.get(key):
-            return _level_or_raw(meta[key])
-    return None
+def _origin(run: RunMetadata | None) -> str:
+    return run.origin if run else f"unknown (no {RUN_META_FILE} in the checkpoint)"
 
 
-class ClipEncoder:
-    """A CLIP-family checkpoint (local dir or Hub id): image / text embeddings and projected patch tokens."""
+def _describe(model, kind: str, method: str) -> dict:
+    run = model.run
+    return {"name": model.label, "path": model.path, "kind": kind, "origin": _origin(run), "method": method,
+            "seed": run.seed if run else None, "fingerprint": model.fingerprint[:16],
+            "metadata": dataclasses.asdict(run) if run else {}}
+
+
+class BenchClip(ClipEncoder):
+    """A CLIP-family checkpoint in the benchmark: the shared encoder plus its name, training level, metadata and
+    fingerprint (the cache key)."""
 
     def __init__(self, name_or_path: str, *, label: str | None = None, level: str | None = None,
                  batch_size: int = 32, device: str | None = None):
         self.path = str(name_or_path)
+        super().__init__(*load_clip_parts(self.path), device=device)
         self.label = label or Path(self.path).name or self.path
         self.fingerprint = model_fingerprint(self.path)
-        self.meta = read_model_meta(self.path)
-        self.level = _level_or_raw(level) if level else _meta_level(self.meta)
+        self.run = RunMetadata.read(self.path) if Path(self.path).is_dir() else None
+        run_level = self.run.caption_level if self.run else None
+        self.level = _level_or_raw(level or run_level) if (level or run_level) else None
         self.batch_size = batch_size
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.image_processor, self.tokenizer = load_clip_parts(self.path)
-        self.model = self.model.to(self.device).eval()
-        # ClipWithAdapter (sdx.models) wraps a frozen CLIP in .clip with the adapter in .adapter
-        self.base = getattr(self.model, "clip", self.model)
-        self.adapter = getattr(self.model, "adapter", None) if self.base is not self.model else None
-        tc = getattr(self.base.config, "text_config", None)
-        self.max_length = int(min(getattr(tc, "max_position_embeddings", 77) or 77,
-                                  getattr(self.tokenizer, "model_max_length", 77) or 77))
-        self.can_localize = hasattr(self.base, "visual_projection") and hasattr(self.base, "vision_model")
-        origin = self.meta.get("sdx_origin") or self.meta.get("origin")
-        self.origin = str(origin) if origin else "unknown (no sdx_origin in the checkpoint)"
+        self.adapter = getattr(self.model, "adapter", None)
+        self.origin = _origin(self.run)
 
-    @torch.inference_mode()
-    def encode_images(self, images: Sequence[Image.Image], with_patches: bool = False):
-        """(embeddings [B, D] normalised, patch tokens [B, P, D] normalised or None), from ONE forward pass."""
-        pix = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
-        pix = pix.to(self.device)
-        out = self.base.get_image_features(pixel_values=pix)
-        emb = _pooled(out)
-        if self.adapter is not None:
-            emb = self.adapter(emb.float())
-        emb = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
-        patches = None
-        if with_patches:
-            hidden = getattr(out, "last_hidden_state", None)
-            if hidden is None:  # a model returning a bare tensor: one extra vision pass
-                hidden = self.base.vision_model(pixel_values=pix).last_hidden_state
-            vm = self.base.vision_model
-            tokens = self.base.visual_projection(vm.post_layernorm(hidden[:, 1:]))
-            patches = torch.nn.functional.normalize(tokens.float(), dim=-1).cpu().numpy()
-        return emb, patches
-
-    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        tok = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.device)
-        kwargs = {"input_ids": tok["input_ids"], "attention_mask": tok.get("attention_mask")}
-        emb = _pooled(self.model.get_text_features(**kwargs))
-        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+        return super().encode_texts(texts, batch_size=max(self.batch_size, TEXT_BATCH))
 
     def describe(self) -> dict:
-        return {"name": self.label, "path": self.path, "kind": "clip", "train_level": self.level,
-                "origin": self.origin, "method": self.meta.get("sdx_method") or self.meta.get("method")
-                or ("adapter" if self.adapter is not None else "unknown"), "seed": self.meta.get("sdx_seed"),
-                "fingerprint": self.fingerprint[:16], "metadata": self.meta}
+        method = self.run.method if self.run else ("adapter" if self.adapter is not None else "unknown")
+        return dict(_describe(self, "clip", method), train_level=self.level)
 
 
 def _load_image_processor(path: str):
@@ -312,33 +254,6 @@ def _load_image_processor(path: str):
         raise ValueError(f"{path}: no image processor (preprocessor_config.json) found ({err})") from err
 
 
-def load_clip_parts(path: str):
-    """(model, image processor, tokenizer): sdx.models.load_clip (adapter dirs included) when present, else
-    AutoModel + AutoImageProcessor + AutoTokenizer."""
-    from transformers import AutoModel, AutoTokenizer
-
-    try:
-        from sdx.models.clip import load_clip
-    except ImportError:
-        load_clip = None
-    processor = None
-    try:
-        if load_clip is not None:
-            model, processor = load_clip(path)
-        else:
-            model = AutoModel.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: cannot load a CLIP-family model ({err})") from err
-    if not hasattr(model, "get_image_features"):
-        raise ValueError(f"{path}: {type(model).__name__} has no get_image_features; "
-                         "--model_name_or_path needs a CLIP-family checkpoint")
-    image_processor = getattr(processor, "image_processor", None) or _load_image_processor(path)
-    tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is None:
-        tokenizer = processor if hasattr(processor, "batch_decode") else AutoTokenizer.from_pretrained(path)
-    return model, image_processor, tokenizer
-
-
 class VisionClassifier:
     """An image-classification checkpoint (Task 1)."""
 
@@ -348,7 +263,7 @@ class VisionClassifier:
         self.path = str(name_or_path)
         self.label = Path(self.path).name or self.path
         self.fingerprint = model_fingerprint(self.path)
-        self.meta = read_model_meta(self.path)
+        self.run = RunMetadata.read(self.path) if Path(self.path).is_dir() else None
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
@@ -356,8 +271,7 @@ class VisionClassifier:
         except (OSError, ValueError) as err:
             raise ValueError(f"{self.path}: cannot load an image-classification model ({err})") from err
         self.image_processor = _load_image_processor(self.path)
-        origin = self.meta.get("sdx_origin") or self.meta.get("origin")
-        self.origin = str(origin) if origin else "unknown (no sdx_origin in the checkpoint)"
+        self.origin = _origin(self.run)
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -379,9 +293,7 @@ class VisionClassifier:
                          f"the dataset classes {list(class_names)[:5]}...")
 
     def describe(self) -> dict:
-        return {"name": self.label, "path": self.path, "kind": "image-classifier", "origin": self.origin,
-                "method": self.meta.get("sdx_method") or type(self.model).__name__, "seed": self.meta.get("sdx_seed"),
-                "fingerprint": self.fingerprint[:16], "metadata": self.meta}
+        return _describe(self, "image-classifier", self.run.method if self.run else type(self.model).__name__)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -487,21 +399,12 @@ def column(ds, name: str) -> list:
 
 
 def caption_texts(ds, level: str) -> list[str]:
-    """Per-row sample-level caption at ``level`` ("" when missing; T3 rendered)."""
+    """Per-row caption at ``level`` without fallback ("" when missing; T3 rendered, T4 rendered from T3)."""
     level = normalize_level(level)
     if level in ("t0", "t1"):
         return column(ds, level)
-    if level == "t3":
-        out = []
-        for attrs in column(ds, "t3"):
-            if not attrs:
-                out.append("")
-                continue
-            attrs = dict(attrs)
-            attrs["Position"] = position_from_records(attrs.get("Position"))
-            out.append(render_t3(attrs))
-        return out
-    return [t or "" for t in column(ds, level)]
+    rows = ds.select_columns([c for c in ("class_name", "t1", "t2", "t3", "t4") if c in ds.column_names])
+    return [row_level_texts(row)[level] for row in rows]
 
 
 def builder_support(train_ds, k: int, seed: int, _memo: dict = {}) -> list[int]:  # noqa: B006 - per-split memo
@@ -610,7 +513,7 @@ class Benchmark:
         self.max_eval_samples = max_eval_samples
         self._sets: dict[str, ImageSet] = {}
         self._stores: dict[tuple[str, str], ArrayStore] = {}
-        self._encoders: list[ClipEncoder] | None = None
+        self._encoders: list[BenchClip] | None = None
         self._emb_memo: dict[tuple[str, str], np.ndarray] = {}
         self._class_memo: dict[tuple[str, str], tuple] = {}
         self._patch_rows: dict[str, set[int]] = {}  # split -> rows whose patch tokens are needed
@@ -634,8 +537,7 @@ class Benchmark:
     def candidates(self) -> list[int]:
         if self._cands is not None:
             return self._cands
-        present = set(column(self.ds["train"], "label")) | set(self.split("test").labels.tolist())
-        self._cands = sorted(int(c) for c in present)
+        self._cands = candidate_classes(self.ds)
         return self._cands
 
     # ----- cache -------------------------------------------------------------------------------------------------
@@ -654,11 +556,11 @@ class Benchmark:
             d["reused"] += st.reused
         return out
 
-    def encoders(self) -> list[ClipEncoder]:
+    def encoders(self) -> list[BenchClip]:
         if self._encoders is None:
             self._encoders = []
             for spec in self.specs:
-                enc = ClipEncoder(spec.path, label=spec.label, level=spec.level, batch_size=self.batch_size,
+                enc = BenchClip(spec.path, label=spec.label, level=spec.level, batch_size=self.batch_size,
                                   device=self.device)
                 self._encoders.append(enc)
             labels = [e.label for e in self._encoders]
@@ -667,7 +569,7 @@ class Benchmark:
                     e.label = f"{e.label}#{i}"
         return self._encoders
 
-    def image_emb(self, enc: ClipEncoder, iset: ImageSet, rows: Sequence[int] | None = None) -> np.ndarray:
+    def image_emb(self, enc: BenchClip, iset: ImageSet, rows: Sequence[int] | None = None) -> np.ndarray:
         memo = (enc.fingerprint, iset.name) if rows is None else None
         if memo and memo in self._emb_memo:
             return self._emb_memo[memo]
@@ -698,7 +600,7 @@ class Benchmark:
             self._emb_memo[memo] = emb
         return emb
 
-    def patch_tokens(self, enc: ClipEncoder, iset: ImageSet, rows: Sequence[int]) -> np.ndarray:
+    def patch_tokens(self, enc: BenchClip, iset: ImageSet, rows: Sequence[int]) -> np.ndarray:
         keys = [iset.keys[i] for i in rows]
         store = self.store("patch", enc.fingerprint)
 
@@ -712,7 +614,7 @@ class Benchmark:
 
         return store.get(keys, compute).astype(np.float32)
 
-    def text_emb(self, enc: ClipEncoder, texts: Sequence[str]) -> np.ndarray:
+    def text_emb(self, enc: BenchClip, texts: Sequence[str]) -> np.ndarray:
         keys = [sha1(t) for t in texts]
         store = self.store("text", enc.fingerprint)
 
@@ -726,7 +628,7 @@ class Benchmark:
 
         return store.get(keys, compute).astype(np.float32)
 
-    def class_embeddings(self, enc: ClipEncoder, level: str, classes: Sequence[int] | None = None):
+    def class_embeddings(self, enc: BenchClip, level: str, classes: Sequence[int] | None = None):
         """(E [len(classes), D], info) for prompt level ``level``; None when the level has no text at all."""
         level = normalize_level(level)
         classes = list(self.candidates() if classes is None else classes)
@@ -738,18 +640,9 @@ class Benchmark:
             return None, info
         return np.stack([table[c] for c in classes]), info
 
-    def _class_t1(self) -> dict[int, str]:
-        out: dict[int, str] = {}
-        for split in ("train", "validation", "test"):
-            d = self.ds[split]
-            for lab, t in zip(column(d, "label"), column(d, "t1")):
-                if t and int(lab) not in out:
-                    out[int(lab)] = t
-        return out
-
-    def _all_class_embeddings(self, enc: ClipEncoder, level: str):
+    def _all_class_embeddings(self, enc: BenchClip, level: str):
         all_ids = range(len(self.class_names))
-        t1 = self._class_t1()
+        t1 = class_descriptions(self.ds)
         if level == "t0":
             texts = [t0_prompt(self.class_names[c]) for c in all_ids]
             e = self.text_emb(enc, texts)
@@ -792,7 +685,7 @@ class Benchmark:
         if E is None:
             return {"available": False, **info}
         img = self.image_emb(enc, iset) if img is None else img
-        pred = np.asarray(classes)[np.argmax(img @ E.T, axis=1)]
+        pred = zero_shot_predict(img, E, np.asarray(classes))
         out = M.classification_metrics(iset.labels, pred)
         out.update(available=True, text=info.get("source"))
         fb = [c for c in info.get("fallbacks", []) if self.class_names.index(c) in classes]
@@ -939,16 +832,16 @@ class Benchmark:
         return self.split("train")  # never subsampled: support rows index the full train split
 
     # ----- Task 4 ------------------------------------------------------------------------------------------------
-    def unseen(self, enc: ClipEncoder) -> tuple[list[int], bool, str]:
+    def unseen(self, enc: BenchClip) -> tuple[list[int], bool, str]:
         cands = self.candidates()
         if self.unseen_arg:
             unknown = [c for c in self.unseen_arg if c not in self.class_names]
             if unknown:
                 raise ValueError(f"--unseen_classes: unknown class(es) {unknown}")
             ids = sorted(self.class_names.index(c) for c in self.unseen_arg)
-            declared = _declared_unseen(enc.meta, self.class_names)
+            declared = _declared_unseen(enc.run, self.class_names)
             return ids, bool(declared) and set(ids) <= set(declared), "--unseen_classes"
-        declared = [c for c in (_declared_unseen(enc.meta, self.class_names) or []) if c in cands]
+        declared = [c for c in (_declared_unseen(enc.run, self.class_names) or []) if c in cands]
         if declared:  # classes without images never count as "held out"
             return declared, True, "checkpoint metadata"
         return cands[1::4], False, "fallback: every 4th class from the 2nd (model did not declare held-out classes)"
@@ -977,7 +870,7 @@ class Benchmark:
                 one = {"classes": classes, "n_images": len(iset.keys), "fingerprint": iset.fingerprint[:16]}
                 for lv, texts in (("t0", [t0_prompt(c) for c in classes]), ("t1", [desc[c] for c in classes])):
                     E = self.text_emb(enc, texts)
-                    pred = np.argmax(img @ E.T, axis=1)
+                    pred = zero_shot_predict(img, E, np.arange(len(classes)))
                     one[lv] = M.classification_metrics(iset.labels, pred)
                 ext[iset.name] = one
             res["external"] = ext
@@ -1093,11 +986,11 @@ class Benchmark:
         return results
 
 
-def _declared_unseen(meta: dict, class_names: Sequence[str]) -> list[int] | None:
-    if meta.get("sdx_exclude_classes"):
-        return sorted(class_names.index(c) for c in meta["sdx_exclude_classes"] if c in class_names)
-    if meta.get("sdx_train_classes"):
-        seen = set(meta["sdx_train_classes"])
+def _declared_unseen(run: RunMetadata | None, class_names: Sequence[str]) -> list[int] | None:
+    if run and run.exclude_classes:
+        return sorted(class_names.index(c) for c in run.exclude_classes if c in class_names)
+    if run and run.train_classes:
+        seen = set(run.train_classes)
         return [i for i, c in enumerate(class_names) if c not in seen]
     return None
 
@@ -1136,7 +1029,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLIP-family checkpoint (local dir or Hub id) for tasks 2-4, retrieval and localization. "
                         "Repeat it for the Tx-Ty matrix; prefix a level tag (t0..t4 or an alias, e.g. "
                         "'t3=outputs/clip_t3', optionally 't3:name=PATH') to state the caption level the model was "
-                        "trained with; without a tag the level is read from the checkpoint (sdx_caption_level).")
+                        "trained with; without a tag the level is read from the checkpoint's run metadata (sdx_run.json).")
     p.add_argument("--vision_model_name_or_path", default=None, metavar="PATH",
                    help="image-classification checkpoint for Task 1 (config.id2label must name the dataset classes)")
     p.add_argument("--data_dir", default="synthetic",
@@ -1159,7 +1052,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "{class: description} defaults to DIR/class_descriptions.json. Repeatable.")
     p.add_argument("--unseen_classes", default=None,
                    help="Task 4b: comma list of classes held out in training (default: the checkpoint's "
-                        "sdx_exclude_classes / sdx_train_classes, else a flagged fallback)")
+                        "run metadata, else a flagged fallback)")
     p.add_argument("--output_dir", required=True, help="where results.json, report.md and the plots go")
     p.add_argument("--cache_dir", default=None, help="embedding cache (default OUTPUT_DIR/cache)")
     p.add_argument("--batch_size", type=int, default=32, help="encoder batch size")
@@ -1183,6 +1076,7 @@ def _parse_tasks(text: str) -> list[str]:
 def describe_data(data_dir: str, ds) -> dict:
     """What the data is, for the report: synthetic sets are flagged."""
     from sdx.data.builder import build_report
+    from sdx.data.layout import data_source
     from sdx.data.synthetic import is_synthetic_dir
 
     info = {"data_dir": data_dir}
@@ -1190,7 +1084,7 @@ def describe_data(data_dir: str, ds) -> dict:
     path = Path(data_dir)
     if synthetic:
         desc = "synthetic images from sdx.data.synthetic (NOT SteelDefectX)"
-    elif data_dir in ("hub", "None"):
+    elif data_source(data_dir) == "hub":
         desc = "the SteelDefectX release from the Hub"
     else:
         desc = f"images in the SteelDefectX layout from {path.name} (no SYNTHETIC.md marker: not generated data)"
@@ -1225,8 +1119,7 @@ def run_benchmark(args: argparse.Namespace, argv=None) -> dict:
     overrides = {}
     if args.validation_fraction is not None:
         overrides["validation_fraction"] = args.validation_fraction
-    data_dir = None if args.data_dir == "hub" else args.data_dir
-    ds = load_steeldefectx(data_dir, args.dataset_config, cache_dir=args.dataset_cache_dir, **overrides)
+    ds = load_steeldefectx(args.data_dir, args.dataset_config, cache_dir=args.dataset_cache_dir, **overrides)
 
     out = Path(args.output_dir)
     external = []

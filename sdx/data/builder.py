@@ -64,8 +64,7 @@ from sdx.data.layout import (  # noqa: F401  (DataError & co. are part of this m
 
 logger = logging.getLogger(__name__)
 
-CONFIG_LEVELS = {"default": "t1", "t0": "t0", "coarse": "t1", "fine": "t2", "attributes": "t3", "structured": "t4"}
-LEVEL_CONFIGS = {"t0": "t0", "t1": "coarse", "t2": "fine", "t3": "attributes", "t4": "structured"}
+CONFIG_LEVELS, LEVEL_CONFIGS = T.CONFIG_LEVELS, T.LEVEL_CONFIGS
 REPORT_PREFIX = "SteelDefectX build report: "
 _CODE_HASH = hashlib.sha1(b"".join(
     (Path(__file__).parent / name).read_bytes() for name in ("builder.py", "layout.py", "levels.py"))).hexdigest()[:12]
@@ -168,31 +167,23 @@ def resolve_levels(item: Item, class_desc: str, level: str, *, strict: bool, ann
                    report: ScanReport, split: str, source: Path) -> dict:
     """All text levels of one row plus its caption, applying (and counting) the documented fallbacks."""
     rec = item.record
-    t0, t1 = T.t0_prompt(rec["class_name"]), class_desc
-    t2 = rec.get("natural_language_description") or ""
     attrs = rec.get("structured_attributes")
-    t4 = rec.get("template_sentence") or ""
-    computed = False
+    t2 = rec.get("natural_language_description")
     need_fine = level in ("t3", "t4") or (level == "t2" and T.is_missing_text(t2))
     if attrs is None and annotate_missing and item.mask_path is not None and need_fine:
-        attrs, computed = _annotate(item), True
+        attrs = _annotate(item)
         report.notes[split]["T3/T4 computed from the mask"] += 1
-    if T.is_missing_text(t4) and attrs is not None:
-        t4 = T.render_t4(attrs)
-        if not computed:
-            report.notes[split]["T4 rendered from T3"] += 1
-
-    available = {"t0": t0, "t1": t1, "t2": t2, "t3": T.render_t3(attrs) if attrs else "", "t4": t4}
-    caption = available[level]
-    if T.is_missing_text(caption):
+    elif attrs is not None and T.is_missing_text(rec.get("template_sentence")):
+        report.notes[split]["T4 rendered from T3"] += 1
+    texts = T.level_texts(rec["class_name"], class_desc, t2, attrs, rec.get("template_sentence"))
+    caption, used = T.resolve_caption(texts, level)
+    if used != level:
         if strict:
             raise DataError(source, f"{rec['image_name']}.{T.LEVEL_FIELDS.get(level, level)}",
                             f"level {level.upper()} is missing and strict=True")
-        chain = {"t2": ("t4", "t1"), "t3": ("t1",), "t4": ("t1",)}[level]
-        used = next(lv for lv in chain if not T.is_missing_text(available[lv]))
-        caption = available[used]
         report.fallbacks[split][f"{level}->{used}"] += 1
-    return {"t0": t0, "t1": t1, "t2": t2, "t3": _t3_feature(attrs), "t4": t4, "caption": caption}
+    return {"t0": texts["t0"], "t1": texts["t1"], "t2": texts["t2"], "t3": _t3_feature(attrs), "t4": texts["t4"],
+            "caption": caption}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -363,6 +354,29 @@ def build_report(ds: datasets.DatasetDict | datasets.Dataset) -> dict:
 def class_names(ds: datasets.DatasetDict | datasets.Dataset) -> list[str]:
     first = ds[next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds
     return list(first.features["label"].names)
+
+
+def _column(ds: datasets.Dataset, name: str) -> list:
+    return ds.select_columns([name])[:][name]
+
+
+def candidate_classes(ds: datasets.DatasetDict) -> list[int]:
+    """The classes a classifier of ``ds`` chooses among, one rule for training-time validation and the benchmark:
+    every class with at least one image in any split (a class declared without images is never a candidate)."""
+    ids = sorted({int(label) for split in ds.values() for label in _column(split, "label")})
+    if not ids:
+        raise ValueError("the dataset has no images: no class to classify")
+    return ids
+
+
+def class_descriptions(ds: datasets.DatasetDict) -> dict[int, str]:
+    """{class id: its T1 sentence} for the classes with images (the first non-empty ``t1`` over the splits)."""
+    out: dict[int, str] = {}
+    for split in ds.values():
+        for label, text in zip(_column(split, "label"), _column(split, "t1")):
+            if text and int(label) not in out:
+                out[int(label)] = text
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------

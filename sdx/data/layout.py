@@ -66,16 +66,23 @@ class DataSourceError(RuntimeError):
 
 
 
+def data_source(data_dir: str | os.PathLike | None) -> str:
+    """What a ``data_dir`` value names, the one place its special values are decoded: "synthetic" (the embedded
+    generator), "hub" (None, or "hub" when no local folder has that name: the Hub release) or "local"."""
+    if data_dir is None or (str(data_dir) == "hub" and not Path("hub").is_dir()):
+        return "hub"
+    return "synthetic" if str(data_dir) == "synthetic" else "local"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None, hub_repo: str = HUB_REPO) -> Path:
-    """A local folder as given, "synthetic" for the embedded generator, or None (or "hub", when no local folder
-    has that name) for the Hub release."""
-    if data_dir is not None and str(data_dir) == "hub" and not Path("hub").is_dir():
-        data_dir = None
-    if data_dir is not None and str(data_dir) == "synthetic":
+    """The folder a ``data_dir`` value names (see `data_source`); the Hub release is fetched (or read from the
+    huggingface_hub cache) with one clear error when that fails offline."""
+    kind = data_source(data_dir)
+    if kind == "synthetic":
         from sdx.data.synthetic import default_dataset_dir
 
         return Path(default_dataset_dir())
-    if data_dir is not None:
+    if kind == "local":
         path = Path(data_dir).expanduser()
         if not path.is_dir():
             raise DataSourceError(f"data_dir {path} does not exist or is not a folder")

@@ -75,6 +75,14 @@ LEVEL_ALIASES: dict[str, str] = {
 
 T0_TEMPLATE = "A photo of steel surface defect: {}."
 
+# The builder's config names and the level each one puts in the `caption` column.
+CONFIG_LEVELS: dict[str, str] = {"default": "t1", "t0": "t0", "coarse": "t1", "fine": "t2", "attributes": "t3",
+                                 "structured": "t4"}
+LEVEL_CONFIGS: dict[str, str] = {"t0": "t0", "t1": "coarse", "t2": "fine", "t3": "attributes", "t4": "structured"}
+# Where a record lacks a level, its caption is the first non-empty level of this chain (docs/dataset.md).
+FALLBACK_CHAIN: dict[str, tuple[str, ...]] = {"t0": (), "t1": ("t0",), "t2": ("t4", "t1"), "t3": ("t1",),
+                                              "t4": ("t1",)}
+
 # The nine T3 fields, in the release's order.
 T3_FIELDS: tuple[str, ...] = (
     "Defect type",
@@ -152,6 +160,39 @@ def position_to_records(position: Sequence[Sequence[Any]] | None) -> list[dict[s
 
 def position_from_records(records: Sequence[Mapping[str, Any]] | None) -> list[list[Any]]:
     return [[r["cell"], r["share"]] for r in (records or [])]
+
+
+def attributes_from_feature(t3: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A row's ``t3`` feature (Position as [{cell, share}]) in the release form (Position as [[cell, share]])."""
+    if not t3:
+        return None
+    return dict(t3, Position=position_from_records(t3.get("Position")))
+
+
+def level_texts(class_name: str, t1: str | None, t2: str | None, attrs: Mapping[str, Any] | None,
+                t4: str | None) -> dict[str, str]:
+    """The five levels as text, "" where missing: T0 built, T3 rendered, an empty T4 rendered from T3."""
+    t4 = "" if is_missing_text(t4) else str(t4)
+    if not t4 and attrs:
+        t4 = render_t4(attrs)
+    return {"t0": t0_prompt(class_name), "t1": t1 or "", "t2": "" if is_missing_text(t2) else str(t2),
+            "t3": render_t3(attrs) if attrs else "", "t4": t4}
+
+
+def row_level_texts(row: Mapping[str, Any]) -> dict[str, str]:
+    """`level_texts` of one dataset row (columns class_name, t1, t2, t3, t4)."""
+    return level_texts(row["class_name"], row.get("t1"), row.get("t2"), attributes_from_feature(row.get("t3")),
+                       row.get("t4"))
+
+
+def resolve_caption(texts: Mapping[str, str], level: str) -> tuple[str, str]:
+    """(caption, level used): ``texts[level]``, else the first non-empty level of ``FALLBACK_CHAIN[level]``.
+
+    Returns ("", level) when the whole chain is empty."""
+    for candidate in (level, *FALLBACK_CHAIN[level]):
+        if not is_missing_text(texts.get(candidate)):
+            return texts[candidate], candidate
+    return "", level
 
 
 def is_missing_text(value: Any) -> bool:

@@ -25,7 +25,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -125,6 +125,27 @@ def load_clip(model_name_or_path: str, **kwargs):
     return model, processor
 
 
+def load_clip_parts(path: str):
+    """(model, image processor, tokenizer) of a CLIP-family checkpoint: `load_clip` (adapter folders included),
+    with the image processor or tokenizer read on their own where the processor lacks one."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    try:
+        model, processor = load_clip(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: cannot load a CLIP-family model ({err})") from err
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: no image processor (preprocessor_config.json) found ({err})") from err
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        tokenizer = processor if hasattr(processor, "batch_decode") else AutoTokenizer.from_pretrained(path)
+    return model, image_processor, tokenizer
+
+
 def _embedding_from_output(out: Any, kind: str) -> torch.Tensor:
     if torch.is_tensor(out):
         return out
@@ -160,16 +181,88 @@ def encode_texts(model, input_ids: torch.Tensor, attention_mask: Optional[torch.
     return torch.nn.functional.normalize(text_features(model, input_ids, attention_mask).float(), dim=-1)
 
 
+def text_max_length(model, tokenizer) -> int:
+    """Tokens a text may hold: the model's text positions, or the tokenizer's limit when that is lower."""
+    cfg = getattr(getattr(model, "config", None), "text_config", None)
+    limits = [getattr(cfg, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(v) for v in limits if v and v < 10 ** 6]
+    return min(limits) if limits else 77
+
+
 @torch.no_grad()
-def encode_text_list(model, tokenizer, texts: list[str], batch_size: int = 64, device=None) -> torch.Tensor:
-    """Normalised embeddings of a list of strings (tokenised with padding and truncation), (len(texts), D)."""
+def encode_text_list(model, tokenizer, texts: Sequence[str], batch_size: int = 64, device=None,
+                     max_length: Optional[int] = None) -> torch.Tensor:
+    """Normalised embeddings of a list of strings (padding, truncation at ``max_length`` or the model's limit),
+    (len(texts), D)."""
     device = device or next(model.parameters()).device
+    max_length = max_length or text_max_length(model, tokenizer)
     out = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                        return_tensors="pt")
+                        max_length=max_length, return_tensors="pt")
         out.append(encode_texts(model, enc["input_ids"].to(device), enc["attention_mask"].to(device)))
     return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def encode_images_and_patches(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised image embeddings [B, D], normalised projected patch tokens [B, P, D]) from one vision pass.
+
+    Patch tokens: the vision tower's last hidden state without the CLS token, through post_layernorm and
+    visual_projection (the CLIP-style models of transformers); the adapter of a ClipWithAdapter acts on the
+    pooled embedding only."""
+    base = getattr(model, "clip", model)
+    if not (hasattr(base, "vision_model") and hasattr(base, "visual_projection")):
+        raise TypeError(f"{type(base).__name__} has no vision_model / visual_projection: no patch tokens")
+    out = base.get_image_features(pixel_values=pixel_values)
+    emb = _embedding_from_output(out, "image")
+    hidden = getattr(out, "last_hidden_state", None)
+    if hidden is None:  # a model returning a bare tensor: one extra vision pass
+        hidden = base.vision_model(pixel_values=pixel_values).last_hidden_state
+    if base is not model:
+        emb = model.adapter(emb.float())
+    tokens = base.visual_projection(base.vision_model.post_layernorm(hidden[:, 1:]))
+    return (torch.nn.functional.normalize(emb.float(), dim=-1),
+            torch.nn.functional.normalize(tokens.float(), dim=-1))
+
+
+def zero_shot_predict(image_emb, class_emb, class_ids):
+    """Zero-shot classification, the one rule of training-time validation and the benchmark: each image gets the
+    id of the class whose text embedding is most similar (both L2-normalised). Works on torch tensors and numpy
+    arrays alike (``class_ids`` of the same kind); ties go to the first class in ``class_ids`` order."""
+    return class_ids[(image_emb @ class_emb.T).argmax(1)]
+
+
+class ClipEncoder:
+    """A loaded CLIP-family model with its image processor and tokenizer, encoding PIL images and strings to
+    normalised numpy embeddings with the functions above (the evaluator's and the tools' view of a CLIP)."""
+
+    def __init__(self, model, image_processor, tokenizer, device=None, max_length: Optional[int] = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+        self.base = getattr(model, "clip", model)
+        self.max_length = int(max_length or text_max_length(self.base, tokenizer))
+        self.can_localize = hasattr(self.base, "visual_projection") and hasattr(self.base, "vision_model")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device=None, max_length: Optional[int] = None) -> "ClipEncoder":
+        return cls(*load_clip_parts(name_or_path), device=device, max_length=max_length)
+
+    @torch.inference_mode()
+    def encode_images(self, images, with_patches: bool = False):
+        """(embeddings [B, D], patch tokens [B, P, D] or None) of PIL images (converted to RGB)."""
+        pix = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        pix = pix.to(self.device)
+        if with_patches:
+            emb, patches = encode_images_and_patches(self.model, pix)
+            return emb.cpu().numpy(), patches.cpu().numpy()
+        return encode_images(self.model, pix).cpu().numpy(), None
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 128):
+        return encode_text_list(self.model, self.tokenizer, list(texts), batch_size=batch_size, device=self.device,
+                                max_length=self.max_length).cpu().numpy()
 
 
 def get_logit_scale(model) -> torch.Tensor:

@@ -38,8 +38,9 @@ What it does
    end; the final model is evaluated the same way on validation and test (the official val split).
 6. Outputs in ``--output_dir``: the model (``save_pretrained``; LoRA merged into a plain CLIPModel, the LoRA
    weights alone in ``lora/``; for the adapter, the frozen CLIP plus ``clip_adapter_config.json`` and
-   ``clip_adapter.safetensors``), the processor (tokenizer + image processor), ``sdx_training.json`` (caption
-   level, method, origin, classes, seed, data; read by the evaluator), ``all_results.json``, a model card
+   ``clip_adapter.safetensors``), the processor (tokenizer + image processor), ``sdx_run.json`` (the
+   run-metadata record of sdx.train.runmeta: caption level, method, origin, classes, seed, data; read by the
+   evaluator), ``all_results.json``, a model card
    (README.md) stating the caption level, the method and the initial weights, and optionally a Hub push.
 """
 
@@ -65,9 +66,6 @@ EVAL_METRICS = ("t0_accuracy", "t0_macc", "t1_accuracy", "t1_macc")
 PAPER_ADAPTER_RECIPE = {"optimizer": "adam", "learning_rate": 1e-4, "num_train_epochs": 20,
                         "lr_scheduler_type": "constant"}
 RECIPES = {"paper": dict(PAPER_ADAPTER_RECIPE, method="adapter")}
-FALLBACK_CHAIN = {"t2": ("t4", "t1"), "t3": ("t1",), "t4": ("t1",)}
-META_FILE = "sdx_training.json"
-LEVEL_CONFIG_NAMES = {"t0": "t0", "t1": "coarse", "t2": "fine", "t3": "attributes", "t4": "structured"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -169,34 +167,16 @@ def parse_clip_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------
 def level_texts(row: Mapping[str, Any]) -> dict[str, str]:
     """T0..T4 of one dataset row with the dataset's fallback chain applied (T3 rendered as text)."""
-    t3 = row.get("t3")
-    out = {"t0": row.get("t0") or T.t0_prompt(row["class_name"]), "t1": row.get("t1") or "",
-           "t2": row.get("t2") or "", "t4": row.get("t4") or "",
-           "t3": T.render_t3(dict(t3, Position=T.position_from_records(t3.get("Position")))) if t3 else ""}
-    if T.is_missing_text(out["t4"]) and t3:
-        out["t4"] = T.render_t4(dict(t3, Position=T.position_from_records(t3.get("Position"))))
-    resolved = dict(out)
-    for level, chain in FALLBACK_CHAIN.items():
-        if T.is_missing_text(resolved[level]):
-            resolved[level] = next((out[lv] for lv in chain if not T.is_missing_text(out[lv])), out["t1"])
-    if T.is_missing_text(resolved["t1"]):
-        resolved["t1"] = resolved["t0"]
-    return resolved
+    texts = T.row_level_texts(row)
+    return {level: T.resolve_caption(texts, level)[0] for level in T.LEVELS}
 
 
 def class_prompts(ds) -> tuple[list[int], list[str], list[str]]:
-    """Candidate class ids (classes with at least one image in any split), their T0 prompts and T1 texts."""
-    from sdx.data.builder import class_names
+    """Candidate class ids (`sdx.data.builder.candidate_classes`), their T0 prompts and T1 texts."""
+    from sdx.data.builder import candidate_classes, class_descriptions, class_names
 
-    names = class_names(ds)
-    t1: dict[int, str] = {}
-    for split in ds:
-        for label, desc in zip(ds[split]["label"], ds[split]["t1"]):
-            t1.setdefault(int(label), desc)
-    ids = sorted(t1)
-    if not ids:
-        raise ValueError("the dataset has no images: no class to classify")
-    return ids, [T.t0_prompt(names[i]) for i in ids], [t1[i] or T.t0_prompt(names[i]) for i in ids]
+    names, ids, t1 = class_names(ds), candidate_classes(ds), class_descriptions(ds)
+    return ids, [T.t0_prompt(names[i]) for i in ids], [t1.get(i) or T.t0_prompt(names[i]) for i in ids]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -425,7 +405,7 @@ def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: S
     """Zero-shot accuracy / mAcc (percent) of `loader`'s images against each prompt set (name -> C texts), and
     num_samples (images evaluated, each once across processes: gather_for_metrics drops the padding)."""
     from sdx.metrics import accuracy, mean_class_accuracy
-    from sdx.models.clip import encode_images, encode_text_list
+    from sdx.models.clip import encode_images, encode_text_list, zero_shot_predict
 
     was_training = clip.training
     clip.eval()
@@ -440,7 +420,7 @@ def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: S
         with accelerator.autocast():
             img = encode_images(clip, batch["pixel_values"].to(device))
         for name, emb in text_embs.items():
-            pred = class_ids_t[(img @ emb.t()).argmax(dim=1)]
+            pred = zero_shot_predict(img, emb, class_ids_t)
             preds[name].append(accelerator.gather_for_metrics(pred))
         labels.append(accelerator.gather_for_metrics(batch["labels"].to(device)))
     if was_training:
@@ -462,8 +442,7 @@ def _load_data(args):
     from sdx.data.builder import load_steeldefectx
 
     level = "t2" if args.caption_level == "mixed" else args.caption_level
-    data_dir = None if str(args.data_dir).lower() == "hub" else args.data_dir
-    return load_steeldefectx(data_dir, caption_level=level, validation_fraction=args.validation_fraction,
+    return load_steeldefectx(args.data_dir, caption_level=level, validation_fraction=args.validation_fraction,
                              shots=args.shots, seed=args.seed, classes=args.classes,
                              exclude_classes=args.exclude_classes, on_error=args.on_error,
                              annotate_missing=args.annotate_missing, cache_dir=args.dataset_cache_dir)
@@ -484,6 +463,7 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
     """Train as `args` says (see the module docstring) and return the results written to all_results.json."""
     from sdx.data.builder import class_names
     from sdx.data.synthetic import is_synthetic_dir
+    from sdx.train.runmeta import RunMetadata
     from sdx.train.loop import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
                               push_output_dir, resolve_checkpoint, run_training, start_output_dir,
                               write_all_results, write_model_card)
@@ -554,13 +534,13 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
                                        class_ids, prompts).items():
                 metrics[f"{name}_{k}"] = v
     summary = result.summary()
-    meta = {"sdx_caption_level": args.caption_level, "sdx_method": args.method, "sdx_origin": origin,
-            "sdx_loss": args.loss, "sdx_seed": args.seed, "sdx_data": str(args.data_dir),
-            "sdx_train_classes": sorted({names[i] for i in set(train_set.labels)}),
-            "sdx_exclude_classes": list(args.exclude_classes or []),
-            "sdx_lora_towers": args.lora_towers if args.method == "lora" else None,
-            "sdx_freeze": [t for t, f in (("vision", args.freeze_vision_model), ("text", args.freeze_text_model))
-                           if f]}
+    frozen = [t for t, f in (("vision", args.freeze_vision_model), ("text", args.freeze_text_model)) if f]
+    meta = RunMetadata(kind="clip", origin=origin, method=args.method, seed=args.seed, data=str(args.data_dir),
+                       synthetic=is_synthetic_dir(args.data_dir), caption_level=args.caption_level, loss=args.loss,
+                       train_classes=sorted({names[i] for i in set(train_set.labels)}),
+                       exclude_classes=list(args.exclude_classes or []), select_metric=args.metric_for_best_model,
+                       details={"lora_towers": args.lora_towers if args.method == "lora" else None,
+                                "frozen": frozen})
     results = {**metrics, **{f"train_{k}" if not k.startswith("train") else k: v for k, v in summary.items()
                              if k != "history"},
                "history": summary.get("history"), "caption_level": args.caption_level, "method": args.method,
@@ -572,10 +552,10 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _save_final(args, model, processor, out)
-        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        meta.write(out)
         write_all_results(out, results)
         method_text = {"full": "full contrastive fine-tuning" + (
-            f" (frozen: {', '.join(meta['sdx_freeze'])})" if meta["sdx_freeze"] else ""),
+            f" (frozen: {', '.join(frozen)})" if frozen else ""),
             "lora": f"LoRA (r={args.lora_r}, alpha={args.lora_alpha}) on the {args.lora_towers} tower(s)",
             "adapter": f"CLIP-Adapter (alpha={args.adapter_alpha}, reduction={args.adapter_reduction}) on a "
                        "frozen CLIP"}[args.method]
@@ -586,7 +566,7 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
             out, model_name=out.resolve().name, task="zero-shot-image-classification",
             base_model=args.model_name_or_path, init="pretrained" if args.model_name_or_path else "random",
             dataset={"name": "SteelDefectX", "data_dir": str(args.data_dir),
-                     "config": LEVEL_CONFIG_NAMES.get(args.caption_level, "mixed"),
+                     "config": T.LEVEL_CONFIGS.get(args.caption_level, "mixed"),
                      "caption_level": args.caption_level, "splits": results["splits"],
                      "synthetic": is_synthetic_dir(args.data_dir)},
             metrics={k: v for k, v in metrics.items() if not k.endswith("num_samples")},

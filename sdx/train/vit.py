@@ -29,8 +29,8 @@ What it does, top to bottom (`run_vit_training`)
 7. Outputs in ``--output_dir``: ``model.safetensors`` + ``config.json`` (id2label = dataset class names) +
    the processor (or, for LoRA without --merge_lora on a pretrained base, the adapter; a random base is always saved
    merged because no checkpoint to refer to exists), ``all_results.json``, ``per_class_test.json`` (and .md),
-   ``confusion_matrix_test.png``, ``sdx_training.json`` (sdx_origin, sdx_method, sdx_seed, sdx_data for
-   eval_benchmark.py), ``README.md`` (model card); ``--push_to_hub`` uploads the folder.
+   ``confusion_matrix_test.png``, ``sdx_run.json`` (the run-metadata record of
+   sdx.train.runmeta, read by eval_benchmark.py), ``README.md`` (model card); ``--push_to_hub`` uploads the folder.
 
 Metrics (sdx.metrics, in percent): accuracy (Acc), mean_class_accuracy (the paper's mAcc: mean per-class recall over
 the classes present in the split), macro_f1; evaluation predictions are gathered with
@@ -55,7 +55,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-META_FILE = "sdx_training.json"
 RECIPES = {
     "paper": {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "learning_rate": 0.1,
               "lr_scheduler_type": "step", "lr_step_epochs": 30, "lr_gamma": 0.1, "num_train_epochs": 100,
@@ -378,7 +377,9 @@ def _save_final(args, model, processor, out: Path, origin: str) -> str:
 def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train as `args` says (module docstring) and return the results written to all_results.json."""
     from sdx.data.builder import class_names
+    from sdx.data.synthetic import is_synthetic_dir
     from sdx.models.classifiers import count_parameters
+    from sdx.train.runmeta import RunMetadata
     from sdx.train.loop import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
                               push_output_dir,
                               resolve_checkpoint, run_training, start_output_dir, write_all_results,
@@ -463,11 +464,12 @@ def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], No
             save_confusion_png(out / "confusion_matrix_test.png", y, p, names,
                                f"test confusion (Acc {results['test_accuracy']:.2f}, "
                                f"mAcc {results['test_mean_class_accuracy']:.2f})")
-        meta = {"sdx_origin": origin, "sdx_method": results["method"], "sdx_seed": args.seed,
-                "sdx_data": str(args.data_dir), "sdx_dataset_config": args.dataset_config,
-                "sdx_train_classes": sorted({names[i] for i in set(splits["train"]["label"])}),
-                "sdx_exclude_classes": list(args.exclude_classes or [])}
-        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        RunMetadata(kind="image-classifier", origin=origin, method=results["method"], seed=args.seed,
+                    data=str(args.data_dir), synthetic=is_synthetic_dir(args.data_dir),
+                    dataset_config=args.dataset_config,
+                    train_classes=sorted({names[i] for i in set(splits["train"]["label"])}),
+                    exclude_classes=list(args.exclude_classes or []),
+                    select_metric=args.metric_for_best_model).write(out)
         write_all_results(out, results)
         metric_keys = ("accuracy", "mean_class_accuracy", "macro_f1", "num_samples")
         write_model_card(
