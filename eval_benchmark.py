@@ -6,14 +6,7 @@ option, and docs/benchmark.md explains the protocols and how to read the report.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from sdx.bench.tasks import parse_benchmark_args, run_benchmark
-
-    return run_benchmark(parse_benchmark_args(argv), argv)
-
+from sdx.bench.tasks import main
 
 if __name__ == "__main__":
     main()

@@ -13,15 +13,7 @@ outputs). Examples::
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Optional, Sequence
-
-
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    from sdx.train.clip import parse_clip_args, run_clip_training
-
-    return run_clip_training(parse_clip_args(argv))
-
+from sdx.train.clip import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -19,14 +19,7 @@ those module docstrings for every rule. Examples::
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from sdx.train.vit import parse_vit_args, run_vit_training
-
-    return run_vit_training(parse_vit_args(argv))
-
+from sdx.train.vit import main
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sdx.data.builder import load_steeldefectx  # noqa: E402
-from sdx.report.markdown import data_gallery  # noqa: E402
+from sdx.report.gallery import data_gallery  # noqa: E402
 
 
 def main(argv=None) -> Path:

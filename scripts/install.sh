@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up SteelDefectX in ./.venv. On a machine without an NVIDIA GPU it installs the CPU build of torch first,
-# so `pip install -r requirements.txt` never pulls a multi-GB CUDA build. Safe to run again (it is quick then).
+# so installing the package (pip install -e ".[test]") never pulls a multi-GB CUDA build. Safe to run again (it is quick then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,5 +19,5 @@ if ! python -c "import torch" 2>/dev/null; then
       || python -m pip install -q "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-python -m pip install -q -r requirements.txt
+python -m pip install -q -e ".[test]"
 python -c "import torch, datasets, transformers, accelerate, peft; print(f'[install] ready: torch {torch.__version__}, datasets {datasets.__version__}, transformers {transformers.__version__}, accelerate {accelerate.__version__}, peft {peft.__version__}')"

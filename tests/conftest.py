@@ -1,15 +1,12 @@
-"""Shared test fixtures: paths to the real data beside the repository, and the repo root on sys.path."""
+"""Shared test fixtures: paths to the real data beside the repository (the package is installed editable)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 REAL_SUBSET = SHARED_DATA / "steeldefectx-real-subset"

@@ -1142,3 +1142,8 @@ def run_benchmark(args: argparse.Namespace, argv=None) -> dict:
     results["meta"]["outputs"] = paths
     print(f"wrote {paths['report']} and {paths['results']} ({len(paths['plots'])} plots)")
     return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """eval_benchmark.py: parse the arguments and run the benchmark."""
+    return run_benchmark(parse_benchmark_args(argv), argv)

@@ -10,8 +10,6 @@
 - PNGs: ``confusion_task1.png`` (row-normalised), ``kshot_curve.png`` (mean +- std over seeds per k),
   ``txty_heatmap_<metric>.png`` (Task 2), ``localization_<model>.png`` (image, mask, score map overlay).
 
-``data_gallery(ds, png)`` (written by the lead) draws a few images with their masks and every text level T0-T4.
-
 Paper numbers are the paper's models on the full SteelDefectX val split; ours are whatever checkpoint was given,
 so a side-by-side is a reference point, not a like-for-like comparison unless the model and data match.
 """
@@ -19,15 +17,15 @@ so a side-by-side is a reference point, not a like-for-like comparison unless th
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
+
+from sdx.report.plots import plot_confusion, plot_kshot, plot_overlays, plot_txty
 
 # The paper's numbers (reference section 3); "approx" marks values read off a figure.
 PAPER = {
@@ -75,138 +73,6 @@ def _slug(name: str) -> str:
 
 def data_is_synthetic(data: dict) -> bool:
     return bool(data.get("synthetic"))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# plots
-# ---------------------------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_confusion(conf: dict, path: Path, title: str) -> Path:
-    plt = _plt()
-    m = np.asarray(conf["matrix"], dtype=float)
-    norm = m / np.clip(m.sum(axis=1, keepdims=True), 1, None)
-    n = len(conf["labels"])
-    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), conf["labels"], rotation=90, fontsize=7)
-    ax.set_yticks(range(n), conf["labels"], fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.04, label="row share")
-    ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.3, bottom=0.3, right=0.95, top=0.92)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_kshot(task3: dict, path: Path, title: str) -> Path | None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    drawn = False
-    for model, res in task3.items():
-        for method, per_k in (res.get("few_shot") or {}).items():
-            ks = sorted(int(k) for k in per_k)
-            if not ks:
-                continue
-            mean = np.array([per_k[str(k)]["acc_mean"] for k in ks])
-            std = np.array([per_k[str(k)]["acc_std"] for k in ks])
-            ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=f"{model}: {method}")
-            drawn = True
-        zs = (res.get("zero_shot") or {}).get("t0", {})
-        if zs.get("available"):
-            ax.axhline(zs["acc"], ls="--", lw=1, color="grey", label=f"{model}: zero-shot T0")
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("shots per class (k)")
-    ax.set_ylabel("test Acc (%)  mean +- std over seeds")
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.12, bottom=0.12, right=0.97, top=0.92)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_txty(task2: dict, path: Path, metric: str, title: str) -> Path | None:
-    plt = _plt()
-    rows = task2.get("rows") or []
-    levels = task2.get("test_levels") or []
-    if not rows or not levels:
-        return None
-    m = np.full((len(rows), len(levels)), np.nan)
-    for i, r in enumerate(rows):
-        for j, lv in enumerate(levels):
-            cell = r["results"].get(lv, {})
-            if cell.get("available"):
-                m[i, j] = cell[metric]
-    fig, ax = plt.subplots(figsize=(1.5 + 1.0 * len(levels), 1.2 + 0.6 * len(rows)))
-    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=100)
-    ax.set_xticks(range(len(levels)), [f"T{lv[1]}" for lv in levels])
-    ax.set_yticks(range(len(rows)), [f"{r['model']} (train {r['train_level'].upper()})" for r in rows], fontsize=7)
-    ax.set_xlabel("prompt level at test (Ty)")
-    for i in range(len(rows)):
-        for j in range(len(levels)):
-            ax.text(j, i, "n/a" if np.isnan(m[i, j]) else f"{m[i, j]:.1f}", ha="center", va="center",
-                    fontsize=7, color="black" if np.isnan(m[i, j]) or m[i, j] > 60 else "white")
-    fig.colorbar(im, ax=ax, fraction=0.04, label=f"{metric} (%)")
-    ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.4, bottom=0.2, right=0.95, top=0.88)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_overlays(items: list, path: Path, title: str) -> Path | None:
-    """items: (image name, PIL image, score map [H, W], binary mask [H, W]) -> one PNG, a row per image:
-    image | mask | image blended with the min-max scaled score map (jet) and the mask outline in white.
-    Drawn with numpy + PIL (a matplotlib figure of this size costs seconds)."""
-    if not items:
-        return None
-    from matplotlib import colormaps
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    jet = colormaps["jet"]
-    rows = []
-    for name, im, score, mask in items:
-        h, w = mask.shape
-        img = np.asarray(im.convert("RGB").resize((w, h)), dtype=np.float32)
-        sc = (score - score.min()) / max(float(np.ptp(score)), 1e-12)
-        heat = jet(sc)[..., :3] * 255.0
-        blend = 0.5 * img + 0.5 * heat
-        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
-        blend[edge] = 255.0
-        m = np.repeat(mask[..., None].astype(np.float32) * 255.0, 3, axis=2)
-        row = np.concatenate([img, np.full((h, 4, 3), 255.0), m, np.full((h, 4, 3), 255.0), blend], axis=1)
-        label = np.full((14, row.shape[1], 3), 255.0)
-        rows.append(np.concatenate([label, row], axis=0).astype(np.uint8))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    canvas = PILImage.fromarray(np.concatenate([np.full((16, width, 3), 255, np.uint8)] + rows, axis=0))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((2, 2), title, fill=(0, 0, 0))
-    y = 16
-    for (name, _, _, mask), r in zip(items, rows):
-        draw.text((2, y + 1), f"{name}: image | mask (> 127) | text-patch score", fill=(0, 0, 0))
-        y += r.shape[0]
-    canvas.save(path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -453,75 +319,4 @@ def _versions() -> dict:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Data gallery: images, masks and every text level, for the README and the pipeline
-
-def data_gallery(ds, out_png: str | os.PathLike, *, split: str = "test", n_rows: int = 8, seed: int = 0,
-                 title: str | None = None, dpi: int = 110) -> Path:
-    """Draw ``n_rows`` images of different classes (those with a mask first) with their mask outlined and
-    their text at every level T0-T4, marking the levels the record lacks. ``ds``: a DatasetDict or Dataset
-    from sdx.data.builder.load_steeldefectx."""
-    import textwrap
-
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from scipy import ndimage
-
-    from sdx.data import levels as T
-
-    data = ds[split] if hasattr(ds, "keys") else ds
-    raw = data.cast_column("mask", datasets.Image(decode=False)) if "mask" in data.column_names else data
-    has_mask = [m is not None for m in raw["mask"]]
-    classes = list(raw["class_name"])
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(classes))
-    picked, seen = [], set()
-    for want_mask in (True, False):  # one image per class, images with a mask first
-        for i in order:
-            if len(picked) == n_rows:
-                break
-            if has_mask[i] == want_mask and classes[i] not in seen:
-                picked.append(int(i))
-                seen.add(classes[i])
-    picked.sort(key=lambda i: classes[i])
-    fig, axes = plt.subplots(len(picked), 3, figsize=(15, 2.9 * len(picked)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 3.6]})
-    for row, i in zip(axes, picked):
-        ex = data[i]
-        img = np.asarray(ex["image"].convert("L"))
-        row[0].imshow(img, cmap="gray", vmin=0, vmax=255)
-        row[0].set_title(f"{ex['class_name']}\n{ex['image_name']}", fontsize=9)
-        row[1].imshow(img, cmap="gray", vmin=0, vmax=255)
-        if ex["mask"] is not None:
-            m = np.asarray(ex["mask"].convert("L")) > 127
-            edge = m & ~ndimage.binary_erosion(m, iterations=2)
-            overlay = np.zeros((*m.shape, 4))
-            overlay[m] = (1, 0.2, 0.2, 0.25)
-            overlay[edge] = (1, 0, 0, 1)
-            row[1].imshow(overlay)
-            row[1].set_title("mask (> 127)", fontsize=9)
-        else:
-            row[1].set_title("no mask in the release", fontsize=9)
-        attrs = ex["t3"]
-        lines = [("T0", ex["t0"]), ("T1", ex["t1"]),
-                 ("T2", ex["t2"] or "(none in this release)"),
-                 ("T3", T.render_t3({**attrs, "Position": T.position_from_records(attrs["Position"])})
-                  if attrs else "(none in this release)"),
-                 ("T4", ex["t4"] or "(none in this release)")]
-        body = "\n".join(textwrap.fill(f"{lv}: {txt}", 120, subsequent_indent="      ") for lv, txt in lines)
-        row[2].text(0.0, 1.0, body, va="top", ha="left", fontsize=7.5, family="monospace", wrap=False)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        row[2].axis("off")
-    fig.suptitle(title or f"SteelDefectX {split} split: images, masks and text levels T0-T4", fontsize=11)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
     return out

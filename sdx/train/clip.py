@@ -47,7 +47,6 @@ What it does
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -587,3 +586,8 @@ def run_clip_training(args: argparse.Namespace, step_callback: Optional[Callable
             push_output_dir(out, args.hub_model_id, token=args.hub_token, private=args.hub_private)
     accelerator.wait_for_everyone()
     return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """train_clip.py: parse the arguments and train."""
+    return run_clip_training(parse_clip_args(argv))

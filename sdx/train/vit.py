@@ -311,38 +311,6 @@ def classification_scores(y: np.ndarray, p: np.ndarray, loss: float | None = Non
     return out
 
 
-def save_confusion_png(path: Path, y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str) -> list[int]:
-    """Confusion matrix (rows true, columns predicted, counts; cells coloured by row share) over the classes that
-    occur as a label or a prediction. Returns the class ids shown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sdx import metrics as M
-
-    ids = sorted(set(np.unique(y).tolist()) | set(np.unique(p).tolist()))
-    cm = M.confusion(y, p, ids)
-    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = len(ids)
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * n + 3), max(4, 0.5 * n + 2)))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), [names[i] for i in ids], rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), [names[i] for i in ids], fontsize=8)
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return ids
-
-
 def _per_class_markdown(rows: list[dict]) -> str:
     lines = ["| class | support | correct | recall % | precision % | F1 % |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -379,6 +347,8 @@ def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], No
     from sdx.data.builder import class_names
     from sdx.data.synthetic import is_synthetic_dir
     from sdx.models.classifiers import count_parameters
+    from sdx import metrics as M
+    from sdx.report.plots import plot_confusion
     from sdx.train.runmeta import RunMetadata
     from sdx.train.loop import (check_output_dir, create_optimizer, limit_samples, load_best, make_accelerator,
                               push_output_dir,
@@ -440,8 +410,6 @@ def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], No
         y, p, loss = predict(accelerator, prepared, eval_loader(splits["test"]))
         results.update({f"test_{k}": v for k, v in classification_scores(y, p, loss).items()})
         if accelerator.is_main_process:
-            from sdx import metrics as M
-
             present = sorted(set(np.unique(y).tolist()) | set(np.unique(p).tolist()))
             test_rows = M.per_class_table(y, p, present, names)
     results.update({
@@ -461,9 +429,10 @@ def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], No
             results["test_per_class"] = test_rows
             (out / "per_class_test.json").write_text(json.dumps(test_rows, indent=2) + "\n")
             (out / "per_class_test.md").write_text(_per_class_markdown(test_rows))
-            save_confusion_png(out / "confusion_matrix_test.png", y, p, names,
-                               f"test confusion (Acc {results['test_accuracy']:.2f}, "
-                               f"mAcc {results['test_mean_class_accuracy']:.2f})")
+            shown = sorted(set(np.unique(y).tolist()) | set(np.unique(p).tolist()))
+            plot_confusion({"labels": [names[i] for i in shown], "matrix": M.confusion(y, p, shown).tolist()},
+                           out / "confusion_matrix_test.png", f"test confusion (Acc {results['test_accuracy']:.2f}, "
+                           f"mAcc {results['test_mean_class_accuracy']:.2f})")
         RunMetadata(kind="image-classifier", origin=origin, method=results["method"], seed=args.seed,
                     data=str(args.data_dir), synthetic=is_synthetic_dir(args.data_dir),
                     dataset_config=args.dataset_config,
@@ -497,3 +466,8 @@ def run_vit_training(args: argparse.Namespace, step_callback: Callable[[int], No
             push_output_dir(out, args.hub_model_id, token=args.hub_token, private=args.hub_private)
     accelerator.wait_for_everyone()
     return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """train_vit.py: parse the arguments and train."""
+    return run_vit_training(parse_vit_args(argv))
