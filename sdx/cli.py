@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-DATA_CLI_MODULES = ("sdx.data.builder", "sdx.annotate.engine", "sdx.data.synthetic")
+DATA_CLI_MODULES = ("sdx.data.builder", "sdx.annotate.folder", "sdx.data.synthetic")
 # python -m sdx COMMAND: the tools that have their own parser, by module (each has main(argv))
 TOOLS = {"train-vit": "sdx.train.vit", "train-clip": "sdx.train.clip", "eval": "sdx.bench.tasks",
          "pipeline": "sdx.pipeline"}

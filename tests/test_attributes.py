@@ -1,4 +1,5 @@
-"""Tests of the annotation engine sdx.annotate.engine against the authors' values and on edge cases."""
+"""Tests of the annotation package (sdx.annotate: engine, geometry, images, folder tools) against the authors'
+values and on edge cases."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from sdx.annotate import engine as A
+from sdx.annotate import folder, geometry, images
 from sdx.data.levels import DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES, T3_FIELDS, render_t4
 
 
@@ -233,16 +235,16 @@ def test_rgb_and_16bit_inputs(tmp_path):
     # RGB with equal channels converts back to the same gray values
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    assert np.array_equal(A.load_gray(tmp_path / "rgb.png"), gray)
+    assert np.array_equal(images.load_gray(tmp_path / "rgb.png"), gray)
     assert A.analyze(tmp_path / "rgb.png", m, "Inclusion")["statistics"] == ref["statistics"]
     # a real colour image uses PIL's luma conversion
     col = rng.integers(0, 256, size=(32, 48, 3), dtype=np.uint8)
-    assert np.array_equal(A.load_gray(col), np.asarray(Image.fromarray(col).convert("L")))
+    assert np.array_equal(images.load_gray(col), np.asarray(Image.fromarray(col).convert("L")))
     # 16-bit: scaled to 8 bits by dropping the low byte
     g16 = gray.astype(np.uint16) * 256 + 255
     Image.fromarray(g16).save(tmp_path / "g16.png")
-    assert np.array_equal(A.load_gray(tmp_path / "g16.png"), gray)
-    assert np.array_equal(A.load_gray(g16), gray)
+    assert np.array_equal(images.load_gray(tmp_path / "g16.png"), gray)
+    assert np.array_equal(images.load_gray(g16), gray)
     m16 = m.astype(np.uint16) * 257
     Image.fromarray(m16).save(tmp_path / "m16.png")
     assert A.analyze(tmp_path / "g16.png", tmp_path / "m16.png", "Inclusion")["attributes"] == ref["attributes"]
@@ -265,7 +267,7 @@ def test_unreadable_and_missing_files(tmp_path):
     with pytest.raises(ValueError, match="nowhere.png"):
         A.compute_attributes(good, tmp_path / "nowhere.png", "Patches")
     with pytest.raises(ValueError, match="shape"):
-        A.load_gray(np.zeros((2, 3, 4, 5), np.uint8))
+        images.load_gray(np.zeros((2, 3, 4, 5), np.uint8))
     with pytest.raises(ValueError, match="Shape"):
         A.compute_attributes(good, good, "Patches", shape="round")
     with pytest.raises(ValueError, match="class_name"):
@@ -292,7 +294,7 @@ _R = np.hypot(_YY - 128, _XX - 128)
 
 
 def _geo(mask: np.ndarray) -> tuple[str, str, str]:
-    g = A.compute_geometry(mask.astype(np.uint8) * 255)
+    g = geometry.compute_geometry(mask.astype(np.uint8) * 255)
     return g["Shape"], g["Direction"], g["Spatial Distribution"]
 
 
@@ -340,11 +342,11 @@ def test_geometry_rules_on_drawn_shapes(name, mask, want):
 
 def test_geometry_values_within_authors_sets_and_full_features(oracle_dir):
     for path in sorted((oracle_dir / "masks").glob("*.png"))[::10]:
-        g = A.compute_geometry(path, full=True)
+        g = geometry.compute_geometry(path, full=True)
         assert g["Shape"] in SHAPES and g["Direction"] in DIRECTIONS and g["Spatial Distribution"] in DISTRIBUTIONS
         f = g["features"]
         assert 0 < f["solidity"] <= 1 and 0 < f["roundness"] <= 1.0 + 1e-9 and f["elongation"] >= 1
-        lazy = A.compute_geometry(path)
+        lazy = geometry.compute_geometry(path)
         assert (lazy["Shape"], lazy["Direction"], lazy["Spatial Distribution"]) == \
             (g["Shape"], g["Direction"], g["Spatial Distribution"])
         # analyze() reuses the labels of its statistics (cropped to the union box): same features and fields
@@ -367,7 +369,7 @@ def test_hull_matches_brute_force_pixel_corner_hull():
         ys, xs = np.nonzero(sub)
         pts = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
         ref = ConvexHull(pts)
-        area, perim = A._hull(sub)
+        area, perim = geometry._hull(sub)
         assert area == pytest.approx(ref.volume) and perim == pytest.approx(ref.area)
 
 
@@ -507,9 +509,9 @@ def test_cli_annotate_class_folders_prefixes_and_bad_input(tmp_path):
     assert recs["x1.png"]["class_name"] == "Patches" and recs["x2.png"]["class_name"] == "Pitted surface"
     assert recs["x2.png"]["structured_attributes"] is not None
     # prefixes: case-sensitive, longest match ("Isc" vs "Isa"; "is_1" matches nothing)
-    assert A.class_from_prefix("Isc_3.jpg") == "Iron scale compression"
-    assert A.class_from_prefix("Isa_3.jpg") == "Iron sheet ash"
-    assert A.class_from_prefix("cracking_1.jpg") == "Crazing" and A.class_from_prefix("isc_3.jpg") is None
+    assert folder.class_from_prefix("Isc_3.jpg") == "Iron scale compression"
+    assert folder.class_from_prefix("Isa_3.jpg") == "Iron sheet ash"
+    assert folder.class_from_prefix("cracking_1.jpg") == "Crazing" and folder.class_from_prefix("isc_3.jpg") is None
     flat = tmp_path / "flat"
     _write_pair(flat / "Ops_1.png", masks / "Ops_1.png")
     _write_pair(flat / "unknown_1.png", masks / "unknown_1.png")
@@ -542,11 +544,11 @@ def test_rectangle_shortcuts_equal_general_features():
     # compute_geometry uses closed forms for a component that is exactly its bounding rectangle
     for h, w in [(1, 1), (1, 7), (5, 3), (40, 80), (100, 33)]:
         sub = np.ones((h, w), bool)
-        area, perim = A._hull(sub)
+        area, perim = geometry._hull(sub)
         assert area == pytest.approx(h * w) and perim == pytest.approx(2 * (h + w))
-        assert A._runs_and_euler(sub) == (h, w, 1)
+        assert geometry._runs_and_euler(sub) == (h, w, 1)
         m = np.zeros((120, 120), np.uint8)
         m[7:7 + h, 9:9 + w] = 255
-        f = A.compute_geometry(m, full=True)["features"]
+        f = geometry.compute_geometry(m, full=True)["features"]
         assert f["solidity"] == 1.0 and f["roundness"] == pytest.approx(4 * np.pi * h * w / (2 * (h + w)) ** 2)
         assert f["holes"] == 0 and f["thickness"] == min(w, h)

@@ -960,7 +960,8 @@ def _code_digest() -> str:
     """Digest of the code that determines the files (this module, the annotation engine, the text module)."""
     h = hashlib.sha256()
     package = Path(__file__).resolve().parents[1]
-    for name in ("data/synthetic.py", "annotate/engine.py", "data/levels.py"):
+    for name in ("data/synthetic.py", "annotate/engine.py", "annotate/geometry.py", "annotate/images.py",
+                 "data/levels.py"):
         p = package / name
         h.update(name.encode())
         h.update(p.read_bytes() if p.is_file() else b"<absent>")
