@@ -147,7 +147,7 @@ def test_stats_cli_real(real_subset, capsys):
 
 # ------------------------------------------------------------------------------------------------ configs and splits
 
-@pytest.mark.parametrize("config,level", list(D.CONFIG_LEVELS.items()))
+@pytest.mark.parametrize("config,level", list(T.CONFIG_LEVELS.items()))
 def test_each_config_caption(layout, cache, config, level):
     ds = D.load_steeldefectx(layout, config, cache_dir=cache)
     assert set(ds) == {"train", "validation", "test"}
@@ -265,7 +265,8 @@ def test_export_then_plain_load_dataset(layout, cache, tmp_path):
     result = steeldefectx.main(["export", str(out), "--data_dir", str(layout), "--cache_dir", cache])
     card = (out / "README.md").read_text()
     assert "configs:" in card and "config_name: fine" in card
-    for cfg in D.CONFIG_LEVELS:
+    assert "pretty_name: SteelDefectX" in card and "SYNTHETIC" not in card  # the card shipped in the package
+    for cfg in T.CONFIG_LEVELS:
         ours = D.load_steeldefectx(layout, cfg, cache_dir=cache)
         plain = datasets.load_dataset(str(out), cfg, cache_dir=str(tmp_path / "plain"))
         for split in ours:
@@ -277,6 +278,18 @@ def test_export_then_plain_load_dataset(layout, cache, tmp_path):
                 assert x["image"]["bytes"] == y["image"]["bytes"]
                 assert {k: v for k, v in x.items() if k not in ("image", "mask")} == \
                        {k: v for k, v in y.items() if k not in ("image", "mask")}
+
+
+def test_export_of_synthetic_data_says_so_and_push_needs_a_data_dir(layout, cache, tmp_path, capsys):
+    (layout / "SYNTHETIC.md").write_text("drawn by the generator")
+    D.export_dataset(tmp_path / "export", layout, configs=["default"], cache_dir=cache)
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert card.index("SYNTHETIC demo data, not SteelDefectX") > card.index("configs:")  # below the YAML block
+    with pytest.raises(SystemExit):
+        steeldefectx.main(["push", "me/steel"])
+    assert "--data_dir" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nope.md"):
+        D.read_card_template(tmp_path / "nope.md")
 
 
 def test_push_goes_up_to_the_network_call(layout, cache, monkeypatch):
@@ -294,9 +307,7 @@ def test_push_goes_up_to_the_network_call(layout, cache, monkeypatch):
             sent["upload"] = kw
             return "commit-url"
 
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(D, "HfApi", FakeApi)
     result = steeldefectx.main(["push", "me/steel", "--data_dir", str(layout), "--cache_dir", cache,
                                 "--token", "hf_test", "--configs", "default", "fine"])
     assert sent["token"] == "hf_test"
@@ -307,9 +318,7 @@ def test_push_goes_up_to_the_network_call(layout, cache, monkeypatch):
 
 def test_push_without_token_fails_before_any_work(layout, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.setattr(D, "get_token", lambda: None)
     with pytest.raises(PermissionError, match="token"):
         D.push_dataset("me/steel", layout)
 

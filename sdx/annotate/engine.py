@@ -182,7 +182,7 @@ def analyze(image: Any, mask: Any, class_name: str, *, shape: str | None = None,
 def compute_attributes(image: Any, mask: Any, class_name: str, *, shape: str | None = None,
                        direction: str | None = None, distribution: str | None = None,
                        resize_mask: bool = False) -> dict[str, Any]:
-    """The nine T3 fields in the release form (field order = sdx.data.levels.T3_FIELDS, Position [[cell, share], ...])."""
+    """The nine T3 fields in the release form (order of sdx.data.levels.T3_FIELDS, Position [[cell, share], ...])."""
     return analyze(image, mask, class_name, shape=shape, direction=direction, distribution=distribution,
                    resize_mask=resize_mask)["attributes"]
 

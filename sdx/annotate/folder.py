@@ -208,7 +208,7 @@ def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, o
     template_sentence "" (as the release does for images without fine annotation), "skip" leaves the image
     out, "error" raises. Either way they are counted in the summary. Unreadable pairs: ``on_error="raise"``
     raises ValueError naming the file, "skip" leaves them out and lists them. Empty masks are annotated with
-    the authors' values (module docstring) and counted (``empty_masks``; ``faint_masks`` counts those with
+    the authors' values (docs/annotation.md) and counted (``empty_masks``; ``faint_masks`` counts those with
     values only in 1..127, e.g. 0/1 label masks, which are empty under the > 127 rule, with a warning).
     Returns a summary dict; the records are written as a JSON list to ``output``.
     """

@@ -1,30 +1,9 @@
 """The SteelDefectX `datasets` builder: raw files in the official layout -> a checked, cached DatasetDict.
 
-The raw files are located, read and checked by :mod:`sdx.data.layout`; this module turns the checked items into
-splits, text levels and a cached Arrow dataset, and exports / pushes it.
-
-Splits (the paper reports on the official val split, so it is our ``test``):
-
-==============  =====================================================================================
-``train``       the official train split minus the carve-out (or its k-shot subset when ``shots`` is set)
-``validation``  a stratified, seeded carve-out of the official train split (``validation_fraction``; with 0
-                the split is empty and left out of the DatasetDict, as is any empty split)
-``test``        the official val split exactly as released
-==============  =====================================================================================
-
-Missing fine text (the real fixture has empty T2 and null T3): the caption of the config's level falls back
-along a documented chain and every fallback is counted in the build report:
-
-* T2 empty  -> T4 (or T4 rendered from T3) -> T1
-* T3 null   -> T3 computed from the mask when ``annotate_missing=True`` -> T1
-* T4 empty  -> T4 rendered from T3 when T3 exists -> T3 computed from the mask (``annotate_missing``) -> T1
-
-``strict=True`` raises instead of falling back. Bad raw input: see :mod:`sdx.data.layout` (errors naming the
-file and the field, or counted skips with ``on_error="skip"``).
-
-The cache follows the raw files: the config hash includes a fingerprint of every raw file's name, size and
-modification time, and this module's source, so an edited caption or an added image rebuilds. `datasets`
-writes into ``<cache>.incomplete`` and renames on success, so an interrupted build is never loaded.
+Raw files are located and checked by sdx.data.layout; here they become the splits (train, a stratified
+validation carve-out, test = the official val split), the text levels with their counted fallbacks
+(sdx.data.levels), a cached Arrow dataset, and parquet exports / Hub pushes. Splits, fallbacks and the cache:
+docs/dataset.md.
 """
 
 from __future__ import annotations
@@ -32,6 +11,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -43,6 +23,7 @@ from typing import Iterable, Sequence
 
 import datasets
 import numpy as np
+from huggingface_hub import DatasetCard, HfApi, get_token
 
 from sdx.data import levels as T
 from sdx.data.layout import (  # noqa: F401  (DataError & co. are part of this module's API too)
@@ -57,6 +38,7 @@ from sdx.data.layout import (  # noqa: F401  (DataError & co. are part of this m
     fingerprint_layout,
     format_report,
     format_stats,
+    is_synthetic_dir,
     read_class_descriptions,
     resolve_data_dir,
     scan_layout,
@@ -64,7 +46,6 @@ from sdx.data.layout import (  # noqa: F401  (DataError & co. are part of this m
 
 logger = logging.getLogger(__name__)
 
-CONFIG_LEVELS, LEVEL_CONFIGS = T.CONFIG_LEVELS, T.LEVEL_CONFIGS
 REPORT_PREFIX = "SteelDefectX build report: "
 _CODE_HASH = hashlib.sha1(b"".join(
     (Path(__file__).parent / name).read_bytes() for name in ("builder.py", "layout.py", "levels.py"))).hexdigest()[:12]
@@ -157,7 +138,7 @@ def _t3_feature(attrs: dict | None) -> dict | None:
 
 
 def _annotate(item: Item) -> dict:
-    from sdx.annotate.engine import annotate
+    from sdx.annotate.engine import annotate  # optional (annotate_missing), and it pulls in scipy
 
     t3, _ = annotate(item.image_path, item.mask_path, item.record["class_name"])
     return t3
@@ -243,7 +224,7 @@ class SteelDefectX(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIG_CLASS = SteelDefectXConfig
     BUILDER_CONFIGS = [
         SteelDefectXConfig(name=name, caption_level=level, description=f"caption = {level.upper()}")
-        for name, level in CONFIG_LEVELS.items()
+        for name, level in T.CONFIG_LEVELS.items()
     ]
     DEFAULT_CONFIG_NAME = "default"
     DEFAULT_WRITER_BATCH_SIZE = 256
@@ -251,8 +232,8 @@ class SteelDefectX(datasets.GeneratorBasedBuilder):
     def __init__(self, *args, data_dir: str | os.PathLike | None = None, **kwargs):
         resolved = resolve_data_dir(data_dir, kwargs.get("hub_repo", HUB_REPO))
         config_name = kwargs.get("config_name")
-        if config_name in LEVEL_CONFIGS:  # "t1" etc. accepted as config names
-            kwargs["config_name"] = LEVEL_CONFIGS[config_name]
+        if config_name in T.LEVEL_CONFIGS:  # "t1" etc. accepted as config names
+            kwargs["config_name"] = T.LEVEL_CONFIGS[config_name]
         _drop_default_overrides(self, kwargs)
         kwargs.setdefault("fingerprint", fingerprint_layout(resolved))
         kwargs.setdefault("dataset_name", "steeldefectx")
@@ -383,12 +364,10 @@ def class_descriptions(ds: datasets.DatasetDict) -> dict[int, str]:
 # Export (parquet + card) and push
 
 def export_dataset(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
-                   configs: Sequence[str] = tuple(CONFIG_LEVELS), card_template: str | os.PathLike | None = None,
+                   configs: Sequence[str] = tuple(T.CONFIG_LEVELS), card_template: str | os.PathLike | None = None,
                    cache_dir: str | None = None, **overrides) -> dict:
     """Write parquet per config and split, and a README.md dataset card with the `configs:` YAML block, so
     plain ``datasets.load_dataset(out_dir, config)`` works without this project installed."""
-    from huggingface_hub import DatasetCard
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     yaml_configs, counts, infos = [], {}, datasets.info.DatasetInfosDict()
@@ -408,22 +387,35 @@ def export_dataset(out_dir: str | os.PathLike, data_dir: str | os.PathLike | Non
         if cfg == "default":
             entry["default"] = True
         yaml_configs.append(entry)
-    template = Path(card_template) if card_template else Path(__file__).resolve().parents[2] / "data_card.md"
-    card = DatasetCard(template.read_text(encoding="utf-8") if template.is_file() else "---\n---\n")
+    card = DatasetCard(read_card_template(card_template))
+    if is_synthetic_dir(data_dir):
+        card.text = SYNTHETIC_CARD_NOTE + card.text
     card.data["configs"] = yaml_configs
     infos.to_dataset_card_data(card.data)
     card.save(str(out / "README.md"))
     return {"out_dir": str(out), "rows": counts}
 
 
+SYNTHETIC_CARD_NOTE = ("\n> **SYNTHETIC demo data, not SteelDefectX.** These files were drawn by the project's "
+                       "synthetic generator; nothing measured on them is a result about steel.\n")
+
+
+def read_card_template(path: str | os.PathLike | None = None) -> str:
+    """The dataset card template: ``path``, or the card shipped in the package (sdx/data/data_card.md)."""
+    if path is None:
+        return importlib.resources.files("sdx.data").joinpath("data_card.md").read_text(encoding="utf-8")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"dataset card template not found: {path}")
+    return Path(path).read_text(encoding="utf-8")
+
+
 def push_dataset(repo_id: str, data_dir: str | os.PathLike | None, *, token: str | None = None,
                  private: bool = False, **export_kwargs) -> dict:
     """Export to a temporary folder and upload it as a Hub dataset repo (needs a write token)."""
-    from huggingface_hub import HfApi, get_token
-
     token = token or os.environ.get("HF_TOKEN") or get_token()
     if not token:
-        raise PermissionError("push needs a Hugging Face write token: pass --token, set HF_TOKEN or run `hf auth login`")
+        raise PermissionError("push needs a Hugging Face write token: pass --token, set HF_TOKEN or run "
+                              "`hf auth login`")
     tmp = Path(tempfile.mkdtemp(prefix="steeldefectx-push-"))
     try:
         summary = export_dataset(tmp, data_dir, **export_kwargs)
@@ -439,14 +431,14 @@ def push_dataset(repo_id: str, data_dir: str | os.PathLike | None, *, token: str
 # --------------------------------------------------------------------------------------------------------
 # CLI (registered by steeldefectx.py)
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data_dir", default=None,
-                   help="folder in the official layout, 'synthetic' for the embedded demo data, "
-                        "or omit for the Hub release (needs network)")
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument("--data_dir", default=None if required else "synthetic", required=required,
+                   help="folder in the official layout, 'synthetic' for the embedded demo data, or 'hub' for the "
+                        "Hub release (needs network)" + ("" if required else " (default: synthetic)"))
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--configs", nargs="+", default=list(CONFIG_LEVELS), choices=list(CONFIG_LEVELS),
+    p.add_argument("--configs", nargs="+", default=list(T.CONFIG_LEVELS), choices=list(T.CONFIG_LEVELS),
                    help="configs to write (default: all)")
     p.add_argument("--validation_fraction", type=float, default=0.1)
     p.add_argument("--on_error", choices=("raise", "skip"), default="raise")
@@ -503,7 +495,7 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("push", help="export and upload to a Hub dataset repo (needs a token)",
                               description="Export like `export` into a temporary folder and upload it to the Hub.")
     p.add_argument("repo_id")
-    _add_data_args(p)
+    _add_data_args(p, required=True)  # never push the demo data by default
     _add_build_args(p)
     p.add_argument("--token", default=None, help="Hugging Face write token (default: HF_TOKEN or saved login)")
     p.add_argument("--private", action="store_true")

@@ -1,23 +1,8 @@
-"""The official raw layout: locating it, reading and checking every raw file, and counting what was seen.
+"""The official raw layout: locating it (local folder, "synthetic", the Hub), reading and checking every raw file.
 
-Official layout (a local folder, or the Hub repo ``Zhaosxian/SteelDefectX`` fetched with huggingface_hub)::
-
-    class_descriptions.json   {class_name: T1 sentence}
-    train/ val/               <prefix>_<n>.jpg
-    train_mask/ val_mask/     <stem>.png (optional per image; binarised here at > 127)
-    train-text.json           [{image_name, class_name, natural_language_description,
-    val-text.json               structured_attributes, template_sentence}, ...]
-
-Bad raw input raises :class:`DataError` naming the file and the field; with ``on_error="skip"`` the item is
-skipped and counted instead. Nothing is dropped silently: for each split, records in = rows out + skipped
-records, and images in = rows out + skipped images. Checks: malformed JSON, non-UTF-8 text, wrong field types,
-unknown class names, duplicate image names, image names holding a path, records without image, images without
-record, zero-byte / corrupt / truncated images, masks that cannot be decoded or differ in size from their image.
-An image whose extension lies about its format (X-SDD has JPEG files named .png) is read by its content and
-counted as a note. Masks are binarised at > 127 (the release's masks carry values like 0..7 and 249..255).
-
-This module is kept apart from the builder on purpose: `datasets` patches ``open``, ``os.path`` and ``Path`` in
-a builder's own module (for streaming), which would slow every path operation of the scan.
+Bad input raises DataError naming the file and the field, or is skipped and counted (``on_error="skip"``);
+records in = rows out + skips. The layout and every check: docs/dataset.md. Kept apart from the builder
+because `datasets` patches ``open``, ``os.path`` and ``Path`` in a builder's own module, slowing the scan.
 """
 
 from __future__ import annotations
@@ -35,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from sdx.data import levels as T
 
@@ -74,12 +60,19 @@ def data_source(data_dir: str | os.PathLike | None) -> str:
     return "synthetic" if str(data_dir) == "synthetic" else "local"
 
 
+def is_synthetic_dir(data_dir: str | os.PathLike | None) -> bool:
+    """True for "synthetic" and for any folder the synthetic generator wrote (it carries a SYNTHETIC.md marker)."""
+    if data_dir is None:
+        return False
+    return data_source(data_dir) == "synthetic" or (Path(data_dir) / "SYNTHETIC.md").is_file()
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None, hub_repo: str = HUB_REPO) -> Path:
     """The folder a ``data_dir`` value names (see `data_source`); the Hub release is fetched (or read from the
     huggingface_hub cache) with one clear error when that fails offline."""
     kind = data_source(data_dir)
     if kind == "synthetic":
-        from sdx.data.synthetic import default_dataset_dir
+        from sdx.data.synthetic import default_dataset_dir  # heavy (scipy, the annotation engine), optional
 
         return Path(default_dataset_dir())
     if kind == "local":
@@ -88,7 +81,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, hub_repo: str = HUB_REP
             raise DataSourceError(f"data_dir {path} does not exist or is not a folder")
         return path.resolve()
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # optional: only the Hub release needs it
 
         return Path(snapshot_download(repo_id=hub_repo, repo_type="dataset"))
     except Exception as error:  # offline, no such repo, no permission: one clear message
@@ -124,7 +117,8 @@ def read_json(path: Path) -> Any:
     try:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(path, "<file>", f"not valid UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+        raise DataError(path, "<file>",
+                        f"not valid UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
     try:
         return json.loads(content)
     except json.JSONDecodeError as e:
@@ -259,10 +253,10 @@ def _verify_image(path: Path) -> tuple[tuple[int, int], str | None]:
     return size, note
 
 
-def load_mask(path: Path, size: tuple[int, int]) -> tuple[bytes, bool]:
-    """Decode a mask, check its size against its image, binarise at > 127.
+def binarize_mask_file(path: Path, size: tuple[int, int]) -> tuple[bytes, bool]:
+    """Decode a mask file, check its size against its image's and binarise it at > 127.
 
-    Returns (PNG bytes of the 0/255 mask, whether the file held other values). A mask that is already 0/255
+    Returns (PNG bytes of the 0/255 mask, whether the file held other values). A mask that is already a 0/255
     grayscale PNG keeps its own bytes (no re-encode)."""
     if os.path.getsize(path) == 0:
         raise DataError(path, "mask", "zero-byte file")
@@ -302,7 +296,7 @@ def _check_files(image_path: Path, mask_path: Path | None):
     if mask_path is None:
         return size, note, None, False
     try:
-        mask_png, non_binary = load_mask(mask_path, size)
+        mask_png, non_binary = binarize_mask_file(mask_path, size)
     except DataError as e:
         return "mask", e
     return size, note, mask_png, non_binary
@@ -323,74 +317,95 @@ def scan_layout(data_dir: Path, *, on_error: str = "raise", with_masks: bool = T
     report = ScanReport()
     check = _Checker(on_error, report)
     classes = read_class_descriptions(data_dir)
-    label_of = {name: i for i, name in enumerate(classes)}
     items: list[Item] = []
     pool = ThreadPoolExecutor(max_workers=num_workers or default_workers())
     try:
-        for split, (image_dir, mask_dir, text_file) in SPLITS.items():
-            text_path, image_root, mask_root = data_dir / text_file, data_dir / image_dir, data_dir / mask_dir
-            records = read_json(text_path)
-            if not isinstance(records, list):
-                raise DataError(text_path, "<root>", "expected a list of records")
-            if not image_root.is_dir():
-                raise DataError(image_root, "<folder>", f"image folder for split '{split}' not found")
-            with os.scandir(image_root) as it:  # DirEntry: no extra stat calls
-                images = {e.name: Path(e.path) for e in it if e.is_file() and not e.name.startswith(".")}
-            report.records_in[split] = len(records)
-            report.images_in[split] = len(images)
-            masks = {}
-            if with_masks and mask_root.is_dir():
-                with os.scandir(mask_root) as it:
-                    masks = {os.path.splitext(e.name)[0]: Path(e.path) for e in it if e.is_file()}
-
-            # 1. records, in order: fields, classes, duplicates, matching image
-            seen: dict[str, int] = {}
-            candidates = []
-            for index, rec in enumerate(records):
-                try:
-                    rec = _check_record(text_path, index, rec, classes)
-                except DataError as e:
-                    check.fail(split, "bad record", e)
-                    continue
-                name = rec["image_name"]
-                if name in seen:
-                    check.fail(split, "duplicate image_name", DataError(
-                        text_path, f"record {index}.image_name", f"{name!r} already used by record {seen[name]}"))
-                    continue
-                seen[name] = index
-                image_path = images.get(name)
-                if image_path is None:
-                    check.fail(split, "record without image", DataError(
-                        text_path, f"record {index}.image_name", f"no file {image_root / name}"))
-                    continue
-                candidates.append((rec, image_path, masks.get(os.path.splitext(name)[0])))
-
-            # 2. files, decoded in parallel, collected in record order
-            results = pool.map(lambda c: _check_files(c[1], c[2]), candidates)
-            if progress:
-                from tqdm.auto import tqdm
-
-                results = tqdm(results, total=len(candidates), desc=f"checking {split}", unit="img")
-            for (rec, image_path, mask_path), result in zip(candidates, results):
-                if isinstance(result[1], DataError):
-                    check.fail(split, "unreadable image" if result[0] == "image" else "bad mask", result[1])
-                    continue
-                size, note, mask_png, non_binary = result
-                if mask_path is None and with_masks:
-                    report.notes[split]["images without mask"] += 1
-                if non_binary:
-                    report.notes[split]["masks binarised (> 127)"] += 1
-                if note:
-                    report.notes[split]["extension differs from content"] += 1
-                    report.messages.append(f"{image_path}: {note}")
-                items.append(Item(split, image_path, mask_path, rec, label_of[rec["class_name"]], size, mask_png))
-                report.rows_out[split] += 1
-            for name in sorted(set(images) - set(seen)):
-                check.fail(split, "image without record", DataError(
-                    image_root / name, "image_name", f"no record in {text_path.name}"))
+        for split in SPLITS:
+            items += _scan_split(data_dir, split, classes, check, pool, with_masks=with_masks, progress=progress)
     finally:
         pool.shutdown(cancel_futures=True)
     return classes, items, report
+
+
+def _list_files(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:  # DirEntry: no extra stat calls
+        return [e for e in it if e.is_file()]
+
+
+def _scan_split(data_dir: Path, split: str, classes: dict[str, str], check: _Checker, pool: ThreadPoolExecutor,
+                *, with_masks: bool, progress: bool) -> list[Item]:
+    """The checked items of one official split; every skip counted in ``check.report``."""
+    image_dir, mask_dir, text_file = SPLITS[split]
+    text_path, image_root, mask_root = data_dir / text_file, data_dir / image_dir, data_dir / mask_dir
+    records = read_json(text_path)
+    if not isinstance(records, list):
+        raise DataError(text_path, "<root>", "expected a list of records")
+    if not image_root.is_dir():
+        raise DataError(image_root, "<folder>", f"image folder for split '{split}' not found")
+    images = {e.name: Path(e.path) for e in _list_files(image_root) if not e.name.startswith(".")}
+    check.report.records_in[split] = len(records)
+    check.report.images_in[split] = len(images)
+    masks = {}
+    if with_masks and mask_root.is_dir():
+        masks = {os.path.splitext(e.name)[0]: Path(e.path) for e in _list_files(mask_root)}
+    seen, candidates = _match_records(split, text_path, image_root, records, classes, images, masks, check)
+    results = pool.map(lambda c: _check_files(c[1], c[2]), candidates)
+    if progress:
+        results = tqdm(results, total=len(candidates), desc=f"checking {split}", unit="img")
+    label_of = {name: i for i, name in enumerate(classes)}
+    items = [Item(split, image_path, mask_path, rec, label_of[rec["class_name"]], result[0], result[2])
+             for (rec, image_path, mask_path), result in zip(candidates, results)
+             if _count_files(split, image_path, mask_path, result, check, with_masks=with_masks)]
+    for name in sorted(set(images) - set(seen)):
+        check.fail(split, "image without record", DataError(
+            image_root / name, "image_name", f"no record in {text_path.name}"))
+    return items
+
+
+def _match_records(split: str, text_path: Path, image_root: Path, records: list, classes: dict[str, str],
+                   images: dict[str, Path], masks: dict[str, Path],
+                   check: _Checker) -> tuple[dict[str, int], list[tuple]]:
+    """Records in order: fields, classes, duplicates, matching image -> ({name: index}, [(rec, image, mask)])."""
+    seen: dict[str, int] = {}
+    candidates = []
+    for index, rec in enumerate(records):
+        try:
+            rec = _check_record(text_path, index, rec, classes)
+        except DataError as e:
+            check.fail(split, "bad record", e)
+            continue
+        name = rec["image_name"]
+        if name in seen:
+            check.fail(split, "duplicate image_name", DataError(
+                text_path, f"record {index}.image_name", f"{name!r} already used by record {seen[name]}"))
+            continue
+        seen[name] = index
+        image_path = images.get(name)
+        if image_path is None:
+            check.fail(split, "record without image", DataError(
+                text_path, f"record {index}.image_name", f"no file {image_root / name}"))
+            continue
+        candidates.append((rec, image_path, masks.get(os.path.splitext(name)[0])))
+    return seen, candidates
+
+
+def _count_files(split: str, image_path: Path, mask_path: Path | None, result: tuple, check: _Checker, *,
+                 with_masks: bool) -> bool:
+    """Count one decoded candidate's skip or notes; True when it becomes a row."""
+    report = check.report
+    if isinstance(result[1], DataError):
+        check.fail(split, "unreadable image" if result[0] == "image" else "bad mask", result[1])
+        return False
+    _size, note, _mask_png, non_binary = result
+    if mask_path is None and with_masks:
+        report.notes[split]["images without mask"] += 1
+    if non_binary:
+        report.notes[split]["masks binarised (> 127)"] += 1
+    if note:
+        report.notes[split]["extension differs from content"] += 1
+        report.messages.append(f"{image_path}: {note}")
+    report.rows_out[split] += 1
+    return True
 
 
 def format_report(summary: dict) -> str:

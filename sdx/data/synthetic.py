@@ -1,104 +1,9 @@
-"""Embedded synthetic steel-defect generator: demo and test data in the official SteelDefectX layout.
+"""The embedded synthetic steel-defect generator: seeded demo and test data in the official SteelDefectX layout.
 
-A fresh clone must run end to end without a download, so this module draws a small, seeded, fully annotated
-dataset of grayscale "steel" images with defects of distinct kinds and writes it exactly like the release
-(reference section 1)::
-
-    OUT/
-      class_descriptions.json        {class: T1}, only the classes generated
-      train/  val/                   <prefix>_<n>.jpg   8-bit grayscale JPEG (quality JPEG_QUALITY)
-      train_mask/  val_mask/         <stem>.png         8-bit, values 0 / 255 only
-      train-text.json  val-text.json records: image_name, class_name, natural_language_description (T2),
-                                     structured_attributes (T3), template_sentence (T4)
-      SYNTHETIC.md                   says this is synthetic demo data, with generator version, seed and sizes
-
-THIS IS NOT STEEL DATA. Nothing reported as a result may come from it without saying so. It exists so that the
-loaders, trainers, evaluator and the main job can be exercised (and tested) offline. Classifiers reach high
-accuracy on it easily; that number says nothing about SteelDefectX.
-
-Classes (real SteelDefectX names and file prefixes, so the label space matches the release)
--------------------------------------------------------------------------------------------
-KINDS lists the 12 kinds drawn (``DEFAULT_CLASSES``), each with a fixed T3 Shape and a drawing rule:
-
-================  ========  =============  =====================================================================
-class             prefix    Shape          drawn as
-================  ========  =============  =====================================================================
-Bright scratch    bs        linear/curved  1-3 long thin bright lines (width 2-4.5 px, length 45-95 % of the
-                                           image), along the rolling axis +-6 degrees (35 %: any angle), slightly
-                                           bent; "curved" when the sagitta exceeds 6 % of the length
-Crazing           cracking  network-like   a Voronoi crack network (4x4 to 7x7 jittered seeds, warped cell edges,
-                                           1.5-3 px, dark) over a large elliptical region, partly faded out
-Crescent gap      cg        curved         one dark crescent (disc minus an offset disc) at an image edge
-Dark scratches    ds        linear/curved  1-4 long thin dark lines (1.5-3 px), otherwise as Bright scratch
-Inclusion         in        elongated      1-3 chains of 3-6 dark tapered segments (8-26 px long, 4-8 px wide,
-                                           gaps 2-9 px) strung along the rolling axis, side by side
-Oil spot          os        spot-like /    1-3 soft dark irregular blobs (radius 10-38 px); "irregular" when
-                            irregular      the outline's lobes exceed 0.18 of the radius
-Patches           pa        patch-like     large dark regions: a smoothed noise field thresholded at a random
-                                           area fraction inside a random region
-Pitted surface    ps        spot-like      12-70 small dark round pits (radius 1.5-4 px) in one cluster or band
-Punching          pu        circular       1 (sometimes 2) very dark round holes (radius 9-26 px), sharp edge
-Rolled in scale   rs        fragmented     8-30 dark irregular flakes elongated along the rolling axis,
-                                           scattered over a large area
-Water spot        ws        circular       1-4 round stains: a darker rim ring around a faintly lighter disc
-Welding line      wl        linear         one straight band (width 4-13 px) across the whole image,
-                                           perpendicular to the rolling axis, bright or dark
-================  ========  =============  =====================================================================
-
-Pixel sizes above are for 256x256 and scale with ``size / 256`` (line widths never below 1 px).
-
-Background ("steel")
---------------------
-Per image: a rolling axis (vertical or horizontal, 50/50); a base gray level U(70, 175); rolling streaks (two
-1-D noise profiles across the axis, smoothed with sigma 0.6-2.5 px and 6-14 px, slowly modulated along the
-axis; amplitudes 2-7 and 2-6 gray levels); grain (white noise smoothed with sigma 0.6 px, std about 3-9 gray
-levels); low-frequency unevenness (a 7x7 random field upsampled with cubic splines, std 2-8); an illumination gradient (linear ramp of up to +-30 gray levels plus a radial
-fall-off); everything scaled by a random contrast factor U(0.6, 1.4). All of it is vectorised numpy/scipy.
-
-Defects and masks
------------------
-Each kind draws per object an *alpha* field in [0, 1] on the object's bounding box (coordinate grids and
-distance fields; objects are looped over, pixels never); the image gets ``delta * alpha`` (delta signed:
-dark or bright, textured for some kinds) and the mask is exactly ``alpha >= 0.5`` of the union of objects,
-written as 0 / 255. If a draw leaves the mask empty (objects fell off the image), the kind is drawn again
-with the next numbers of the same random stream (deterministic). Pixels are clipped to 0..255 and encoded as
-JPEG; the T3 statistics are computed on the *decoded* JPEG (what a reader of the files sees).
-
-Text levels
------------
-* T1: one sentence per class written for this generator (``T1_SENTENCES``), in the release's style
-  "A photo of X, which shows ... caused by ...". The release's own sentences are not copied.
-* T2: one sentence per image made from the drawn geometry: component count (8-connected components of the
-  mask, as T3 counts them), size (line length or object diameter in pixels, or area share), orientation,
-  position (the two 3x3 grid cells holding most mask pixels; the top cell alone when it holds >= 60 %; "spread
-  over most of the image" when >= 6 cells hold >= 5 % each) and tone (measured mean gray inside the mask minus
-  outside on the decoded JPEG: "darker" below -5, "brighter" above 5, else "similar in tone"; qualified
-  "slightly" when |diff| < 10, "clearly" when <= 40, else "much" -- the T3 Polarity / Saliency cut points).
-  Phrasing is drawn from four templates and word lists with the image's own random stream.
-* T3/T4: the five rule fields (Scale, Polarity, Saliency, Number of Defects, Position) come from the annotation
-  engine ``sdx.annotate.engine.annotate`` on the decoded JPEG and the mask. Shape is the kind's shape above;
-  Direction is derived from the drawn orientation angle (within 22.5 degrees of horizontal -> "horizontal",
-  of vertical -> "vertical", else "diagonal"; "none" for kinds without an orientation: Crazing, Crescent gap,
-  Oil spot, Patches, Pitted surface, Punching, Water spot); Spatial Distribution is "isolated" for one mask
-  component, else "clustered" when the mean distance of the components' centroids from their common centroid
-  is below 0.2 x image size, else "scattered". T4 is ``sdx.data.levels.render_t4`` of T3 (done by the engine).
-
-Determinism and naming
-----------------------
-Every image has its own random stream ``numpy.random.default_rng([seed, class index in CLASS_NAMES, split
-(0 train, 1 val), n])``, so the same seed gives byte-identical files (on the same numpy / Pillow / libjpeg),
-and a class's images do not depend on which other classes or how many images were asked for. Files are named
-``<prefix>_<n>.jpg`` with n = 01.. over train first, then val (at least two digits, as in the release).
-
-Cache (``default_dataset_dir``)
--------------------------------
-``default_dataset_dir(**params)`` generates once into ``$STEELDEFECTX_CACHE/synthetic-<hash>`` (default
-``~/.cache/steeldefectx``), the hash covering the parameters and ``GENERATOR_VERSION``. It writes to a temporary
-sibling folder and publishes it with ``os.replace``, so an interrupted generation never leaves a folder that a
-later call would use.
-
-Timing: the default size (12 kinds x (12 + 6) = 216 images at 256x256) generates in a few seconds (figures in the
-project's benchmark table).
+A fresh clone runs end to end without a download: ``generate`` draws grayscale "steel" images with defects of
+12 kinds named after real classes, their masks and T1-T4 text; ``default_dataset_dir`` caches one such folder.
+THIS IS NOT STEEL DATA: nothing measured on it is a result about steel (each folder carries SYNTHETIC.md).
+Kinds, drawing rules, text levels, determinism and the cache: docs/synthetic.md.
 """
 
 from __future__ import annotations
@@ -122,7 +27,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from tqdm.auto import tqdm
 
+from sdx.annotate.engine import annotate
+from sdx.data.layout import is_synthetic_dir  # noqa: F401  (defined in layout; train/ and bench/ import it from here)
 from sdx.data.levels import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES
 
 __all__ = [
@@ -663,7 +571,7 @@ class Sample:
 
 
 def _geometry(binary: np.ndarray, drawn: Drawn) -> tuple[str, int, np.ndarray]:
-    """(Spatial Distribution, component count, centroids) from the drawn mask (module docstring rules)."""
+    """(Spatial Distribution, component count, centroids) from the drawn mask (docs/synthetic.md)."""
     labels, count = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return "unclear", 0, np.zeros((0, 2))
@@ -813,7 +721,6 @@ def render_sample(class_name: str, *, seed: int = 0, split: str = "train", n: in
 
 def _annotate(sample: Sample) -> tuple[dict[str, Any], str]:
     """T3 / T4 from the annotation engine (five rule fields measured, three geometry fields as drawn)."""
-    from sdx.annotate.engine import annotate
     t3, t4 = annotate(sample.gray, sample.mask, sample.class_name, shape=sample.shape,
                       direction=sample.direction, distribution=sample.distribution)
     return t3, t4
@@ -890,39 +797,16 @@ def generate(out_dir: str | os.PathLike, *, train_per_class: int = 12, val_per_c
     start = time.perf_counter()
     _check_params(train_per_class, val_per_class, seed, size)
     names = _resolve_classes(classes)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out}: folder is not empty (pass overwrite=True / --overwrite to replace it)")
-        for sub in ("train", "val", "train_mask", "val_mask"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    for sub in ("train", "val", "train_mask", "val_mask"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-
+    out = _prepare_out_dir(Path(out_dir), overwrite)
     jobs = [(split, c, n) for c in names for split, n in
             [("train", i) for i in range(1, train_per_class + 1)]
             + [("val", train_per_class + i) for i in range(1, val_per_class + 1)]]
     width = max(2, len(str(train_per_class + val_per_class)))
     records: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
-    iterator: Iterable = jobs
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(jobs, desc="synthetic images", unit="img")
-    for split, c, n in iterator:
-        sample = render_sample(c, seed=seed, split=split, n=n, size=size)
+    for split, c, n in tqdm(jobs, desc="synthetic images", unit="img", disable=not progress):
         stem = f"{CLASS_TO_PREFIX[c]}_{n:0{width}d}"
-        (out / split / f"{stem}.jpg").write_bytes(sample.jpeg)
-        (out / f"{split}_mask" / f"{stem}.png").write_bytes(sample.png)
-        t3, t4 = _annotate(sample)
-        records[split].append({
-            "image_name": f"{stem}.jpg",
-            "class_name": c,
-            "natural_language_description": sample.t2,
-            "structured_attributes": t3,
-            "template_sentence": t4,
-        })
+        records[split].append(_write_sample(out, split, stem, render_sample(c, seed=seed, split=split, n=n,
+                                                                             size=size)))
     (out / "class_descriptions.json").write_text(
         json.dumps({c: T1_SENTENCES[c] for c in names}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for split in SPLITS:
@@ -946,6 +830,34 @@ def generate(out_dir: str | os.PathLike, *, train_per_class: int = 12, val_per_c
     (out / "SYNTHETIC.md").write_text(_synthetic_md(summary), encoding="utf-8")
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    """Check `out` (absent, empty, or overwrite=True: the layout's folders removed) and create the folders."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out}: folder is not empty (pass overwrite=True / --overwrite to replace it)")
+        for sub in ("train", "val", "train_mask", "val_mask"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    for sub in ("train", "val", "train_mask", "val_mask"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_sample(out: Path, split: str, stem: str, sample: Sample) -> dict[str, Any]:
+    """Write one sample's image and mask; returns its record (T3 / T4 from the annotation engine)."""
+    (out / split / f"{stem}.jpg").write_bytes(sample.jpeg)
+    (out / f"{split}_mask" / f"{stem}.png").write_bytes(sample.png)
+    t3, t4 = _annotate(sample)
+    return {
+        "image_name": f"{stem}.jpg",
+        "class_name": sample.class_name,
+        "natural_language_description": sample.t2,
+        "structured_attributes": t3,
+        "template_sentence": t4,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -975,13 +887,6 @@ def cache_key(*, train_per_class: int = 12, val_per_class: int = 6, seed: int = 
               "size": int(size), "classes": _resolve_classes(classes), "version": GENERATOR_VERSION,
               "code": _code_digest()}
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def is_synthetic_dir(data_dir) -> bool:
-    """True for "synthetic" and for any folder this generator wrote (it carries a SYNTHETIC.md marker)."""
-    if data_dir is None:
-        return False
-    return str(data_dir).lower() == "synthetic" or (Path(data_dir) / "SYNTHETIC.md").is_file()
 
 
 def default_dataset_dir(*, progress: bool = False, **params: Any) -> Path:
@@ -1022,7 +927,7 @@ def default_dataset_dir(*, progress: bool = False, **params: Any) -> Path:
 def contact_sheet(data_dir: str | os.PathLike, out_png: str | os.PathLike, n_per_class: int = 2,
                   split: str = "train") -> Path:
     """Render n_per_class images per class with their mask outlined in red and their T2 caption to a PNG."""
-    import matplotlib
+    import matplotlib  # heavy and optional: only the contact sheet draws
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
