@@ -166,8 +166,8 @@ def main(argv=None) -> dict:
     print(md)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text("# Geometry-derived T3 fields per class (real fixture, masked images)\n\n"
-                          "Written by `python bench/attributes_report.py`; rules in the docstring of "
-                          "`sdx.annotate.engine.compute_geometry`.\n\n" + md + "\n")
+                          "Written by `python bench/attributes_report.py`; rules in [annotation.md](annotation.md) "
+                          "(`sdx.annotate.geometry`).\n\n" + md + "\n")
     figure(rows, args.figure)
     print(f"table -> {args.table}\nfigure -> {args.figure}")
     if args.sheet:

@@ -1,23 +1,25 @@
-"""sdx: the shared code behind SteelDefectX's entry points (one module per concern).
+"""sdx: the package behind SteelDefectX's entry points; each folder and file holds one concern.
 
-=================  ==========================================================================
-module             what lives there
-=================  ==========================================================================
-sdx.data.levels           the 25 classes, text levels T0-T4, aliases, prompts, the T4 template
-sdx.annotate.engine     the annotation engine: T3 fields and T4 from an image and its mask
-sdx.data.synthetic      the embedded synthetic steel-defect generator (demo and test data)
-sdx.data.layout         the official raw layout: locating it (local / Hub), reading and checking every raw file
-sdx.data.builder        the `datasets` builder: splits, text levels and fallbacks, cache, load / export / push
-sdx.models         model construction (Hub id, local dir or size preset), LoRA, CLIP loading and encoding
-sdx.train.losses         contrastive losses (symmetric and class-aware InfoNCE, cross-rank gather)
-sdx.train.loop       the one accelerate training loop and flag set shared by both trainers
-sdx.train.vit   the vision-only job run by train_vit.py (data, augmentation, metrics, outputs)
-sdx.train.clip  the CLIP job run by train_clip.py (caption levels, methods, zero-shot validation)
-sdx.metrics        accuracy, mAcc, macro-F1, retrieval recall, pixel AUROC / F1-max / IoU
-sdx.bench.tasks          the benchmark tasks and eval_benchmark.py's runner (embedding cache, protocols)
-sdx.report.markdown         results.json, report.md, plots, and the data gallery
-sdx.pipeline       the main job: data -> tiny ViT + tiny CLIP -> benchmark -> report
-=================  ==========================================================================
+==================  ==========================================================================================
+path                what lives there
+==================  ==========================================================================================
+sdx/data/           levels.py (classes, text levels T0-T4, aliases, fallbacks), layout.py (locating and
+                    checking the raw files), builder.py (the `datasets` builder, export / push),
+                    synthetic.py (the embedded demo data generator), data_card.md (the dataset card)
+sdx/annotate/       T3 / T4 from an image and its mask: engine.py (statistics, rule fields), geometry.py
+                    (Shape, Direction, Spatial Distribution), images.py (input reading), folder.py (annotate /
+                    verify tools)
+sdx/models/         image classifiers, LoRA, CLIP loading / encoding / zero-shot, the local tokenizer
+sdx/train/          arguments, the shared accelerate loop, losses, run metadata, the ViT and CLIP jobs
+sdx/bench/          the benchmark: embedding cache, tasks, the evaluator's command line
+sdx/report/         results.json, report.md, plots, the data gallery
+sdx/metrics.py      accuracy, mAcc, macro-F1, retrieval recall, pixel AUROC / F1-max / IoU
+sdx/pipeline.py     the main job: data -> ViT + CLIPs -> benchmark -> report
+sdx/cli.py          the steeldefectx data tools, ``python -m sdx COMMAND`` and the console scripts
+==================  ==========================================================================================
+
+Layers (a module imports only from its own layer or below): 1 data/levels, models/, metrics; 2 annotate/;
+3 data/ (layout, builder, synthetic); 4 report/, train/; 5 bench/; 6 pipeline, cli.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

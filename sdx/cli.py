@@ -12,18 +12,20 @@ import logging
 import sys
 from typing import Any, Sequence
 
+from sdx.data.layout import DataError, DataSourceError
+
 DATA_CLI_MODULES = ("sdx.data.builder", "sdx.annotate.folder", "sdx.data.synthetic")
 # python -m sdx COMMAND: the tools that have their own parser, by module (each has main(argv))
 TOOLS = {"train-vit": "sdx.train.vit", "train-clip": "sdx.train.clip", "eval": "sdx.bench.tasks",
          "pipeline": "sdx.pipeline"}
 DATA_DESCRIPTION = """SteelDefectX data tools.
 
-    steeldefectx stats    --data_dir D
-    steeldefectx export   OUT --data_dir D               # parquet + card for datasets.load_dataset(OUT, cfg)
+    steeldefectx stats    [--data_dir D]                   # D: a folder, 'synthetic' (default) or 'hub'
+    steeldefectx export   OUT [--data_dir D]               # parquet + card for datasets.load_dataset(OUT, cfg)
     steeldefectx push     REPO_ID --data_dir D
     steeldefectx annotate --image_dir I --mask_dir M --output records.json
     steeldefectx verify   --data_dir D
-    steeldefectx generate OUT                            # the embedded synthetic dataset
+    steeldefectx generate OUT                              # the embedded synthetic dataset
 
 (``python steeldefectx.py ...`` and ``python -m sdx ...`` take the same commands.)"""
 
@@ -38,26 +40,61 @@ def build_data_parser(prog: str = "steeldefectx") -> argparse.ArgumentParser:
 
 
 def data_main(argv: Sequence[str] | None = None, prog: str = "steeldefectx") -> Any:
-    """The data tools; bad input ends the process with one line naming the file and the field."""
-    from sdx.data.layout import DataError, DataSourceError
-
+    """The data tools; returns the command's result. From the command line (``argv`` None), bad input ends the
+    process with one line naming the file and the field; called from Python, the exception is raised."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_data_parser(prog).parse_args(argv)
     try:
         return args.func(args)
     except (DataError, DataSourceError, ValueError, PermissionError) as error:
-        if argv is not None:  # called from Python: let the caller see the exception
+        if argv is not None:
             raise
         sys.exit(f"error: {error}")
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m sdx") -> Any:
     """``python -m sdx COMMAND ...``: the data commands, or one of TOOLS with its own arguments."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TOOLS:
-        return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
-    if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: python -m sdx COMMAND ...\n\ntools: {', '.join(TOOLS)} (each with --help)\n")
-        build_data_parser("python -m sdx").print_help()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TOOLS:
+        return importlib.import_module(TOOLS[args[0]]).main(args[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: {prog} COMMAND ...\n\ntools: {', '.join(TOOLS)} (each with --help)\n")
+        build_data_parser(prog).print_help()
         return None
-    return data_main(argv, prog="python -m sdx")
+    return data_main(argv, prog=prog)
+
+
+# Console scripts (pyproject.toml). They return None: a console script passes its function's return value to
+# sys.exit, and a results dict there would print the dict and exit with status 1.
+def sdx_script() -> None:
+    """``sdx COMMAND ...``."""
+    main(prog="sdx")
+
+
+def steeldefectx_script() -> None:
+    """``steeldefectx COMMAND ...``."""
+    data_main()
+
+
+def _tool_script(command: str) -> None:
+    main([command, *sys.argv[1:]])
+
+
+def train_vit_script() -> None:
+    """``sdx-train-vit ...`` (as train_vit.py)."""
+    _tool_script("train-vit")
+
+
+def train_clip_script() -> None:
+    """``sdx-train-clip ...`` (as train_clip.py)."""
+    _tool_script("train-clip")
+
+
+def eval_script() -> None:
+    """``sdx-eval ...`` (as eval_benchmark.py)."""
+    _tool_script("eval")
+
+
+def pipeline_script() -> None:
+    """``sdx-pipeline ...`` (as python -m sdx pipeline)."""
+    _tool_script("pipeline")

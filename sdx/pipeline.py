@@ -1,13 +1,14 @@
 """The main job: one offline command from data to report.
 
-    python -m sdx.pipeline                                   # embedded synthetic data, tiny random models
-    python -m sdx.pipeline --data_dir ../shared/data/steeldefectx-real-subset --output_dir outputs/real
-    python -m sdx.pipeline --data_dir /data/SteelDefectX \\
+    python -m sdx pipeline                                   # embedded synthetic data, tiny random models
+    python -m sdx pipeline --data_dir ../shared/data/steeldefectx-real-subset --output_dir outputs/real
+    python -m sdx pipeline --data_dir /data/SteelDefectX \\
         --vit_model_name_or_path google/vit-base-patch16-224 --clip_model_name_or_path openai/clip-vit-base-patch16
+    python -m sdx pipeline run.yaml                          # the same arguments from a YAML or JSON file
 
-Steps (each one a call of the same function the matching CLI calls, so nothing here is a second code path):
+Steps (each one calls the `main(argv)` of the matching command line, so nothing here is a second code path):
 
-1. data     build the dataset with the builder (``steeldefectx.py``); print its build report; draw a gallery of
+1. data     build the dataset with the builder (``steeldefectx``); print its build report; draw a gallery of
             images with their masks and every text level (``OUT/gallery.png``)
 2. vit      train the vision-only classifier (``train_vit.py``): a random tiny ViT unless a checkpoint is given
 3. clip     train one CLIP per caption level in ``--clip_levels`` (``train_clip.py``), for the Tx-Ty matrix,
@@ -24,11 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
+from transformers import HfArgumentParser
+
+from sdx.bench import tasks as bench_tasks
 from sdx.data import levels as T
+from sdx.data.builder import build_report, format_report, load_steeldefectx
+from sdx.data.layout import data_source
+from sdx.data.synthetic import default_dataset_dir
+from sdx.report.gallery import data_gallery
+from sdx.train import clip as train_clip
+from sdx.train import vit as train_vit
 
 logger = logging.getLogger(__name__)
 
@@ -51,49 +63,75 @@ PRESETS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sdx.pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default="synthetic",
-                   help="'synthetic' (default: the embedded generator, no download), a folder in the official "
-                        "layout (e.g. ../shared/data/steeldefectx-real-subset), or 'hub' for the Hub release")
-    p.add_argument("--output_dir", default="outputs/demo", help="where models, gallery and report go")
-    p.add_argument("--synthetic_size", type=int, nargs=2, metavar=("TRAIN", "VAL"), default=None,
-                   help="images per class of the synthetic data (default: the preset's)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                   help="sizes and epochs: demo (minutes on a CPU), smoke (tests), full (the whole protocol)")
-    p.add_argument("--vit_model_name_or_path", default=None,
-                   help="image classifier to fine-tune (Hub id or local dir); default: a random tiny ViT")
-    p.add_argument("--vit_model_type", choices=("vit", "resnet", "convnext"), default="vit",
-                   help="architecture of the random vision model (a tiny ViT by default; a small CNN learns the "
-                        "synthetic demo data faster)")
-    p.add_argument("--clip_model_name_or_path", default=None,
-                   help="CLIP to fine-tune (Hub id or local dir); default: a random tiny CLIP with a local tokenizer")
-    p.add_argument("--clip_levels", default="t0,t1,t4",
-                   help="caption levels to train one CLIP each with (rows of the Tx-Ty matrix)")
-    p.add_argument("--clip_method", choices=("full", "lora", "adapter"), default="full")
-    p.add_argument("--transfer_level", default="t1",
-                   help="caption level of the extra CLIP trained on seen classes only (task 4 cross-class); "
-                        "'none' skips it")
-    p.add_argument("--tasks", default="all", help="benchmark tasks (see eval_benchmark.py --help)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--overwrite_output_dir", action="store_true", help="replace an earlier run in --output_dir")
-    for key in ("vit_epochs", "clip_epochs", "image_size", "batch_size", "max_train_samples", "max_eval_samples"):
-        p.add_argument(f"--{key}", type=int, default=None, help=f"override the preset's {key}")
-    p.add_argument("--shots", default=None, help="override the preset's few-shot k list, e.g. 1,2,4,8,16")
-    p.add_argument("--seeds", default=None, help="override the preset's few-shot seeds, e.g. 1,2,3")
-    return p
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
-def _settings(args) -> dict:
-    settings = dict(PRESETS[args.preset])
-    for key in settings:
-        value = getattr(args, key, None)
-        if key == "synthetic_size" and value is not None:
-            value = tuple(value)
-        if value is not None:
-            settings[key] = value
-    return settings
+@dataclass
+class PipelineArguments:
+    """The main job's arguments; every preset value can be overridden by its own flag."""
+
+    data_dir: str = field(default="synthetic", metadata=_help(
+        "'synthetic' (the embedded generator, no download), a folder in the official layout (e.g. "
+        "../shared/data/steeldefectx-real-subset), or 'hub' for the Hub release"))
+    output_dir: str = field(default="outputs/demo", metadata=_help("where models, gallery and report go"))
+    preset: Literal["demo", "smoke", "full"] = field(default="demo", metadata=_help(
+        "sizes and epochs: demo (minutes on a CPU), smoke (tests), full (the whole protocol)"))
+    synthetic_size: list[int] | None = field(default=None, metadata={
+        "help": "images per class of the synthetic data, TRAIN VAL (default: the preset's)",
+        "metavar": ("TRAIN", "VAL")})
+    vit_model_name_or_path: str | None = field(default=None, metadata=_help(
+        "image classifier to fine-tune (Hub id or local dir); default: a random tiny ViT"))
+    vit_model_type: Literal["vit", "resnet", "convnext"] = field(default="vit", metadata=_help(
+        "architecture of the random vision model (a tiny ViT by default; a small CNN learns the synthetic demo "
+        "data faster)"))
+    clip_model_name_or_path: str | None = field(default=None, metadata=_help(
+        "CLIP to fine-tune (Hub id or local dir); default: a random tiny CLIP with a local tokenizer"))
+    clip_levels: str = field(default="t0,t1,t4", metadata=_help(
+        "caption levels to train one CLIP each with (rows of the Tx-Ty matrix)"))
+    clip_method: Literal["full", "lora", "adapter"] = "full"
+    transfer_level: str = field(default="t1", metadata=_help(
+        "caption level of the extra CLIP trained on seen classes only (task 4 cross-class); 'none' skips it"))
+    tasks: str = field(default="all", metadata=_help("benchmark tasks (see eval_benchmark.py --help)"))
+    seed: int = 42
+    overwrite_output_dir: bool = field(default=False, metadata=_help("replace an earlier run in --output_dir"))
+    vit_epochs: int | None = field(default=None, metadata=_help("override the preset's vit_epochs"))
+    clip_epochs: int | None = field(default=None, metadata=_help("override the preset's clip_epochs"))
+    image_size: int | None = field(default=None, metadata=_help("override the preset's image_size"))
+    batch_size: int | None = field(default=None, metadata=_help("override the preset's batch_size"))
+    max_train_samples: int | None = field(default=None, metadata=_help("override the preset's max_train_samples"))
+    max_eval_samples: int | None = field(default=None, metadata=_help("override the preset's max_eval_samples"))
+    shots: str | None = field(default=None, metadata=_help("override the preset's few-shot k list, e.g. 1,2,4,8,16"))
+    seeds: str | None = field(default=None, metadata=_help("override the preset's few-shot seeds, e.g. 1,2,3"))
+
+    def __post_init__(self):
+        if self.synthetic_size is not None and len(self.synthetic_size) != 2:
+            raise ValueError(f"--synthetic_size takes two numbers, TRAIN VAL; got {self.synthetic_size}")
+
+    def settings(self) -> dict[str, Any]:
+        """The preset's values with the flags given here (not None) in their place."""
+        settings = dict(PRESETS[self.preset])
+        for key in settings:
+            value = getattr(self, key, None)
+            if value is not None:
+                settings[key] = tuple(value) if key == "synthetic_size" else value
+        return settings
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser(PipelineArguments, prog="python -m sdx pipeline", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PipelineArguments:
+    """Flags, or one YAML / JSON file of them (the transformers examples' convention)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])[0]
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])[0]
+    return parser.parse_args_into_dataclasses(argv)[0]
 
 
 def _step(title: str) -> float:
@@ -105,27 +143,76 @@ def _optional(flag: str, value: Any) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
-def run_pipeline(args) -> dict:
-    from sdx.train.clip import parse_clip_args, run_clip_training
-    from sdx.data.builder import build_report, format_report, load_steeldefectx
-    from sdx.report.gallery import data_gallery
-    from sdx.bench.tasks import parse_benchmark_args, run_benchmark
-    from sdx.data.layout import data_source
-    from sdx.data.synthetic import default_dataset_dir
-    from sdx.train.vit import parse_vit_args, run_vit_training
+def _sample_limits(s: dict[str, Any]) -> list[str]:
+    return [*_optional("--max_train_samples", s["max_train_samples"]),
+            *_optional("--max_eval_samples", s["max_eval_samples"])]
 
-    s = _settings(args)
+
+def _vit_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, vit_dir: Path) -> list[str]:
+    argv = ["--data_dir", data_dir, "--output_dir", str(vit_dir), "--seed", str(args.seed),
+            *(["--overwrite_output_dir"] if args.overwrite_output_dir else []),
+            "--num_train_epochs", str(s["vit_epochs"]), "--per_device_train_batch_size", str(s["batch_size"]),
+            "--hflip", "--vflip", "--learning_rate", str(s["vit_lr"]), "--lr_scheduler_type", "cosine",
+            "--warmup_steps", "30", "--weight_decay", "0.05", *_sample_limits(s)]
+    if args.vit_model_name_or_path:
+        return argv + ["--model_name_or_path", args.vit_model_name_or_path, "--ignore_mismatched_sizes"]
+    argv += ["--model_type", args.vit_model_type, "--model_size", "tiny", "--image_size", str(s["image_size"])]
+    if args.vit_model_type == "vit":
+        argv += ["--patch_size", "8" if s["image_size"] <= 64 else "16",
+                 *_optional("--config_overrides", s["vit_config"])]
+    return argv
+
+
+def _clip_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, clip_dir: Path, level: str,
+               extra: list[str]) -> list[str]:
+    argv = ["--data_dir", data_dir, "--output_dir", str(clip_dir), "--seed", str(args.seed),
+            *(["--overwrite_output_dir"] if args.overwrite_output_dir else []), *extra,
+            "--caption_level", level, "--method", args.clip_method,
+            "--num_train_epochs", str(s["clip_epochs"]), "--learning_rate", str(s["clip_lr"]),
+            "--warmup_steps", "30", "--per_device_train_batch_size", str(s["batch_size"]), *_sample_limits(s)]
+    if args.clip_model_name_or_path:
+        return argv + ["--model_name_or_path", args.clip_model_name_or_path]
+    return argv + ["--model_size", "tiny", "--image_size", str(s["image_size"])]
+
+
+def _bench_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, bench_dir: Path, vit_dir: Path,
+                clip_dirs: dict[str, tuple[str, Path]]) -> list[str]:
+    argv = ["--data_dir", data_dir, "--output_dir", str(bench_dir), "--tasks", args.tasks,
+            "--vision_model_name_or_path", str(vit_dir),
+            "--shots", str(s["shots"] if args.shots is None else args.shots),
+            "--seeds", str(s["seeds"] if args.seeds is None else args.seeds),
+            *_optional("--max_eval_samples", s["max_eval_samples"])]
+    for name, (level, path) in clip_dirs.items():
+        argv += ["--model_name_or_path", f"{level}:{name}={path}"]
+    return argv
+
+
+def _clip_runs(args: PipelineArguments, class_names: list[str]) -> tuple[list[tuple[str, str, list[str]]], list]:
+    """([(run name, caption level, extra flags)], unseen classes): one CLIP per level, and one on seen classes."""
+    levels = [T.normalize_level(lv) for lv in args.clip_levels.split(",") if lv.strip()]
+    unseen = sorted(set(class_names))[1::4]
+    runs = [(f"clip_{level}", level, []) for level in levels]
+    if args.transfer_level != "none" and unseen:
+        level = T.normalize_level(args.transfer_level)
+        runs.append((f"clip_{level}_seen", level, ["--exclude_classes", *unseen]))
+    return runs, unseen
+
+
+def _prepare(args: PipelineArguments, s: dict[str, Any]) -> tuple[Path, str]:
+    """(the output folder, emptied or new; the data folder every step reads)."""
     out = Path(args.output_dir)
     if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
         raise SystemExit(f"{out} already holds a run: pass --overwrite_output_dir or choose another --output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = args.data_dir
-    if data_source(data_dir) == "synthetic":  # generated once per size, then cached; every step reads that folder
+    if data_source(args.data_dir) == "synthetic":  # generated once per size, then cached
         n_train, n_val = s["synthetic_size"]
-        data_dir = str(default_dataset_dir(train_per_class=n_train, val_per_class=n_val, progress=True))
-    data_arg = ["--data_dir", str(data_dir)]
-    overwrite = ["--overwrite_output_dir"] if args.overwrite_output_dir else []
-    levels = [T.normalize_level(lv) for lv in args.clip_levels.split(",") if lv.strip()]
+        return out, str(default_dataset_dir(train_per_class=n_train, val_per_class=n_val, progress=True))
+    return out, str(args.data_dir)
+
+
+def run_pipeline(args: PipelineArguments) -> dict:
+    s = args.settings()
+    out, data_dir = _prepare(args, s)
     timings: dict[str, float] = {}
 
     t = _step("1/4 data")
@@ -136,59 +223,20 @@ def run_pipeline(args) -> dict:
     timings["data_s"] = time.perf_counter() - t
 
     t = _step("2/4 vision-only classifier (train_vit.py)")
-    vit_dir = out / "vit"
-    vit_argv = [*data_arg, "--output_dir", str(vit_dir), "--seed", str(args.seed), *overwrite,
-                "--num_train_epochs", str(s["vit_epochs"]), "--per_device_train_batch_size", str(s["batch_size"]),
-                "--hflip", "--vflip", "--learning_rate", str(s["vit_lr"]), "--lr_scheduler_type", "cosine",
-                "--warmup_steps", "30", "--weight_decay", "0.05",
-                *_optional("--max_train_samples", s["max_train_samples"]),
-                *_optional("--max_eval_samples", s["max_eval_samples"])]
-    if args.vit_model_name_or_path:
-        vit_argv += ["--model_name_or_path", args.vit_model_name_or_path, "--ignore_mismatched_sizes"]
-    else:
-        vit_argv += ["--model_type", args.vit_model_type, "--model_size", "tiny", "--image_size", str(s["image_size"])]
-        if args.vit_model_type == "vit":
-            vit_argv += ["--patch_size", "8" if s["image_size"] <= 64 else "16",
-                         *_optional("--config_overrides", s["vit_config"])]
-    vit = run_vit_training(parse_vit_args(vit_argv))
+    vit = train_vit.main(_vit_argv(args, s, data_dir, out / "vit"))
     timings["vit_s"] = time.perf_counter() - t
 
-    with_images = sorted(set(ds["train"]["class_name"]))
-    unseen = with_images[1::4]
-    runs = [(f"clip_{level}", level, []) for level in levels]
-    if args.transfer_level != "none" and unseen:
-        level = T.normalize_level(args.transfer_level)
-        runs.append((f"clip_{level}_seen", level, ["--exclude_classes", *unseen]))
-    t = _step(f"3/4 CLIP per caption level {', '.join(lv.upper() for lv in levels)}"
-              + (f", and {runs[-1][0]} without {unseen}" if runs[-1][2] else "") + " (train_clip.py)")
+    runs, unseen = _clip_runs(args, ds["train"]["class_name"])
+    t = _step(f"3/4 CLIP per caption level {', '.join(r[1].upper() for r in runs if not r[2])}"
+              + (f", and {runs[-1][0]} without {unseen}" if runs and runs[-1][2] else "") + " (train_clip.py)")
     clip_dirs, clips = {}, {}
     for name, level, extra in runs:
-        clip_dir = out / name
-        clip_argv = [*data_arg, "--output_dir", str(clip_dir), "--seed", str(args.seed), *overwrite, *extra,
-                     "--caption_level", level, "--method", args.clip_method,
-                     "--num_train_epochs", str(s["clip_epochs"]), "--learning_rate", str(s["clip_lr"]),
-                     "--warmup_steps", "30", "--per_device_train_batch_size", str(s["batch_size"]),
-                     *_optional("--max_train_samples", s["max_train_samples"]),
-                     *_optional("--max_eval_samples", s["max_eval_samples"])]
-        if args.clip_model_name_or_path:
-            clip_argv += ["--model_name_or_path", args.clip_model_name_or_path]
-        else:
-            clip_argv += ["--model_size", "tiny", "--image_size", str(s["image_size"])]
-        clips[name] = run_clip_training(parse_clip_args(clip_argv))
-        clip_dirs[name] = (level, clip_dir)
+        clips[name] = train_clip.main(_clip_argv(args, s, data_dir, out / name, level, extra))
+        clip_dirs[name] = (level, out / name)
     timings["clip_s"] = time.perf_counter() - t
 
     t = _step("4/4 benchmark (eval_benchmark.py)")
-    bench_dir = out / "bench"
-    bench_argv = [*data_arg,
-                  "--output_dir", str(bench_dir), "--tasks", args.tasks,
-                  "--vision_model_name_or_path", str(vit_dir),
-                  "--shots", str(s["shots"] if args.shots is None else args.shots),
-                  "--seeds", str(s["seeds"] if args.seeds is None else args.seeds),
-                  *_optional("--max_eval_samples", s["max_eval_samples"])]
-    for name, (level, path) in clip_dirs.items():
-        bench_argv += ["--model_name_or_path", f"{level}:{name}={path}"]
-    results = run_benchmark(parse_benchmark_args(bench_argv), bench_argv)
+    results = bench_tasks.main(_bench_argv(args, s, data_dir, out / "bench", out / "vit", clip_dirs))
     timings["bench_s"] = time.perf_counter() - t
 
     summary = {"output_dir": str(out), "gallery": str(gallery), "report": results["meta"]["outputs"]["report"],
@@ -201,7 +249,7 @@ def run_pipeline(args) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_pipeline(build_parser().parse_args(argv))
+    return run_pipeline(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The main job end to end at the smallest settings: synthetic data and the real fixture."""
+"""The main job: its arguments (flags, YAML, JSON, presets) and, marked slow, end to end at the smallest settings."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def _run(tmp_path, *extra):
     return out, summary, report
 
 
+@pytest.mark.slow
 def test_demo_pipeline_on_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.setenv("STEELDEFECTX_CACHE", str(tmp_path / "syn"))
     out, summary, report = _run(tmp_path)
@@ -42,6 +43,7 @@ def test_pipeline_refuses_to_overwrite_a_run(tmp_path):
         pipeline.main(["--preset", "smoke", "--output_dir", str(tmp_path / "run")])
 
 
+@pytest.mark.slow
 def test_pipeline_on_the_real_fixture(tmp_path, real_subset):
     out, summary, report = _run(tmp_path, "--data_dir", str(real_subset), "--transfer_level", "none")
     assert "SYNTHETIC" not in report.splitlines()[0]
@@ -49,3 +51,29 @@ def test_pipeline_on_the_real_fixture(tmp_path, real_subset):
     assert "random-init" in report and "subsampled" in report
     for section in SECTIONS[:3]:
         assert section in report
+
+
+def test_arguments_from_flags_yaml_and_json(tmp_path):
+    args = pipeline.parse_args(["--preset", "smoke", "--vit_epochs", "3", "--synthetic_size", "5", "2",
+                                "--overwrite_output_dir"])
+    settings = args.settings()
+    assert settings["vit_epochs"] == 3 and settings["synthetic_size"] == (5, 2) and args.overwrite_output_dir
+    assert settings["clip_epochs"] == pipeline.PRESETS["smoke"]["clip_epochs"]  # not given: the preset's
+    (tmp_path / "run.yaml").write_text("preset: smoke\nclip_levels: t2\nseed: 7\n")
+    (tmp_path / "run.json").write_text(json.dumps({"preset": "full", "tasks": "task1"}))
+    from_yaml, from_json = pipeline.parse_args([str(tmp_path / "run.yaml")]), pipeline.parse_args([str(tmp_path / "run.json")])
+    assert (from_yaml.preset, from_yaml.clip_levels, from_yaml.seed) == ("smoke", "t2", 7)
+    assert (from_json.preset, from_json.tasks, from_json.data_dir) == ("full", "task1", "synthetic")
+    with pytest.raises(ValueError, match="two numbers"):
+        pipeline.parse_args(["--synthetic_size", "5"])
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(["--preset", "huge"])
+
+
+def test_clip_runs_one_per_level_and_one_on_the_seen_classes():
+    names = ["A", "B", "C", "D", "E", "F", "A"]
+    runs, unseen = pipeline._clip_runs(pipeline.parse_args(["--clip_levels", "t0,coarse"]), names)
+    assert unseen == ["B", "F"]
+    assert runs == [("clip_t0", "t0", []), ("clip_t1", "t1", []), ("clip_t1_seen", "t1", ["--exclude_classes", "B", "F"])]
+    runs, _ = pipeline._clip_runs(pipeline.parse_args(["--clip_levels", "t4", "--transfer_level", "none"]), names)
+    assert runs == [("clip_t4", "t4", [])]

@@ -1,4 +1,4 @@
-"""Tests of the embedded synthetic generator (sdx/synthetic.py).
+"""Tests of the embedded synthetic generator (sdx/data/synthetic.py).
 
 Thresholds used here and why:
 * classifier: a logistic regression (scikit-learn defaults) on translation-invariant features computed from the
@@ -332,7 +332,7 @@ def test_contact_sheet(default_data, tmp_path):
 
 
 def test_steeldefectx_cli_and_loader_read_the_output(tmp_path):
-    """End to end through the project's entry point and dataset builder (the lead's code)."""
+    """End to end through the steeldefectx.py entry point and the dataset builder."""
     steeldefectx = pytest.importorskip("steeldefectx")
     out = tmp_path / "gen"
     summary = steeldefectx.main(["generate", str(out), "--train_per_class", "3", "--val_per_class", "2",
