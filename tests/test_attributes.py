@@ -48,6 +48,7 @@ def _fixture_records(real_subset: Path):
             yield split, rec
 
 
+@pytest.mark.slow  # all 1,800 masked records (about 3 s); the fast tier checks the 540 val ones through the CLI
 def test_real_fixture_rule_fields_and_template(real_subset):
     n_checked = 0
     field_mismatch: dict[str, int] = {}

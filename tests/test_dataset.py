@@ -87,12 +87,13 @@ def _write_records(root: Path, records, split="train") -> None:
 # ------------------------------------------------------------------------------------------------ real data
 
 @pytest.fixture(scope="module")
-def real_default(real_subset, tmp_path_factory):
-    return D.load_steeldefectx(real_subset, "default", cache_dir=str(tmp_path_factory.mktemp("c")))
+def real_fine(real_subset, tmp_path_factory):
+    """The real fixture with T2 captions (config "fine"): splits and masks are the same in every config."""
+    return D.load_steeldefectx(real_subset, "fine", cache_dir=str(tmp_path_factory.mktemp("c")))
 
 
-def test_real_fixture_counts(real_subset, real_default):
-    ds = real_default
+def test_real_fixture_counts(real_subset, real_fine):
+    ds = real_fine
     assert len(ds["train"]) + len(ds["validation"]) == 2212
     assert len(ds["test"]) == 948
     names = D.class_names(ds)
@@ -117,22 +118,25 @@ def test_real_fixture_counts(real_subset, real_default):
     assert set(np.unique(np.asarray(row["mask"]))) <= {0, 255}
 
 
-def test_real_fixture_validation_is_stratified(real_default):
-    train = collections.Counter(real_default["train"]["class_name"])
-    val = collections.Counter(real_default["validation"]["class_name"])
+def test_real_fixture_validation_is_stratified(real_fine):
+    train = collections.Counter(real_fine["train"]["class_name"])
+    val = collections.Counter(real_fine["validation"]["class_name"])
     for name, n in val.items():
         assert n == round(0.1 * (n + train[name])) or n == 1
 
 
-def test_real_fixture_fallbacks_are_counted(real_subset, tmp_path):
-    ds = D.load_steeldefectx(real_subset, "fine", cache_dir=str(tmp_path))
-    rep = D.build_report(ds)
+def test_real_fixture_fallbacks_are_counted(real_fine):
+    rep = D.build_report(real_fine)
     # every image lacks T2 in the fixture: NEU ones fall back to T4, X-SDD ones to T1
     assert sum(rep["fallbacks"]["test"].values()) == 948
     assert rep["fallbacks"]["test"] == {"t2->t4": 540, "t2->t1": 408}
+    row = next(r for r in real_fine["test"] if r["t4"])
+    assert row["t2"] == "" and row["caption"] == row["t4"]
+
+
+def test_strict_raises_instead_of_falling_back(layout, cache):
     with pytest.raises(D.DataError, match="natural_language_description"):
-        D.load_steeldefectx(real_subset, "fine", cache_dir=str(tmp_path / "s"), strict=True,
-                            classes=["Crazing"])
+        D.load_steeldefectx(layout, "fine", cache_dir=cache, strict=True)
 
 
 def test_stats_cli_real(real_subset, capsys):
@@ -519,9 +523,8 @@ def test_stats_reports_problem_counts(layout, capsys):
 
 # ------------------------------------------------------------------------------------------------ embedded default, annotation
 
-def test_synthetic_default_loads(tmp_path, monkeypatch):
-    monkeypatch.setenv("STEELDEFECTX_CACHE", str(tmp_path / "syn"))
-    ds = D.load_steeldefectx("synthetic", "structured", cache_dir=str(tmp_path / "c"))
+def test_synthetic_default_loads():
+    ds = D.load_steeldefectx("synthetic", "structured")  # the shared caches, as --data_dir synthetic uses them
     rep = D.build_report(ds)
     assert len(ds["test"]) > 0 and sum(rep["fallbacks"].get(s, {}).get("t4->t1", 0) for s in ds) == 0
     row = ds["train"][0]

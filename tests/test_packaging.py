@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 import re
+import runpy
 import subprocess
 import sys
 import tomllib
@@ -54,7 +55,16 @@ def test_dataset_card_ships_inside_the_package():
     assert card.startswith("---") and "pretty_name: SteelDefectX" in card
 
 
-def test_top_level_entry_points_print_help():
+@pytest.mark.parametrize("script", ["train_clip.py", "train_vit.py", "eval_benchmark.py", "steeldefectx.py"])
+def test_top_level_entry_point_prints_help(script, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_top_level_entry_points_print_help_in_fresh_interpreters():
     scripts = ("train_clip.py", "train_vit.py", "eval_benchmark.py", "steeldefectx.py")
     running = {script: subprocess.Popen([sys.executable, str(ROOT / script), "--help"], cwd=ROOT, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE) for script in scripts}

@@ -33,10 +33,9 @@ RECORD_KEYS = {"image_name", "class_name", "natural_language_description", "stru
 
 
 @pytest.fixture(scope="module")
-def default_data(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("synthetic") / "data"
-    summary = synthetic.generate(out, progress=False)
-    return out, summary
+def default_data() -> Path:
+    """The default synthetic dataset, as `--data_dir synthetic` reads it (generated once into the shared cache)."""
+    return synthetic.default_dataset_dir()
 
 
 def _records(data_dir: Path, split: str) -> list[dict]:
@@ -50,7 +49,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------------------
 def test_layout_and_schema(default_data):
-    data_dir, summary = default_data
+    data_dir = default_data
     for sub in ("train", "val", "train_mask", "val_mask"):
         assert (data_dir / sub).is_dir(), sub
     assert (data_dir / "SYNTHETIC.md").is_file()
@@ -58,7 +57,7 @@ def test_layout_and_schema(default_data):
     assert "SYNTHETIC" in md and synthetic.GENERATOR_VERSION in md and "seed" in md
 
     descriptions = json.loads((data_dir / "class_descriptions.json").read_text())
-    assert sorted(descriptions) == sorted(synthetic.KINDS) == summary["classes"]
+    assert sorted(descriptions) == sorted(synthetic.KINDS) == list(synthetic.DEFAULT_CLASSES)
     assert len(descriptions) >= 7
     for c, t1 in descriptions.items():
         assert c in CLASS_NAMES
@@ -90,7 +89,7 @@ def test_layout_and_schema(default_data):
 
 
 def test_masks_binary_nonempty_and_sized(default_data):
-    data_dir, _ = default_data
+    data_dir = default_data
     for split in ("train", "val"):
         for r in _records(data_dir, split):
             stem = r["image_name"][:-4]
@@ -102,10 +101,7 @@ def test_masks_binary_nonempty_and_sized(default_data):
 
 
 def test_counts(default_data):
-    data_dir, summary = default_data
-    n_classes = len(synthetic.KINDS)
-    assert summary["splits"] == {"train": 12 * n_classes, "val": 6 * n_classes}
-    assert summary["images"] == 18 * n_classes
+    data_dir = default_data
     for split, k in (("train", 12), ("val", 6)):
         counts = {}
         for r in _records(data_dir, split):
@@ -116,7 +112,7 @@ def test_counts(default_data):
 def test_t4_rendered_from_t3_and_rule_fields_match_files(default_data):
     """T4 is the authors' template of T3; T3's rule fields are what the engine measures on the written files."""
     from sdx.annotate.engine import annotate
-    data_dir, _ = default_data
+    data_dir = default_data
     for split in ("train", "val"):
         for r in _records(data_dir, split)[::5]:
             t3 = r["structured_attributes"]
@@ -130,7 +126,7 @@ def test_t4_rendered_from_t3_and_rule_fields_match_files(default_data):
 
 def test_t2_agrees_with_t3(default_data):
     """The per-image sentence states what was drawn: tone, direction, main cell and count agree with T3."""
-    data_dir, _ = default_data
+    data_dir = default_data
     texts = []
     for r in _records(data_dir, "train") + _records(data_dir, "val"):
         t2, t3 = r["natural_language_description"], r["structured_attributes"]
@@ -173,6 +169,7 @@ def test_class_subset_and_independence(tmp_path):
     summary = synthetic.generate(sub, train_per_class=2, val_per_class=1, size=64, progress=False,
                                  classes=["pa", "bs"])
     assert summary["classes"] == ["Bright scratch", "Patches"]
+    assert summary["splits"] == {"train": 4, "val": 2} and summary["images"] == 6 and summary["synthetic"] is True
     assert sorted(json.loads((sub / "class_descriptions.json").read_text())) == ["Bright scratch", "Patches"]
     d_full, d_sub = _tree_digest(full), _tree_digest(sub)
     for name, digest in d_sub.items():
@@ -225,7 +222,7 @@ def _mask_stats(data_dir: Path, split: str, r: dict) -> list[float]:
 
 
 def test_classes_distinct_in_image_statistics(default_data):
-    data_dir, _ = default_data
+    data_dir = default_data
     stats: dict[str, list] = {}
     for split in ("train", "val"):
         for r in _records(data_dir, split):
@@ -256,7 +253,7 @@ def test_small_classifier_learns_the_classes(default_data):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    data_dir, _ = default_data
+    data_dir = default_data
     xy = {}
     for split in ("train", "val"):
         records = _records(data_dir, split)
@@ -324,7 +321,7 @@ def test_cli_generate(tmp_path, capsys):
 
 
 def test_contact_sheet(default_data, tmp_path):
-    data_dir, _ = default_data
+    data_dir = default_data
     png = synthetic.contact_sheet(data_dir, tmp_path / "sheet.png", n_per_class=1)
     with Image.open(png) as im:
         w, h = im.size
