@@ -61,7 +61,8 @@ def test_arguments_from_flags_yaml_and_json(tmp_path):
     assert settings["clip_epochs"] == pipeline.PRESETS["smoke"]["clip_epochs"]  # not given: the preset's
     (tmp_path / "run.yaml").write_text("preset: smoke\nclip_levels: t2\nseed: 7\n")
     (tmp_path / "run.json").write_text(json.dumps({"preset": "full", "tasks": "task1"}))
-    from_yaml, from_json = pipeline.parse_args([str(tmp_path / "run.yaml")]), pipeline.parse_args([str(tmp_path / "run.json")])
+    from_yaml = pipeline.parse_args([str(tmp_path / "run.yaml")])
+    from_json = pipeline.parse_args([str(tmp_path / "run.json")])
     assert (from_yaml.preset, from_yaml.clip_levels, from_yaml.seed) == ("smoke", "t2", 7)
     assert (from_json.preset, from_json.tasks, from_json.data_dir) == ("full", "task1", "synthetic")
     with pytest.raises(ValueError, match="two numbers"):
@@ -74,6 +75,7 @@ def test_clip_runs_one_per_level_and_one_on_the_seen_classes():
     names = ["A", "B", "C", "D", "E", "F", "A"]
     runs, unseen = pipeline._clip_runs(pipeline.parse_args(["--clip_levels", "t0,coarse"]), names)
     assert unseen == ["B", "F"]
-    assert runs == [("clip_t0", "t0", []), ("clip_t1", "t1", []), ("clip_t1_seen", "t1", ["--exclude_classes", "B", "F"])]
+    assert runs == [("clip_t0", "t0", []), ("clip_t1", "t1", []),
+                    ("clip_t1_seen", "t1", ["--exclude_classes", "B", "F"])]
     runs, _ = pipeline._clip_runs(pipeline.parse_args(["--clip_levels", "t4", "--transfer_level", "none"]), names)
     assert runs == [("clip_t4", "t4", [])]

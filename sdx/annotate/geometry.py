@@ -17,7 +17,8 @@ from scipy.spatial import ConvexHull, QhullError
 
 from sdx.annotate.images import load_mask_array
 
-__all__ = ["BINARY_THRESHOLD", "Components", "label_components", "compute_geometry", "FALLBACK_SHAPE",
+__all__ = ["BINARY_THRESHOLD", "Components", "label_components", "compute_geometry", "axis_direction",
+           "FALLBACK_SHAPE",
            "FALLBACK_DIRECTION", "FALLBACK_DISTRIBUTION"]
 
 BINARY_THRESHOLD = 127          # mask > 127 is defect (statistics, components, geometry)
@@ -185,14 +186,17 @@ def _pieces_direction(crop_labels: np.ndarray, count: int) -> str:
     return "none"
 
 
-def _direction_word(elong: float, angle: float) -> str:
-    if elong < ELONGATED_MIN_ELONGATION:
-        return "none"
+def axis_direction(angle: float) -> str:
+    """The Direction of an axis at ``angle`` degrees from the horizontal (0..90): horizontal, vertical, diagonal."""
     if angle < DIAGONAL_BAND[0]:
         return "horizontal"
     if angle > DIAGONAL_BAND[1]:
         return "vertical"
     return "diagonal"
+
+
+def _direction_word(elong: float, angle: float) -> str:
+    return "none" if elong < ELONGATED_MIN_ELONGATION else axis_direction(angle)
 
 
 class _Features:

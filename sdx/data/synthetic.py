@@ -29,9 +29,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from sdx.annotate.engine import annotate
+from sdx.annotate.engine import annotate, compute_position
+from sdx.annotate.geometry import axis_direction
 from sdx.data.layout import is_synthetic_dir  # noqa: F401  (defined in layout; train/ and bench/ import it from here)
-from sdx.data.levels import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, GRID_CELLS, SHAPES
+from sdx.data.levels import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, SHAPES
 
 __all__ = [
     "GENERATOR_VERSION", "KINDS", "DEFAULT_CLASSES", "T1_SENTENCES", "generate", "render_sample",
@@ -42,7 +43,7 @@ GENERATOR_VERSION = "1.0"
 JPEG_QUALITY = 92
 SPLITS = ("train", "val")
 CLUSTER_SPREAD = 0.2       # mean centroid distance / image size below which several components are "clustered"
-DIRECTION_TOLERANCE = 22.5  # degrees from an axis still called horizontal / vertical
+DIRECTION_TOLERANCE = 22.5  # degrees from the rolling axis still called "along the rolling direction" in T2
 
 # T1: written for this generator in the release's style (not the release's sentences).
 T1_SENTENCES: dict[str, str] = {
@@ -141,14 +142,9 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
 
 
 def _direction(angle: float) -> str:
-    """Image-plane direction word for an orientation angle (radians, 0 = along x)."""
+    """The Direction of a drawn orientation (radians, 0 = along x), by the annotation engine's rule."""
     deg = abs(math.degrees(angle)) % 180.0
-    deg = min(deg, 180.0 - deg)  # 0 = horizontal, 90 = vertical
-    if deg <= DIRECTION_TOLERANCE:
-        return "horizontal"
-    if deg >= 90.0 - DIRECTION_TOLERANCE:
-        return "vertical"
-    return "diagonal"
+    return axis_direction(min(deg, 180.0 - deg))  # 0 = horizontal, 90 = vertical
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -542,20 +538,6 @@ def _encode_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _cell_shares(binary: np.ndarray) -> list[tuple[str, float]]:
-    """3x3 grid shares of the mask pixels (same grid as T3 Position), largest first."""
-    h, w = binary.shape
-    ys = [int(round(k * h / 3)) for k in range(4)]
-    xs = [int(round(k * w / 3)) for k in range(4)]
-    counts = np.array([[binary[ys[r]:ys[r + 1], xs[c]:xs[c + 1]].sum() for c in range(3)] for r in range(3)],
-                      dtype=np.float64).ravel()
-    total = counts.sum()
-    if total == 0:
-        return []
-    order = sorted(range(9), key=lambda i: -counts[i])
-    return [(GRID_CELLS[i], counts[i] / total) for i in order if counts[i] > 0]
-
-
 @dataclass
 class Sample:
     class_name: str
@@ -624,7 +606,7 @@ def _orientation_phrase(rng: np.random.Generator, direction: str, along_rolling:
     return phrase
 
 
-def _position_phrase(rng: np.random.Generator, shares: list[tuple[str, float]]) -> str:
+def _position_phrase(rng: np.random.Generator, shares: list[list[Any]]) -> str:
     if not shares:
         return "at an unclear location"
     if sum(1 for _, sh in shares if sh >= 0.05) >= 6:
@@ -643,7 +625,7 @@ def _size_phrase(drawn: Drawn, area_share: float) -> str:
 
 
 def _t2_sentence(rng: np.random.Generator, class_name: str, drawn: Drawn, direction: str, count: int,
-                 shares: list[tuple[str, float]], area_share: float, diff: float, along_rolling: bool) -> str:
+                 shares: list[list[Any]], area_share: float, diff: float, along_rolling: bool) -> str:
     if drawn.collective:
         noun = drawn.collective
         if count > 1:
@@ -712,7 +694,7 @@ def render_sample(class_name: str, *, seed: int = 0, split: str = "train", n: in
     if drawn.collective:  # a network: its visible extent, not the drawing region's
         ys, xs = np.nonzero(binary)
         drawn.extent = float(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
-    t2 = _t2_sentence(rng, class_name, drawn, direction, count, _cell_shares(binary), area_share, inside - outside,
+    t2 = _t2_sentence(rng, class_name, drawn, direction, count, compute_position(mask), area_share, inside - outside,
                       along_rolling)
     assert drawn.shape in SHAPES and direction in DIRECTIONS and distribution in DISTRIBUTIONS
     return Sample(class_name, jpeg, _encode_png(mask), decoded, mask, drawn.shape, direction, distribution,
