@@ -139,6 +139,7 @@ def test_strict_raises_instead_of_falling_back(layout, cache):
         D.load_steeldefectx(layout, "fine", cache_dir=cache, strict=True)
 
 
+@pytest.mark.slow  # scans all 3,160 images and 1,800 masks again; test_stats_reports_problem_counts is the fast one
 def test_stats_cli_real(real_subset, capsys):
     stats = steeldefectx.main(["stats", "--data_dir", str(real_subset)])
     assert sum(r["images"] for r in stats["per_class"]["train"].values()) == 2212

@@ -320,8 +320,10 @@ def test_cli_generate(tmp_path, capsys):
         assert flag in help_text
 
 
-def test_contact_sheet(default_data, tmp_path):
-    data_dir = default_data
+def test_contact_sheet(tmp_path):
+    data_dir = tmp_path / "data"
+    synthetic.generate(data_dir, train_per_class=2, val_per_class=0, size=48, classes=["bs", "pu", "ws"],
+                       progress=False)
     png = synthetic.contact_sheet(data_dir, tmp_path / "sheet.png", n_per_class=1)
     with Image.open(png) as im:
         w, h = im.size
