@@ -71,3 +71,10 @@ def test_top_level_entry_points_print_help_in_fresh_interpreters():
     for script, proc in running.items():  # started together: the four imports overlap
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "usage:" in out, (script, err[-500:])
+
+
+@pytest.mark.parametrize("tool", list(cli.TOOLS))
+def test_python_m_sdx_dispatches_to_each_tool(tool, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([tool, "--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
