@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from sdx.annotate.engine import annotate, compute_position
 from sdx.annotate.geometry import axis_direction
 from sdx.data.layout import is_synthetic_dir  # noqa: F401  (defined in layout; train/ and bench/ import it from here)
+from sdx.annotate.phrases import NUMBER_WORDS, count_phrase, orientation_phrase, position_phrase, size_adjective, tone
 from sdx.data.levels import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, SHAPES
 
 __all__ = [
@@ -519,9 +520,6 @@ for _name in KINDS:  # the label space must be the release's
 # ------------------------------------------------------------------------------------------------------------
 # one sample: image, mask, geometry, T2
 # ------------------------------------------------------------------------------------------------------------
-_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")
-
-
 def _image_rng(seed: int, class_name: str, split: str, n: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), CLASS_NAMES.index(class_name), SPLITS.index(split), int(n)])
 
@@ -568,56 +566,6 @@ def _geometry(binary: np.ndarray, drawn: Drawn) -> tuple[str, int, np.ndarray]:
     return ("clustered" if spread < CLUSTER_SPREAD else "scattered"), int(count), centroids
 
 
-def _count_phrase(rng: np.random.Generator, count: int) -> str:
-    if count == 1:
-        return str(rng.choice(["a single", "one", "a"]))
-    if count <= 5:
-        return _NUMBER_WORDS[count]
-    if count <= 12:
-        return str(rng.choice(["several", "a group of", "a handful of"]))
-    return str(rng.choice(["many", "numerous", "dozens of"] if count >= 24 else ["many", "numerous"]))
-
-
-def _size_adjective(area_share: float) -> str:
-    for limit, word in ((0.01, "tiny"), (0.03, "small"), (0.10, "moderate"), (0.25, "large")):
-        if area_share < limit:
-            return word
-    return "extensive"
-
-
-def _tone(diff: float) -> tuple[str, str]:
-    """(adverb, comparison) for the measured mean gray difference inside - outside the mask."""
-    strength = "slightly" if abs(diff) < 10 else ("clearly" if abs(diff) <= 40 else "much")
-    if diff < -5:
-        return strength, "darker"
-    if diff > 5:
-        return strength, "brighter"
-    return "", "similar in tone"
-
-
-def _orientation_phrase(rng: np.random.Generator, direction: str, along_rolling: bool) -> str:
-    if direction == "none":
-        return ""
-    verb = str(rng.choice(["running", "oriented", "lying", "extending"]))
-    how = {"horizontal": "horizontally", "vertical": "vertically", "diagonal": "diagonally"}[direction]
-    phrase = f"{verb} {how}"
-    if along_rolling and rng.random() < 0.5:
-        phrase += " along the rolling direction"
-    return phrase
-
-
-def _position_phrase(rng: np.random.Generator, shares: list[list[Any]]) -> str:
-    if not shares:
-        return "at an unclear location"
-    if sum(1 for _, sh in shares if sh >= 0.05) >= 6:
-        return str(rng.choice(["spread over most of the image", "across most of the frame"]))
-    if shares[0][1] >= 0.6 or len(shares) == 1:
-        where = f"the {shares[0][0]}"
-    else:
-        where = f"the {shares[0][0]} and {shares[1][0]}"
-    return str(rng.choice([f"in {where} of the image", f"mainly in {where} region", f"around {where}"]))
-
-
 def _size_phrase(drawn: Drawn, area_share: float) -> str:
     if drawn.extent_word == "area" or drawn.extent <= 0:
         return f"covering about {max(1, round(100 * area_share))}% of the image"
@@ -629,32 +577,32 @@ def _t2_sentence(rng: np.random.Generator, class_name: str, drawn: Drawn, direct
     if drawn.collective:
         noun = drawn.collective
         if count > 1:
-            noun += f" in {_NUMBER_WORDS[count] if count <= 5 else 'many'} separate pieces"
+            noun += f" in {NUMBER_WORDS[count] if count <= 5 else 'many'} separate pieces"
         be, pron, cnt = "is", "it", "a"
     else:
         noun = drawn.noun[0] if count == 1 else drawn.noun[1]
         be, pron = ("is", "it") if count == 1 else ("are", "they")
-        cnt = _count_phrase(rng, count)
-    size_adj = _size_adjective(area_share)
-    adv, cmp_word = _tone(diff)
-    tone = (f"{adv} {cmp_word} than the surrounding steel" if adv else "similar in tone to the surrounding steel")
-    orient = _orientation_phrase(rng, direction, along_rolling)
-    pos = _position_phrase(rng, shares)
+        cnt = count_phrase(rng, count)
+    size_adj = size_adjective(area_share)
+    adv, cmp_word = tone(diff)
+    tone_text = (f"{adv} {cmp_word} than the surrounding steel" if adv else "similar in tone to the surrounding steel")
+    orient = orientation_phrase(rng, direction, along_rolling)
+    pos = position_phrase(rng, shares)
     size = _size_phrase(drawn, area_share)
     extra = f" {drawn.extras[0]}" if drawn.extras else ""
     cls = class_name.lower()
     template = int(rng.integers(4))
     if template == 0:
-        parts = [f"The {cls} defect appears as {cnt} {size_adj} {noun}{extra}", orient, tone, size, pos]
+        parts = [f"The {cls} defect appears as {cnt} {size_adj} {noun}{extra}", orient, tone_text, size, pos]
         text = ", ".join(p for p in parts if p) + "."
     elif template == 1:
-        text = f"{cnt[0].upper() + cnt[1:]} {size_adj} {noun}{extra} {be} visible {pos}; {pron} {be} {tone}"
+        text = f"{cnt[0].upper() + cnt[1:]} {size_adj} {noun}{extra} {be} visible {pos}; {pron} {be} {tone_text}"
         text += (f", {orient}" if orient else "") + f", {size}."
     elif template == 2:
         article = "an" if cls[0] in "aeiou" else "a"
         where = pos if pos.startswith(("spread", "across")) else f"located {pos}"
         text = (f"This steel surface shows {article} {cls} defect: {cnt} {noun}{extra} {size}"
-                + (f", {orient}" if orient else "") + f", {where} and {tone}.")
+                + (f", {orient}" if orient else "") + f", {where} and {tone_text}.")
     else:
         pos_cap = pos[0].upper() + pos[1:]
         look = f"{adv} {cmp_word}" if adv else "faint"
@@ -851,11 +799,12 @@ def cache_root() -> Path:
 
 
 def _code_digest() -> str:
-    """Digest of the code that determines the files (this module, the annotation engine, the text module)."""
+    """Digest of the code that determines the files (this module, the annotation engine and its phrases, the text
+    module)."""
     h = hashlib.sha256()
     package = Path(__file__).resolve().parents[1]
     for name in ("data/synthetic.py", "annotate/engine.py", "annotate/geometry.py", "annotate/images.py",
-                 "data/levels.py"):
+                 "annotate/phrases.py", "data/levels.py"):
         p = package / name
         h.update(name.encode())
         h.update(p.read_bytes() if p.is_file() else b"<absent>")
