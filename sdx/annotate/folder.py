@@ -132,11 +132,12 @@ def _find_mask(mask_dir: Path, stem: str, sub: str | None) -> Path | None:
     return None
 
 
-def _scan_folder(image_dir: Path, mask_dir: Path, labels: dict[str, str] | None) -> tuple[list[dict], str]:
-    """[{image, name, class_name, mask}] and the labelling mode used ("csv", "folders" or "prefix")."""
+def scan_folder(image_dir: Path, mask_dir: Path | None, labels: dict[str, str] | None) -> tuple[list[dict], str]:
+    """[{image, name, class_name, mask}] and the labelling mode used ("csv", "folders" or "prefix");
+    ``mask_dir=None`` (images only) gives every item mask None."""
     if not image_dir.is_dir():
         raise ValueError(f"image folder not found: {image_dir}")
-    if not mask_dir.is_dir():
+    if mask_dir is not None and not mask_dir.is_dir():
         raise ValueError(f"mask folder not found: {mask_dir}")
     top = sorted(p for p in image_dir.iterdir() if _is_image(p))
     subdirs = sorted(p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -165,7 +166,7 @@ def _scan_folder(image_dir: Path, mask_dir: Path, labels: dict[str, str] | None)
                 raise ValueError(f"image {path}: no class -- the file name starts with no known prefix "
                                  f"(<prefix>_<n>, case-sensitive); give --labels CSV or class sub-folders")
         items.append({"image": path, "name": path.name, "class_name": cls,
-                      "mask": _find_mask(mask_dir, path.stem, sub)})
+                      "mask": None if mask_dir is None else _find_mask(mask_dir, path.stem, sub)})
     if labels is not None:
         extra = sorted(set(labels) - set(seen))
         if extra:
@@ -219,7 +220,7 @@ def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, o
     image_dir, mask_dir, output = Path(image_dir), Path(mask_dir), Path(output)
     label_map = read_labels_csv(labels) if labels else None
     t2_map = read_descriptions(descriptions) if descriptions else {}
-    items, mode = _scan_folder(image_dir, mask_dir, label_map)
+    items, mode = scan_folder(image_dir, mask_dir, label_map)
     no_mask = [it for it in items if it["mask"] is None]
     if no_mask and missing_mask == "error":
         raise ValueError(f"{len(no_mask)} image(s) have no mask in {mask_dir}, first: {no_mask[0]['image']} "
@@ -410,6 +411,9 @@ def format_verify(report: dict) -> str:
 # CLI (registered on steeldefectx.py by register_cli)
 # ----------------------------------------------------------------------------------------------------------
 def annotate_main(args: argparse.Namespace) -> dict:
+    if getattr(args, "llm_fields", False):
+        from sdx.annotate.fields import annotate_llm_main  # function-local: that module imports this one
+        return annotate_llm_main(args)
     summary = annotate_folder(args.image_dir, args.mask_dir, args.output, labels=args.labels,
                               descriptions=args.descriptions, workers=args.workers, missing_mask=args.missing_mask,
                               on_error=args.on_error, fallback_fields=args.fallback_fields,
@@ -467,6 +471,8 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--resize_mask", action="store_true",
                    help="resize a mask of another size to its image (nearest) instead of raising")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from sdx.annotate.fields import add_llm_field_args  # function-local: that module imports this one
+    add_llm_field_args(p)
     p.set_defaults(func=annotate_main)
 
     v = subparsers.add_parser(

@@ -7,7 +7,8 @@ caller's random generator, so a seeded caller gets the same sentence every time.
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -63,3 +64,8 @@ def position_phrase(rng: np.random.Generator, shares: Sequence[Sequence]) -> str
     else:
         where = f"the {shares[0][0]} and {shares[1][0]}"
     return str(rng.choice([f"in {where} of the image", f"mainly in {where} region", f"around {where}"]))
+
+
+def fix_articles(text: str) -> str:
+    """Single spaces, and "a" before a vowel made "an"."""
+    return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", " ".join(text.split()))

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import textwrap
@@ -32,7 +31,8 @@ from tqdm.auto import tqdm
 from sdx.annotate.engine import annotate, compute_position
 from sdx.annotate.geometry import axis_direction
 from sdx.data.layout import is_synthetic_dir  # noqa: F401  (defined in layout; train/ and bench/ import it from here)
-from sdx.annotate.phrases import NUMBER_WORDS, count_phrase, orientation_phrase, position_phrase, size_adjective, tone
+from sdx.annotate.phrases import (NUMBER_WORDS, count_phrase, fix_articles, orientation_phrase, position_phrase,
+                                  size_adjective, tone)
 from sdx.data.levels import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, SHAPES
 
 __all__ = [
@@ -608,8 +608,7 @@ def _t2_sentence(rng: np.random.Generator, class_name: str, drawn: Drawn, direct
         look = f"{adv} {cmp_word}" if adv else "faint"
         text = f"{pos_cap}, {cnt} {size_adj}, {look} {noun}"
         text += f"{extra} can be seen" + (f", {orient}" if orient else "") + f"; {pron} {be} {size}."
-    text = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", " ".join(text.split()))
-    return text
+    return fix_articles(text)
 
 
 def render_sample(class_name: str, *, seed: int = 0, split: str = "train", n: int = 1, size: int = 256) -> Sample:
