@@ -216,6 +216,19 @@ def test_bad_key_stops_the_run_with_a_clear_error(synthetic, tmp_path, monkeypat
     assert not (tmp_path / "t2.json").exists()
 
 
+def test_unreachable_endpoint_stops_the_run(synthetic, tmp_path):
+    import socket
+
+    with socket.socket() as sock:                    # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(EndpointFatal, match="cannot reach the endpoint"):
+        data_main(["describe", "--image_dir", str(synthetic / "train"), "--output", str(tmp_path / "t2.json"),
+                   "--api_base", f"http://127.0.0.1:{port}/v1", "--model", "m", "--quiet", "--max_retries", "1",
+                   "--retry_backoff", "0.01"])
+    assert not (tmp_path / "t2.json").exists()
+
+
 def test_no_model_describer_and_missing_mask_is_counted(synthetic, tmp_path):
     masks = tmp_path / "masks"
     shutil.copytree(synthetic / "train_mask", masks)

@@ -242,4 +242,4 @@ def add_llm_field_args(parser: argparse.ArgumentParser) -> None:
                         help="read Shape, Direction and Spatial Distribution from T2 (--descriptions) with the "
                              "endpoint, as the authors did; the geometric records go to <stem>.geometric.json "
                              "and an agreement table per class to <stem>.agreement.md")
-    add_endpoint_args(parser)
+    add_endpoint_args(parser, title="with --llm_fields: language-model endpoint")

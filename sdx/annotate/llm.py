@@ -45,7 +45,7 @@ __all__ = [
     "write_json_atomic",
 ]
 
-TRANSIENT_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
+TRANSIENT_STATUS = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 FATAL_STATUS = frozenset({401, 403, 404})   # every request would fail the same way: stop the run
 MAX_DELAY_S = 60.0
 
@@ -136,6 +136,7 @@ class ChatClient:
         self.counts = {"requests": 0, "cache_hits": 0, "retries": 0, "failed_requests": 0}
         self._lock = threading.Lock()
         self._fatal: str | None = None   # once the endpoint refused us, no further request is sent
+        self._reached = False            # an HTTP answer (any status) came back at least once
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -178,8 +179,10 @@ class ChatClient:
             try:
                 request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.endpoint.request_timeout) as response:
+                    self._reached = True
                     return self._answer(response.read())
             except urllib.error.HTTPError as exc:
+                self._reached = True
                 detail = self.scrub(exc.read()[:300].decode("utf-8", "replace").strip())
                 error = f"HTTP {exc.code} from {public_url(self.url)}: {detail}"
                 if exc.code in FATAL_STATUS:
@@ -193,6 +196,9 @@ class ChatClient:
                 error = self.scrub(f"{type(exc).__name__} from {public_url(self.url)}: {exc}")
             if attempt + 1 == attempts:
                 self._count("failed_requests")
+                if not self._reached:   # never reached at all: a wrong URL or a server that is down
+                    self._fatal = f"cannot reach the endpoint: {error} (after {attempts} attempts; check --api_base)"
+                    raise EndpointFatal(self._fatal)
                 raise RequestFailed(f"{error} (gave up after {attempts} attempts)")
             self._count("retries")
             time.sleep(self._delay(attempt, retry_after))
@@ -248,8 +254,8 @@ def run_items(items: Sequence[Any], work: Callable[[Any], Any], *, names: Sequen
                 failures[i] = f"{names[i]}: {client.scrub(str(exc)) if client else exc}"
             bar.update(1)
             if client is not None:
-                bar.set_postfix(requests=client.counts["requests"], cache_hits=client.counts["cache_hits"],
-                                failed=len(failures), refresh=False)
+                bar.set_postfix({"requests": client.counts["requests"], "cache_hits": client.counts["cache_hits"],
+                                 "failed": len(failures)}, refresh=False)
             if checkpoint is not None and checkpoint_every > 0 and done % checkpoint_every == 0:
                 checkpoint(results, failures)
     except EndpointFatal:
@@ -262,9 +268,9 @@ def run_items(items: Sequence[Any], work: Callable[[Any], Any], *, names: Sequen
     return results, failures
 
 
-def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
+def add_endpoint_args(parser: argparse.ArgumentParser, title: str = "language-model endpoint") -> None:
     """The endpoint flags shared by ``describe`` and ``annotate --llm_fields``."""
-    g = parser.add_argument_group("language-model endpoint (OpenAI-compatible chat completions) and run")
+    g = parser.add_argument_group(f"{title} (OpenAI-compatible chat completions) and run")
     g.add_argument("--api_base", default=None,
                    help="base URL of the API, e.g. http://127.0.0.1:8000/v1; if not given, $OPENAI_API_BASE")
     g.add_argument("--model", default=None, help="model name sent with each request; if not given, $OPENAI_MODEL")
