@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 DATA_CLI_MODULES = ("sdx.data.builder", "sdx.annotate.engine", "sdx.data.synthetic")
 # python -m sdx COMMAND: the tools that have their own parser, by module (each has main(argv))
-TOOLS = {"train-vit": "sdx.train.vit", "train-clip": "sdx.train.clip", "eval": "sdx.bench.tasks",
+TOOLS = {"train-vit": "sdx.train.vit", "train-clip": "sdx.train.clip", "eval": "sdx.bench.cli",
          "pipeline": "sdx.pipeline"}
 DATA_DESCRIPTION = """SteelDefectX data tools.
 

@@ -109,7 +109,7 @@ def run_pipeline(args) -> dict:
     from sdx.train.clip import parse_clip_args, run_clip_training
     from sdx.data.builder import build_report, format_report, load_steeldefectx
     from sdx.report.gallery import data_gallery
-    from sdx.bench.tasks import parse_benchmark_args, run_benchmark
+    from sdx.bench.cli import parse_benchmark_args, run_benchmark
     from sdx.data.layout import data_source
     from sdx.data.synthetic import default_dataset_dir
     from sdx.train.vit import parse_vit_args, run_vit_training
