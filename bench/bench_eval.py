@@ -12,8 +12,8 @@ In ONE process, with random-init models of a size preset (no pretrained weights 
 3. cold: eval_benchmark.main with every task, every prompt level, k in --shots x --seeds, into an empty cache;
 4. warm: the same command again (everything from the cache).
 
-Figure: cold / reference (goal <= 1.5), warm / reference, and cold / (reference + text pass). A Markdown row is printed (and appended to --row_file).
-Example::
+Figure: cold / reference (goal <= 1.5), warm / reference, and cold / (reference + text pass). A Markdown row is
+printed (and appended to --row_file). Example::
 
     OMP_NUM_THREADS=2 python bench/bench_eval.py --data_dir ../shared/data/steeldefectx-real-subset --clip_size small
 """
@@ -24,13 +24,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> dict:
@@ -50,9 +48,13 @@ def main(argv=None) -> dict:
 
     import torch
 
-    import eval_benchmark
-    from sdx.bench import tasks as T
+    from sdx.bench import cli, fewshot
+    from sdx.bench.data import caption_texts, column
+    from sdx.bench.localize import NORMAL_PROMPT
+    from sdx.bench.models import TEXT_BATCH, BenchClip, VisionClassifier
+    from sdx.bench.tasks import Benchmark
     from sdx.data.builder import load_steeldefectx
+    from sdx.data.levels import t0_prompt
     from sdx.models.classifiers import build_image_classifier, load_or_build_image_processor
     from sdx.models.clip import build_clip_from_scratch
     from sdx.train.runmeta import RunMetadata
@@ -64,9 +66,9 @@ def main(argv=None) -> dict:
 
     # 1. data and models (random init, saved and loaded from disk like a user's checkpoints)
     ds = load_steeldefectx(args.data_dir)
-    texts = [T.NORMAL_PROMPT] + [T.t0_prompt(c) for c in ds["train"].features["label"].names]
+    texts = [NORMAL_PROMPT] + [t0_prompt(c) for c in ds["train"].features["label"].names]
     for lv in ("t1", "t2", "t3", "t4"):
-        texts += sorted(set(T.caption_texts(ds["train"], lv)))
+        texts += sorted(set(caption_texts(ds["train"], lv)))
     clip_dir, vit_dir = work / "clip", work / "vit"
     model, processor = build_clip_from_scratch(args.clip_size, texts, image_size=args.image_size, seed=0)
     model.save_pretrained(clip_dir)
@@ -82,14 +84,14 @@ def main(argv=None) -> dict:
                 data="synthetic").write(vit_dir)
 
     # the images the benchmark encodes: same subsample rule, same support draw
-    bench = T.Benchmark(ds, clip_models=[f"t2={clip_dir}"], shots=shots, seeds=seeds, progress=False,
+    bench = Benchmark(ds, clip_models=[f"t2={clip_dir}"], shots=shots, seeds=seeds, progress=False,
                         max_eval_samples=args.max_eval_samples, batch_size=args.batch_size)
     test, val, train = bench.split("test"), bench.split("validation"), bench.split("train")
-    support_rows = sorted({r for rows in bench.supports().values() for r in rows})
+    support_rows = sorted({r for rows in fewshot.support_sets(ds["train"], shots, seeds).values() for r in rows})
     clip_images = [(test, i) for i in range(len(test.keys))] + [(val, i) for i in range(len(val.keys))] + \
                   [(train, r) for r in support_rows]
-    enc = T.BenchClip(str(clip_dir), batch_size=args.batch_size)
-    clf = T.VisionClassifier(str(vit_dir), batch_size=args.batch_size)
+    enc = BenchClip(str(clip_dir), batch_size=args.batch_size)
+    clf = VisionClassifier(str(vit_dir), batch_size=args.batch_size)
     enc.encode_images([test.pil(0)])  # warm-up
     clf.logits([test.pil(0)])
 
@@ -105,12 +107,12 @@ def main(argv=None) -> dict:
     t_vit = time.perf_counter() - t0
     reference = t_clip + t_vit
     # the text encoder's share of the work the protocol needs: every distinct prompt / caption the tasks encode
-    texts_needed = {T.NORMAL_PROMPT} | {T.t0_prompt(c) for c in names} | set(T.column(ds["train"], "t1"))
+    texts_needed = {NORMAL_PROMPT} | {t0_prompt(c) for c in names} | set(column(ds["train"], "t1"))
     for lv in ("t2", "t3", "t4"):
-        texts_needed |= set(T.caption_texts(ds["train"], lv)) | set(T.caption_texts(test.dataset, lv))
+        texts_needed |= set(caption_texts(ds["train"], lv)) | set(caption_texts(test.dataset, lv))
     texts_needed = sorted(t for t in texts_needed if t and t.strip())
     t0 = time.perf_counter()
-    bs_text = max(args.batch_size, T.TEXT_BATCH)
+    bs_text = max(args.batch_size, TEXT_BATCH)
     for start in range(0, len(texts_needed), bs_text):
         enc.encode_texts(texts_needed[start:start + bs_text])
     t_text = time.perf_counter() - t0
@@ -119,14 +121,14 @@ def main(argv=None) -> dict:
     argv_run = ["--data_dir", args.data_dir, "--model_name_or_path", f"t2={clip_dir}",
                 "--vision_model_name_or_path", str(vit_dir), "--tasks", "all", "--shots", args.shots,
                 "--seeds", args.seeds, "--batch_size", str(args.batch_size), "--output_dir", str(work / "report"),
-                "--cache_dir", str(work / "cache"), "--no_progress"]
+                "--embedding_cache_dir", str(work / "cache"), "--no_progress"]
     if args.max_eval_samples:
         argv_run += ["--max_eval_samples", str(args.max_eval_samples)]
     t0 = time.perf_counter()
-    res = eval_benchmark.main(argv_run)
+    res = cli.main(argv_run)
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res_warm = eval_benchmark.main(argv_run)
+    res_warm = cli.main(argv_run)
     warm = time.perf_counter() - t0
     assert all(c["encoded"] == 0 for c in res_warm["cache"].values()), res_warm["cache"]
 

@@ -16,7 +16,7 @@ from sdx.data.layout import DataError, DataSourceError
 
 DATA_CLI_MODULES = ("sdx.data.builder", "sdx.annotate.folder", "sdx.annotate.describe", "sdx.data.synthetic")
 # python -m sdx COMMAND: the tools that have their own parser, by module (each has main(argv))
-TOOLS = {"train-vit": "sdx.train.vit", "train-clip": "sdx.train.clip", "eval": "sdx.bench.tasks",
+TOOLS = {"train-vit": "sdx.train.vit", "train-clip": "sdx.train.clip", "eval": "sdx.bench.cli",
          "pipeline": "sdx.pipeline"}
 DATA_DESCRIPTION = """SteelDefectX data tools.
 

@@ -1,46 +1,21 @@
-"""Metrics of the SteelDefectX benchmark (numpy / scikit-learn, vectorised).
-
-Classification (labels are integer ids; ``labels`` = the id list a table or matrix is laid out over):
-
-- ``accuracy``: share of samples whose prediction equals the label.
-- ``mean_class_accuracy`` (the paper's mAcc): mean per-class recall over the classes PRESENT in ``y_true``
-  (a class without test images has no recall and is left out, never counted as 0 or 1).
-- ``macro_f1``: unweighted mean of per-class F1 over the classes present in ``y_true`` or ``y_pred``
-  (scikit-learn's default label set); a class with no true and no predicted sample is left out, a class
-  predicted but never true counts with F1 = 0 (zero_division=0).
-- ``per_class_table``: per class id in ``labels``: name, support, correct, recall (= per-class accuracy),
-  precision, F1 (zero_division=0, recall is None for a class without support).
-- ``confusion``: confusion matrix over ``labels`` (rows = true, columns = predicted), identical to
-  scikit-learn's confusion_matrix (tested), without its import cost.
-
-Retrieval:
-
-- ``retrieval_recall(sim, relevant, ks)``: ``sim`` is a [queries, gallery] score matrix and ``relevant`` a boolean
-  matrix of the same shape. A query is a hit at K when ANY relevant gallery item is among its K highest scores;
-  ties are broken by gallery order (stable sort), so a tie never helps a query. Queries with no relevant item are
-  left out (their count is returned). R@K is given in percent. Image->text uses ``sim``, text->image ``sim.T``.
-
-Pixel-level localization (``scores`` and ``targets`` of any shape, flattened; a target pixel is positive when
-``target > 0`` after the caller binarised the mask at > 127):
-
-- The positive and the negative scores are each sorted once (value sorts); for every distinct positive score u
-  (the only thresholds that can maximise F1) ``searchsorted`` in the sorted negatives gives TP(u), FP(u) and the
-  number of negatives below / equal to u, all vectorised.
-- ``pixel_auroc``: the Mann-Whitney form of the ROC area (each positive counts the negatives below it, ties
-  1/2), equal to scikit-learn's ``roc_auc_score``.
-- ``f1_max``: the best F1 over every threshold t (a pixel is predicted positive when score >= t). Returns F1-max,
-  the threshold reaching it (the highest one on ties) and the IoU (TP / (TP + FP + FN)) of that same
-  thresholded prediction.
-- ``localization_metrics``: all three in one call (one sort), in percent.
+"""Metrics of the SteelDefectX benchmark and the trainers, in percent: classification (scikit-learn), retrieval
+recall and pixel-level localization (numpy, vectorised). Definitions in docs/benchmark.md ("Metrics").
 
 Every function rejects empty input and shape mismatches with a ValueError naming the argument.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 
 def _as_1d(name: str, values) -> np.ndarray:
@@ -66,69 +41,46 @@ def _check_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
 def accuracy(y_true, y_pred) -> float:
     """Share of correct predictions, in percent."""
     t, p = _check_pair(y_true, y_pred)
-    return float((t == p).mean() * 100.0)
-
-
-def per_class_recall(y_true, y_pred) -> dict[int, float]:
-    """{class id present in y_true: recall in percent}."""
-    t, p = _check_pair(y_true, y_pred)
-    classes, inverse = np.unique(t, return_inverse=True)
-    support = np.bincount(inverse, minlength=classes.size)
-    correct = np.bincount(inverse, weights=(t == p).astype(np.float64), minlength=classes.size)
-    return {int(c): float(100.0 * k / n) for c, k, n in zip(classes, correct, support)}
+    # numpy, not accuracy_score: 112x faster on task 3's 615 selection scores per model (bench/bench_metrics.py)
+    return float(100.0 * np.mean(t == p))
 
 
 def mean_class_accuracy(y_true, y_pred) -> float:
-    """mAcc: mean per-class recall over the classes present in y_true, in percent."""
-    return float(np.mean(list(per_class_recall(y_true, y_pred).values())))
+    """mAcc: mean per-class recall over the classes present in y_true, in percent (a class without true samples
+    has no recall and is left out, never counted as 0 or 1)."""
+    t, p = _check_pair(y_true, y_pred)
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": those are left out, as intended
+        warnings.simplefilter("ignore", UserWarning)
+        return float(100.0 * balanced_accuracy_score(t, p))
 
 
 def macro_f1(y_true, y_pred) -> float:
-    """Macro-F1 over classes present in y_true or y_pred (zero_division=0), in percent (= scikit-learn's)."""
+    """Macro-F1 over the classes present in y_true or y_pred (zero_division=0), in percent."""
     t, p = _check_pair(y_true, y_pred)
-    classes, inv = np.unique(np.concatenate([t, p]), return_inverse=True)
-    ti, pi = inv[: t.size], inv[t.size:]
-    hit = ti == pi
-    tp = np.bincount(ti[hit], minlength=classes.size).astype(np.float64)
-    support = np.bincount(ti, minlength=classes.size)
-    predicted = np.bincount(pi, minlength=classes.size)
-    denom = support + predicted  # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (support + predicted)
-    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(100.0 * f1.mean())
+    return float(100.0 * f1_score(t, p, average="macro", zero_division=0))
 
 
 def confusion(y_true, y_pred, labels: Sequence[int] | None = None) -> np.ndarray:
-    """Confusion matrix (rows true, columns predicted) over ``labels`` (default: ids seen in either); the same
-    matrix as scikit-learn's confusion_matrix (pairs with a label outside ``labels`` are left out)."""
+    """Confusion matrix (rows true, columns predicted) over ``labels`` (default: ids seen in either); pairs with a
+    label outside ``labels`` are left out."""
     t, p = _check_pair(y_true, y_pred)
     labels = np.union1d(t, p) if labels is None else np.asarray(list(labels), dtype=np.int64)
-    pos = {int(v): i for i, v in enumerate(labels)}
-    ti = np.array([pos.get(int(v), -1) for v in t])
-    pi = np.array([pos.get(int(v), -1) for v in p])
-    keep = (ti >= 0) & (pi >= 0)
-    n = len(labels)
-    return np.bincount(ti[keep] * n + pi[keep], minlength=n * n).reshape(n, n)
+    return confusion_matrix(t, p, labels=labels)
 
 
 def per_class_table(y_true, y_pred, labels: Sequence[int],
                     names: Sequence[str] | Mapping[int, str] | None = None) -> list[dict]:
-    """One row per class id in ``labels``: name, support, correct, predicted, recall, precision, f1 (percent)."""
-    cm = confusion(y_true, y_pred, labels)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    correct = np.diag(cm)
+    """One row per class id in ``labels``: name, support, correct, predicted, recall (= per-class accuracy; None
+    for a class without support), precision, f1 (zero_division=0), in percent."""
+    t, p = _check_pair(y_true, y_pred)
+    cm = confusion(t, p, labels)
+    precision, recall, f1, support = precision_recall_fscore_support(t, p, labels=list(labels), zero_division=0)
     rows = []
     for i, lab in enumerate(labels):
-        if names is None:
-            name = str(lab)
-        else:
-            name = names[lab]  # a mapping, or a sequence indexed by class id (the full class list)
-        rec = float(100.0 * correct[i] / support[i]) if support[i] else None
-        prec = float(100.0 * correct[i] / predicted[i]) if predicted[i] else 0.0
-        r = rec or 0.0
-        f1 = float(2 * prec * r / (prec + r)) if (prec + r) > 0 else 0.0
-        rows.append({"label": int(lab), "class": name, "support": int(support[i]), "correct": int(correct[i]),
-                     "predicted": int(predicted[i]), "recall": rec, "precision": prec, "f1": f1})
+        name = str(lab) if names is None else names[lab]  # a mapping, or the full class list indexed by id
+        rows.append({"label": int(lab), "class": name, "support": int(support[i]), "correct": int(cm[i, i]),
+                     "predicted": int(cm[:, i].sum()), "recall": float(100.0 * recall[i]) if support[i] else None,
+                     "precision": float(100.0 * precision[i]), "f1": float(100.0 * f1[i])})
     return rows
 
 
@@ -139,7 +91,7 @@ def classification_metrics(y_true, y_pred) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# retrieval
+# retrieval (hand-written: scikit-learn has no recall@K with several relevant items per query)
 # --------------------------------------------------------------------------------------------------------------
 def retrieval_recall(sim, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
     """R@K (percent) of each query row of ``sim`` given the boolean ``relevant`` matrix.
@@ -168,7 +120,8 @@ def retrieval_recall(sim, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[str,
 
 
 # --------------------------------------------------------------------------------------------------------------
-# pixel-level localization
+# pixel-level localization (hand-written: roc_auc_score + precision_recall_curve take 13x the time on the real
+# fixture's 35 M test-mask pixels, about a minute per model and prompt level; bench/bench_metrics.py)
 # --------------------------------------------------------------------------------------------------------------
 def _split_sorted(scores, targets):
     """Positive and negative scores, each sorted ascending (two value sorts, cheaper than one argsort)."""

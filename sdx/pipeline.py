@@ -33,7 +33,7 @@ from typing import Any, Literal, Sequence
 
 from transformers import HfArgumentParser
 
-from sdx.bench import tasks as bench_tasks
+from sdx.bench import cli as bench_cli
 from sdx.data import levels as T
 from sdx.data.builder import build_report, format_report, load_steeldefectx
 from sdx.data.layout import data_source
@@ -236,7 +236,7 @@ def run_pipeline(args: PipelineArguments) -> dict:
     timings["clip_s"] = time.perf_counter() - t
 
     t = _step("4/4 benchmark (eval_benchmark.py)")
-    results = bench_tasks.main(_bench_argv(args, s, data_dir, out / "bench", out / "vit", clip_dirs))
+    results = bench_cli.main(_bench_argv(args, s, data_dir, out / "bench", out / "vit", clip_dirs))
     timings["bench_s"] = time.perf_counter() - t
 
     summary = {"output_dir": str(out), "gallery": str(gallery), "report": results["meta"]["outputs"]["report"],

@@ -1,9 +1,9 @@
-"""eval_benchmark.py / sdx.bench.tasks / sdx.report.markdown end to end on tiny config-built models.
+"""eval_benchmark.py / sdx.bench / sdx.report.markdown end to end on tiny config-built models.
 
 Data: a tiny dataset in the official layout written here (3 classes, masks, T2/T3/T4 records), the embedded
-synthetic data when sdx.data.synthetic provides it, and the real fixture (subsampled with --max_eval_samples).
-Models: tiny CLIPModel / ViTForImageClassification built from configs with a WordLevel tokenizer trained on the
-captions, saved with save_pretrained and loaded back from disk (the real loading path).
+synthetic data, and the real fixture (subsampled with --max_eval_samples). Models: tiny random-init CLIP
+(sdx.models.clip.build_clip_from_scratch, a BPE tokenizer trained on the captions) and ViTForImageClassification
+built from configs, saved with save_pretrained and loaded back from disk (the real loading path).
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ import pytest
 from PIL import Image
 
 import eval_benchmark
-from sdx.bench import tasks as T
+from sdx import metrics as M
+from sdx.bench import fewshot, probe
+from sdx.bench.cli import parse_benchmark_args
+from sdx.bench.data import caption_texts, external_image_set
+from sdx.bench.localize import NORMAL_PROMPT
+from sdx.bench.models import VisionClassifier, parse_model_arg
+from sdx.bench.tasks import Benchmark
 from sdx.data.builder import load_steeldefectx
 from sdx.data.levels import T0_TEMPLATE, render_t4
 
@@ -64,10 +70,10 @@ def write_layout(root: Path, n_train: int = 12, n_val: int = 5, size: int = 48) 
 
 
 def _vocab_texts(ds) -> list[str]:
-    texts = [T.NORMAL_PROMPT] + [T0_TEMPLATE.format(c) for c in ds["train"].features["label"].names]
+    texts = [NORMAL_PROMPT] + [T0_TEMPLATE.format(c) for c in ds["train"].features["label"].names]
     for split in ds.values():
         for lv in ("t1", "t2", "t3", "t4"):
-            texts += T.caption_texts(split, lv)
+            texts += caption_texts(split, lv)
     return texts + list(DESC.values())
 
 
@@ -142,7 +148,7 @@ def external(tmp_path_factory):
 
 
 def _argv(layout, hf_cache, models, out, *extra):
-    return ["--data_dir", str(layout), "--dataset_cache_dir", hf_cache, "--validation_fraction", "0.25",
+    return ["--data_dir", str(layout), "--cache_dir", hf_cache, "--validation_fraction", "0.25",
             "--model_name_or_path", f"t1={models['clip_t1']}", "--model_name_or_path", str(models["clip_t4"]),
             "--vision_model_name_or_path", str(models["vit"]), "--output_dir", str(out),
             "--shots", "1,2", "--seeds", "1,2", "--no_progress", *extra]
@@ -158,6 +164,7 @@ def full_run(layout, hf_cache, models, external, tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------------
 # end to end
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_all_tasks_end_to_end(full_run, small_ds):
     res, out = full_run
     names = small_ds["train"].features["label"].names
@@ -179,6 +186,7 @@ def test_all_tasks_end_to_end(full_run, small_ds):
             assert set(fs[method]) == {"1", "2"}
             for cell in fs[method].values():
                 assert cell["seeds"] == [1, 2]
+                assert method == "tip_adapter" or all(isinstance(r["converged"], bool) for r in cell["runs"])
                 assert cell["acc_mean"] == pytest.approx(np.mean([r["acc"] for r in cell["runs"]]))
     # Task 4: cross-class from metadata for clip_t4, flagged fallback for clip_t1; the external set
     cc4 = res["task4"]["clip_t4"]["cross_class"]
@@ -206,6 +214,7 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     assert "SYNTHETIC DATA" not in md and "NOT SteelDefectX" not in md  # not the generator's data
 
 
+@pytest.mark.slow
 def test_selected_hyperparameters_all_on_validation(full_run):
     res, _ = full_run
     hp = res["hyperparameters"]
@@ -215,6 +224,7 @@ def test_selected_hyperparameters_all_on_validation(full_run):
     assert all(h["value"] in h["grid"] for h in hp)
 
 
+@pytest.mark.slow
 def test_support_sets_train_only_and_builder_identical(full_run, small_ds, layout, hf_cache):
     res, _ = full_run
     train = set(small_ds["train"]["image_name"])
@@ -235,13 +245,14 @@ def test_selection_never_sees_test(small_ds, models, tmp_path):
     import datasets
 
     kw = {"clip_models": [str(models["clip_t1"])], "shots": (1, 2), "seeds": (1,), "progress": False}
-    a = T.Benchmark(small_ds, **kw)
-    a.task3()
+    a = Benchmark(small_ds, **kw)
+    a.run(["task3"])
     other = datasets.DatasetDict({"train": small_ds["train"], "validation": small_ds["validation"],
                                   "test": small_ds["test"].select(range(3))})
-    b = T.Benchmark(other, **kw)
-    b.task3()
+    b = Benchmark(other, **kw)
+    b.run(["task3"])
     pick = lambda bench: [(h["method"], h["k"], h["name"], h["value"]) for h in bench.hyperparameters]
+    assert len(pick(a)) == 2 * 3  # k 1 and 2 x (C, alpha, beta): nothing passes vacuously
     assert pick(a) == pick(b)
 
 
@@ -250,8 +261,8 @@ def test_few_shot_refused_without_validation(small_ds, models):
 
     ds = datasets.DatasetDict({"train": small_ds["train"], "validation": small_ds["validation"].select([]),
                                "test": small_ds["test"]})
-    bench = T.Benchmark(ds, clip_models=[str(models["clip_t1"])], shots=(1,), seeds=(1,), progress=False)
-    res = bench.task3()["clip_t1"]
+    bench = Benchmark(ds, clip_models=[str(models["clip_t1"])], shots=(1,), seeds=(1,), progress=False)
+    res = bench.run(["task3"])["task3"]["clip_t1"]
     assert "few_shot" not in res and "validation" in res["few_shot_skipped"]
     assert bench.hyperparameters == []
 
@@ -263,11 +274,12 @@ def test_support_leak_is_refused(small_ds, models):
     import datasets
 
     ds = datasets.DatasetDict({"train": train, "validation": small_ds["validation"], "test": small_ds["test"]})
-    bench = T.Benchmark(ds, clip_models=[str(models["clip_t1"])], shots=(len(train),), seeds=(1,), progress=False)
+    bench = Benchmark(ds, clip_models=[str(models["clip_t1"])], shots=(len(train),), seeds=(1,), progress=False)
     with pytest.raises(RuntimeError, match="validation/test"):
-        bench.supports()
+        fewshot.checked_supports(bench)
 
 
+@pytest.mark.slow
 def test_rerun_reuses_cache(full_run, layout, hf_cache, models, external):
     res, out = full_run
     again = eval_benchmark.main(_argv(layout, hf_cache, models, out, "--external_data", str(external)))
@@ -283,40 +295,50 @@ def test_cache_invalidated_by_new_weights(small_ds, models, tmp_path):
     ckpt = tmp_path / "clip"
     shutil.copytree(models["clip_t1"], ckpt)
     kw = {"clip_models": [str(ckpt)], "cache_dir": tmp_path / "cache", "progress": False}
-    first = T.Benchmark(small_ds, **kw)
+    first = Benchmark(small_ds, **kw)
     first.run(["task2"])
-    assert first.cache_counts()["image"]["encoded"] == len(small_ds["test"])
-    second = T.Benchmark(small_ds, **kw)
+    assert first.cache.counts()["image"]["encoded"] == len(small_ds["test"])
+    second = Benchmark(small_ds, **kw)
     second.run(["task2"])
-    assert second.cache_counts()["image"] == {"encoded": 0, "reused": len(small_ds["test"])}
+    assert second.cache.counts()["image"] == {"encoded": 0, "reused": len(small_ds["test"])}
     tiny_clip(ckpt, _vocab_texts(small_ds), seed=5)  # new weights in the same folder
-    third = T.Benchmark(small_ds, **kw)
+    third = Benchmark(small_ds, **kw)
     third.run(["task2"])
-    assert third.cache_counts()["image"]["encoded"] == len(small_ds["test"])
+    assert third.cache.counts()["image"]["encoded"] == len(small_ds["test"])
 
 
-def test_linear_probe_matches_sklearn():
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
+def _probe_data(seed: int, n_per_class: int):
+    rng = np.random.default_rng(0)  # the same class centres for every draw
     centers = rng.normal(size=(4, 16))
-    y = np.repeat([3, 5, 8, 9], 6)
-    x = centers[np.searchsorted([3, 5, 8, 9], y)] + rng.normal(scale=1.5, size=(len(y), 16))
-    xt = centers[np.repeat(np.arange(4), 20)] + rng.normal(scale=1.5, size=(80, 16))
-    classes, W, b = T.fit_logistic_grid(x, y, (0.1, 1.0, 10.0), max_iter=1000)
-    preds = T.predict_logistic(classes, W, b, xt)
-    for g, C in enumerate((0.1, 1.0, 10.0)):
-        ref = LogisticRegression(C=C, max_iter=5000, tol=1e-10).fit(x, y)
-        assert np.abs(W[g].T - ref.coef_).max() < 1e-3 * max(1.0, np.abs(ref.coef_).max())
-        assert (preds[g] == ref.predict(xt)).mean() == 1.0
+    y = np.repeat([3, 5, 8, 9], n_per_class)
+    noise = np.random.default_rng(seed).normal(scale=1.5, size=(len(y), 16))
+    return centers[np.searchsorted([3, 5, 8, 9], y)] + noise, y
+
+
+def test_linear_probe_minimises_the_stated_objective():
+    """At the fit, the gradient of C * sum_i CE_i + 0.5 ||W||^2 (bias not penalised) vanishes."""
+    x, y = _probe_data(1, 6)
+    for C in (0.1, 1.0, 10.0):
+        model, converged = probe.fit_logistic(x, y, C)
+        assert converged and model.coef_.shape == (4, 16)  # multinomial: one row per class
+        d = model.predict_proba(x) - (y[:, None] == model.classes_[None, :])
+        grad_w, grad_b = C * d.T @ x + model.coef_, C * d.sum(axis=0)
+        assert np.abs(grad_w).max() < 1e-3 * max(1.0, C) and np.abs(grad_b).max() < 1e-3 * max(1.0, C)
+
+
+def test_linear_probe_selects_first_best_c_on_validation():
+    x, y = _probe_data(1, 3)
+    x_val, y_val = _probe_data(2, 10)
+    grid = (0.001, 0.01, 0.1, 1.0, 10.0)
+    accs = [M.accuracy(y_val, probe.fit_logistic(x, y, C)[0].predict(x_val)) for C in grid]
+    fit = probe.linear_probe(x, y, x_val, y_val, grid)
+    assert fit.C == grid[int(np.argmax(accs))] and fit.val_acc == max(accs)
 
 
 def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
     names = small_ds["train"].features["label"].names
     order = list(reversed(range(len(names))))
     vit = tiny_vit(tmp_path / "vit_rev", names, seed=0, order=order)
-    from sdx.bench.tasks import VisionClassifier
-
     mapping = VisionClassifier(str(vit)).label_map(names)
     assert mapping.tolist() == order
 
@@ -325,9 +347,6 @@ def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
 # synthetic data and the real fixture
 # ---------------------------------------------------------------------------------------------------------------
 def test_synthetic_data_flagged(tmp_path):
-    synth = pytest.importorskip("sdx.data.synthetic")
-    if not hasattr(synth, "default_dataset_dir"):
-        pytest.skip("sdx.data.synthetic has no default_dataset_dir yet")
     ds = load_steeldefectx("synthetic")  # the default datasets cache: shared with other tests, keyed by the data
     clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
     vit = tiny_vit(tmp_path / "vit", ds["train"].features["label"].names)
@@ -344,6 +363,7 @@ def test_synthetic_data_flagged(tmp_path):
     assert {h["selected_on"] for h in res["hyperparameters"]} == {"validation"}
 
 
+@pytest.mark.slow
 def test_real_fixture_subsampled(real_subset, tmp_path):
     ds = load_steeldefectx(str(real_subset))  # default datasets cache (shared, keyed by the raw files' fingerprint)
     clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
@@ -374,10 +394,21 @@ def test_help_is_complete(capsys):
         eval_benchmark.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--model_name_or_path", "--vision_model_name_or_path", "--data_dir", "--dataset_config", "--tasks",
-                "--output_dir", "--shots", "--seeds", "--cache_dir", "--batch_size", "--external_data",
-                "--unseen_classes", "--max_eval_samples"):
+    for opt in ("--model_name_or_path", "--vision_model_name_or_path", "--data_dir", "--dataset_config_name",
+                "--cache_dir", "--embedding_cache_dir", "--tasks", "--output_dir", "--shots", "--seeds",
+                "--batch_size", "--external_data", "--unseen_classes", "--max_eval_samples"):
         assert opt in text
+
+
+def test_repeatable_options_and_config_file(tmp_path):
+    args = parse_benchmark_args(["--output_dir", "o", "--model_name_or_path", "a", "--model_name_or_path", "t3=b",
+                                 "--external_data", "x", "--external_data", "y=d.json", "--shots", "1,4"])
+    assert args.model_name_or_path == ["a", "t3=b"] and [m.level for m in args.model_specs] == [None, "t3"]
+    assert args.external_sets == [("x", None), ("y", "d.json")] and args.shot_list == [1, 4]
+    assert args.data_dir == "synthetic" and args.embedding_cache_dir is None and args.cache_dir is None
+    (tmp_path / "args.yaml").write_text("output_dir: o\nmodel_name_or_path: [a, t3=b]\nshots: '2'\n")
+    from_file = parse_benchmark_args([str(tmp_path / "args.yaml")])
+    assert from_file.model_name_or_path == ["a", "t3=b"] and from_file.shot_list == [2]
 
 
 def test_bad_inputs_are_named(tmp_path, models):
@@ -385,7 +416,11 @@ def test_bad_inputs_are_named(tmp_path, models):
         eval_benchmark.main(["--tasks", "task9", "--output_dir", str(tmp_path), "--model_name_or_path", "x"])
     with pytest.raises(SystemExit, match="model_name_or_path"):
         eval_benchmark.main(["--tasks", "task2", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--shots"):
+        eval_benchmark.main(["--shots", "1,0", "--output_dir", str(tmp_path), "--model_name_or_path", "x"])
+    with pytest.raises(SystemExit, match="--levels"):
+        eval_benchmark.main(["--levels", "t9", "--output_dir", str(tmp_path), "--model_name_or_path", "x"])
     (tmp_path / "ext" / "a").mkdir(parents=True)
     with pytest.raises(ValueError, match="class_descriptions.json"):
-        T.external_image_set(tmp_path / "ext")
-    assert T.parse_model_arg("fine=/x/y").level == "t2" and T.parse_model_arg("/x=y").level is None
+        external_image_set(tmp_path / "ext")
+    assert parse_model_arg("fine=/x/y").level == "t2" and parse_model_arg("/x=y").level is None

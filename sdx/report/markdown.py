@@ -1,18 +1,6 @@
-"""results.json, report.md and the PNG plots of a benchmark run.
-
-``write_report(results, output_dir, artifacts)`` writes:
-
-- ``results.json``: everything the tasks returned plus ``meta`` (data, models, seeds, shots, versions, time);
-- ``report.md``: our numbers beside the paper's (``PAPER``, from the project reference, section 3) where task and
-  metric match, and, before any number, what produced it: the data (a synthetic set is flagged as synthetic in the
-  title and before every table: it is NOT SteelDefectX and its numbers say nothing about the paper), each model's
-  origin (pretrained / random init / unknown), training caption level, method, and the seeds and shots;
-- PNGs: ``confusion_task1.png`` (row-normalised), ``kshot_curve.png`` (mean +- std over seeds per k),
-  ``txty_heatmap_<metric>.png`` (Task 2), ``localization_<model>.png`` (image, mask, score map overlay).
-
-Paper numbers are the paper's models on the full SteelDefectX val split; ours are whatever checkpoint was given,
-so a side-by-side is a reference point, not a like-for-like comparison unless the model and data match.
-"""
+"""A benchmark run's outputs: ``write_report`` writes results.json, report.md (one section per task, our numbers
+beside the paper's where task and metric match, synthetic data flagged) and the PNG plots; docs/benchmark.md
+says how to read them."""
 
 from __future__ import annotations
 
@@ -113,167 +101,196 @@ def _model_lines(results: dict) -> list[str]:
     return lines
 
 
+def _header_lines(meta: dict, synthetic: bool) -> list[str]:
+    flag = " (SYNTHETIC DATA)" if synthetic else ""
+    return [f"# SteelDefectX benchmark report{flag}", "",
+            (f"Generated {meta.get('created')} by eval_benchmark.py; tasks: {', '.join(meta.get('tasks', []))}. "
+             f"Few-shot seeds {meta.get('seeds')}, shots {meta.get('shots')}. Percentages throughout. Paper numbers "
+             "are the paper's models on the full SteelDefectX val split (reference section 3): a reference point, "
+             "not a like-for-like comparison unless model and data match."), ""]
+
+
+def _task1_lines(t1: dict, warn: list[str]) -> list[str]:
+    L = ["## Task 1: vision-only classification", ""] + warn
+    if t1.get("skipped"):
+        return L + [f"Skipped: {t1['skipped']}.", ""]
+    L += ["| model | Acc | mAcc | macro-F1 | n |", "|---|---|---|---|---|",
+          (f"| ours: {t1['model']['name']} ({t1['model'].get('origin')}) | {_f(t1['acc'])} | {_f(t1['macc'])} | "
+           f"{_f(t1['macro_f1'])} | {t1['n']} |")]
+    L += [f"| paper: {m} | {a:.2f} | {b:.2f} | - | 2324 |" for m, a, b in PAPER["task1"]]
+    L += ["", "Per class (test):", "", "| class | support | recall | precision | F1 |", "|---|---|---|---|---|"]
+    L += [f"| {r['class']} | {r['support']} | {_f(r['recall'])} | {_f(r['precision'])} | {_f(r['f1'])} |"
+          for r in t1["per_class"]]
+    return L + ["", "![confusion matrix](confusion_task1.png)", ""]
+
+
+def _txty_cell(row: dict, lv: str, notes: list[str]) -> str:
+    """One Tx-Ty cell ("Acc / mAcc" or "n/a"); what the reader must know about it goes to ``notes``."""
+    c = row["results"][lv]
+    if not c.get("available"):
+        notes.append(f"{row['model']} T{lv[1]}: {c.get('unavailable')}")
+        return "n/a"
+    if c.get("fallback_to_t1"):
+        notes.append(f"{row['model']} T{lv[1]}: {len(c['fallback_to_t1'])} class(es) without captions "
+                     f"at this level used their T1 sentence ({', '.join(c['fallback_to_t1'])})")
+    return f"{_f(c['acc'])} / {_f(c['macc'])}"
+
+
+def _task2_lines(t2: dict, warn: list[str]) -> list[str]:
+    levels = t2["test_levels"]
+    L = ["## Task 2: vision-language classification (Tx-Ty: train with Tx, class prompts at Ty)", ""] + warn
+    L += [(f"Candidate classes: {len(t2['candidates'])}. Sample-level prompts (T2-T4) are the mean embedding of "
+           "the class's training captions. Acc / mAcc:"), "",
+          "| model (train level) | " + " | ".join(f"T{lv[1]}" for lv in levels) + " |",
+          "|---" * (len(levels) + 1) + "|"]
+    notes: list[str] = []
+    for r in t2["rows"]:
+        cells = [_txty_cell(r, lv, notes) for lv in levels]
+        L.append(f"| ours: {r['model']} ({r['train_level'].upper()}) | " + " | ".join(cells) + " |")
+    for m, x, y, a, b in PAPER["task2"]:
+        cells = [f"{a:.2f} / {b:.2f}" if lv == y else "" for lv in levels]
+        L.append(f"| paper: {m} ({x.upper()}) | " + " | ".join(cells) + " |")
+    return L + [""] + [f"- {n}" for n in dict.fromkeys(notes)] + ["", "![Tx-Ty Acc](txty_heatmap_acc.png)", ""]
+
+
+def _zero_shot_lines(model: str, zs: dict) -> list[str]:
+    L = [f"### {model}", "", "Zero-shot (test Acc / mAcc per prompt level):", "",
+         "| level | ours Acc | ours mAcc | paper Acc |", "|---|---|---|---|"]
+    for lv, c in zs.items():
+        paper = PAPER["zero_shot"].get(lv)
+        ours = f"{_f(c['acc'])} | {_f(c['macc'])}" if c.get("available") else "n/a | n/a"
+        L.append(f"| T{lv[1]} | {ours} | {_f(paper) if paper else '-'} |")
+    return L
+
+
+def _few_shot_lines(fs: dict) -> list[str]:
+    ks = sorted({int(k) for per in fs.values() for k in per})
+    L = ["", ("Few-shot, test Acc mean +- std over seeds (support from train only; C / alpha, beta "
+              "selected on validation):"), "", "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+         "|---" * (len(ks) + 1) + "|"]
+    for method, per_k in fs.items():
+        L.append(f"| ours: {method} | " + " | ".join(
+            f"{_f(per_k[str(k)]['acc_mean'])} +- {_f(per_k[str(k)]['acc_std'])}" if str(k) in per_k
+            else "-" for k in ks) + " |")
+    for method, vals in PAPER["few_shot"].items():
+        L.append(f"| paper (approx, figure): {method} | " + " | ".join(
+            f"~{vals[k]:.0f}" if k in vals else "" for k in ks) + " |")
+    return L
+
+
+def _task3_lines(t3: dict, warn: list[str]) -> list[str]:
+    L = ["## Task 3: zero-shot and few-shot", ""] + warn
+    for model, res in t3.items():
+        L += _zero_shot_lines(model, res.get("zero_shot", {}))
+        if res.get("few_shot_skipped"):
+            L += ["", f"Few-shot skipped: {res['few_shot_skipped']}."]
+        if res.get("few_shot"):
+            L += _few_shot_lines(res["few_shot"])
+        L.append("")
+    return L + ["![k-shot curve](kshot_curve.png)", ""]
+
+
+def _cross_class_lines(cc: dict) -> list[str]:
+    L = [(f"Cross-class on SteelDefectX: unseen classes {cc.get('unseen_classes')} ({cc.get('source')}); "
+          f"the model {'excluded' if cc.get('model_excluded_unseen') else 'is NOT known to have excluded'} "
+          "them in training; "
+          f"{cc.get('n_test')} test images."), ""]
+    if cc.get("levels"):
+        L += ["| prompt level | Acc | mAcc |", "|---|---|---|"]
+        for lv, c in cc["levels"].items():
+            L.append(f"| T{lv[1]} | {_f(c.get('acc'))} | {_f(c.get('macc'))} |" if c.get("available")
+                     else f"| T{lv[1]} | n/a | n/a |")
+    elif cc.get("skipped"):
+        L.append(f"Skipped: {cc['skipped']}.")
+    return L
+
+
+def _task4_lines(t4: dict, warn: list[str]) -> list[str]:
+    L = ["## Task 4: zero-shot transfer", ""] + warn
+    for model, res in t4.items():
+        L += [f"### {model}", ""] + _cross_class_lines(res.get("cross_class", {}))
+        for name, ext in (res.get("external") or {}).items():
+            L += ["", (f"External set `{name}` ({ext['n_images']} images, {len(ext['classes'])} classes): "
+                       f"T0 Acc {_f(ext['t0']['acc'])}, T1 (descriptions) Acc {_f(ext['t1']['acc'])}.")]
+        L.append("")
+    L += ["Paper (Long-CLIP ViT-L/14 trained on SteelDefectX, Acc on external sets; for reference):", "",
+          "| text used in training | aluminium (MSD-Cls) | steel tube (CGFSDS-9) |", "|---|---|---|"]
+    return L + [f"| {t} | {a:.2f} | {b:.2f} |" for t, a, b in PAPER["transfer"]] + [""]
+
+
+def _retrieval_lines(rt: dict, warn: list[str]) -> list[str]:
+    L = ["## Retrieval (test images vs their own sample-level captions)", ""] + warn
+    L += ["| model | captions | images | distinct texts | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for model, res in rt.items():
+        for lv, c in res.items():
+            if not c.get("available"):
+                L.append(f"| {model} | T{lv[1]} | n/a: {c.get('reason')} |||||||| ")
+                continue
+            i, t = c["i2t"], c["t2i"]
+            L.append(f"| {model} | T{lv[1]} | {c['images']} | {c['texts']} | {_f(i['R@1'])} | {_f(i['R@5'])} | "
+                     f"{_f(i['R@10'])} | {_f(t['R@1'])} | {_f(t['R@5'])} | {_f(t['R@10'])} |")
+    return L + ["", "The paper's retrieval tables were not found; no paper numbers to compare.", ""]
+
+
+def _localization_lines(loc: dict, warn: list[str]) -> list[str]:
+    L = ["## Text-guided localization (pixel-level, test images with masks)", ""] + warn
+    if loc.get("skipped"):
+        return L + [f"Skipped: {loc['skipped']}.", ""]
+    L += ["| method | prompt | pixel AUROC | F1-max | IoU | images |", "|---|---|---|---|---|---|"]
+    for model, res in loc.items():
+        if res.get("skipped"):
+            L.append(f"| ours: {model} | - | skipped: {res['skipped']} | | | |")
+            continue
+        for lv in ("t0", "t1"):
+            c = res.get(lv)
+            if c and c.get("pixel_auroc") is not None:
+                L.append(f"| ours: {model} | T{lv[1]} | {_f(c['pixel_auroc'])} | {_f(c['f1_max'])} | "
+                         f"{_f(c['iou'])} | {res['images']} |")
+    L += [f"| paper: {m} | {'T0' if 'T0' in m else '-'} | {a:.2f} | {b:.2f} | {c:.2f} | val |"
+          for m, a, b, c in PAPER["localization"]]
+    return L + [""] + [f"![overlays {m}](localization_{_slug(m)}.png)" for m in loc] + [""]
+
+
+def _hyperparameter_lines(hp: list[dict], shown: int = 60) -> list[str]:
+    if not hp:
+        return []
+    splits = sorted({h["selected_on"] for h in hp})
+    L = ["## Selected hyper-parameters", "",
+         (f"{len(hp)} selections, all on split(s): {', '.join(splits)} (grid order breaks ties). "
+          "Full list with grids and validation scores in results.json."), "",
+         "| model | method | k | seed | name | value | val Acc | selected on |", "|---|---|---|---|---|---|---|---|"]
+    L += [f"| {h['model']} | {h['method']} | {h['k']} | {h['seed']} | {h['name']} | {h['value']} | "
+          f"{_f(h['score'])} | {h['selected_on']} |" for h in hp[:shown]]
+    if len(hp) > shown:
+        L.append(f"| ... {len(hp) - shown} more in results.json |||||||")
+    return L + [""]
+
+
+def _run_lines(results: dict, meta: dict) -> list[str]:
+    cache = results.get("cache") or {}
+    return ["## Run", "", "- encoder cache: " + ", ".join(f"{k}: {v['encoded']} encoded / {v['reused']} reused"
+                                                          for k, v in cache.items()),
+            "- time per task (s): " + ", ".join(f"{k} {v:.1f}" for k, v in (results.get("timings_s") or {}).items()),
+            f"- software: {meta.get('versions')}", ""]
+
+
+# the task sections of report.md, in order: results key -> its renderer
+TASK_SECTIONS = (("task1", _task1_lines), ("task2", _task2_lines), ("task3", _task3_lines),
+                 ("task4", _task4_lines), ("retrieval", _retrieval_lines), ("localization", _localization_lines))
+
+
 def render_markdown(results: dict) -> str:
+    """report.md of a results dict: header, data, models, one section per task run, selections, run facts."""
     meta = results.get("meta", {})
     synthetic = data_is_synthetic(meta.get("data", {}))
-    flag = " (SYNTHETIC DATA)" if synthetic else ""
     warn = ["> Synthetic data: not SteelDefectX; paper numbers shown only as the target scale.", ""] if synthetic else []
-    L = [f"# SteelDefectX benchmark report{flag}", "",
-         (f"Generated {meta.get('created')} by eval_benchmark.py; tasks: {', '.join(meta.get('tasks', []))}. "
-         f"Few-shot seeds {meta.get('seeds')}, shots {meta.get('shots')}. Percentages throughout. Paper numbers are "
-         "the paper's models on the full SteelDefectX val split (reference section 3): a reference point, not a "
-         "like-for-like comparison unless model and data match."), ""]
-    L += _data_lines(meta) + _model_lines(results)
-
-    t1 = results.get("task1")
-    if t1:
-        L += ["## Task 1: vision-only classification", ""] + warn
-        if t1.get("skipped"):
-            L += [f"Skipped: {t1['skipped']}.", ""]
-        else:
-            L += ["| model | Acc | mAcc | macro-F1 | n |", "|---|---|---|---|---|",
-                  (f"| ours: {t1['model']['name']} ({t1['model'].get('origin')}) | {_f(t1['acc'])} | {_f(t1['macc'])} | "
-                  f"{_f(t1['macro_f1'])} | {t1['n']} |")]
-            L += [f"| paper: {m} | {a:.2f} | {b:.2f} | - | 2324 |" for m, a, b in PAPER["task1"]]
-            L += ["", "Per class (test):", "", "| class | support | recall | precision | F1 |", "|---|---|---|---|---|"]
-            L += [f"| {r['class']} | {r['support']} | {_f(r['recall'])} | {_f(r['precision'])} | {_f(r['f1'])} |"
-                  for r in t1["per_class"]]
-            L += ["", "![confusion matrix](confusion_task1.png)", ""]
-
-    t2 = results.get("task2")
-    if t2:
-        levels = t2["test_levels"]
-        L += ["## Task 2: vision-language classification (Tx-Ty: train with Tx, class prompts at Ty)", ""] + warn
-        L += [(f"Candidate classes: {len(t2['candidates'])}. Sample-level prompts (T2-T4) are the mean embedding of "
-              "the class's training captions. Acc / mAcc:"), "",
-              "| model (train level) | " + " | ".join(f"T{lv[1]}" for lv in levels) + " |",
-              "|---" * (len(levels) + 1) + "|"]
-        notes = []
-        for r in t2["rows"]:
-            cells = []
-            for lv in levels:
-                c = r["results"][lv]
-                if not c.get("available"):
-                    cells.append("n/a")
-                    notes.append(f"{r['model']} T{lv[1]}: {c.get('unavailable')}")
-                else:
-                    cells.append(f"{_f(c['acc'])} / {_f(c['macc'])}")
-                    if c.get("fallback_to_t1"):
-                        notes.append(f"{r['model']} T{lv[1]}: {len(c['fallback_to_t1'])} class(es) without captions "
-                                     f"at this level used their T1 sentence ({', '.join(c['fallback_to_t1'])})")
-            L.append(f"| ours: {r['model']} ({r['train_level'].upper()}) | " + " | ".join(cells) + " |")
-        for m, x, y, a, b in PAPER["task2"]:
-            cells = [f"{a:.2f} / {b:.2f}" if lv == y else "" for lv in levels]
-            L.append(f"| paper: {m} ({x.upper()}) | " + " | ".join(cells) + " |")
-        L += [""] + [f"- {n}" for n in dict.fromkeys(notes)] + ["", "![Tx-Ty Acc](txty_heatmap_acc.png)", ""]
-
-    t3 = results.get("task3")
-    if t3:
-        L += ["## Task 3: zero-shot and few-shot", ""] + warn
-        for model, res in t3.items():
-            zs = res.get("zero_shot", {})
-            L += [f"### {model}", "", "Zero-shot (test Acc / mAcc per prompt level):", "",
-                  "| level | ours Acc | ours mAcc | paper Acc |", "|---|---|---|---|"]
-            for lv, c in zs.items():
-                paper = PAPER["zero_shot"].get(lv)
-                ours = (f"{_f(c['acc'])} | {_f(c['macc'])}" if c.get("available") else "n/a | n/a")
-                L.append(f"| T{lv[1]} | {ours} | {_f(paper) if paper else '-'} |")
-            fs = res.get("few_shot") or {}
-            if res.get("few_shot_skipped"):
-                L += ["", f"Few-shot skipped: {res['few_shot_skipped']}."]
-            if fs:
-                ks = sorted({int(k) for per in fs.values() for k in per})
-                L += ["", ("Few-shot, test Acc mean +- std over seeds (support from train only; C / alpha, beta "
-                      "selected on validation):"), "", "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
-                      "|---" * (len(ks) + 1) + "|"]
-                for method, per_k in fs.items():
-                    L.append(f"| ours: {method} | " + " | ".join(
-                        f"{_f(per_k[str(k)]['acc_mean'])} +- {_f(per_k[str(k)]['acc_std'])}" if str(k) in per_k
-                        else "-" for k in ks) + " |")
-                for method, vals in PAPER["few_shot"].items():
-                    L.append(f"| paper (approx, figure): {method} | " + " | ".join(
-                        f"~{vals[k]:.0f}" if k in vals else "" for k in ks) + " |")
-            L.append("")
-        L += ["![k-shot curve](kshot_curve.png)", ""]
-
-    t4 = results.get("task4")
-    if t4:
-        L += ["## Task 4: zero-shot transfer", ""] + warn
-        for model, res in t4.items():
-            cc = res.get("cross_class", {})
-            L += [f"### {model}", "",
-                  (f"Cross-class on SteelDefectX: unseen classes {cc.get('unseen_classes')} ({cc.get('source')}); "
-                  f"the model {'excluded' if cc.get('model_excluded_unseen') else 'is NOT known to have excluded'} "
-                  "them in training; "
-                  f"{cc.get('n_test')} test images."), ""]
-            if cc.get("levels"):
-                L += ["| prompt level | Acc | mAcc |", "|---|---|---|"]
-                for lv, c in cc["levels"].items():
-                    L.append(f"| T{lv[1]} | {_f(c.get('acc'))} | {_f(c.get('macc'))} |" if c.get("available")
-                             else f"| T{lv[1]} | n/a | n/a |")
-            elif cc.get("skipped"):
-                L.append(f"Skipped: {cc['skipped']}.")
-            for name, ext in (res.get("external") or {}).items():
-                L += ["", (f"External set `{name}` ({ext['n_images']} images, {len(ext['classes'])} classes): "
-                      f"T0 Acc {_f(ext['t0']['acc'])}, T1 (descriptions) Acc {_f(ext['t1']['acc'])}.")]
-            L.append("")
-        L += ["Paper (Long-CLIP ViT-L/14 trained on SteelDefectX, Acc on external sets; for reference):", "",
-              "| text used in training | aluminium (MSD-Cls) | steel tube (CGFSDS-9) |", "|---|---|---|"]
-        L += [f"| {t} | {a:.2f} | {b:.2f} |" for t, a, b in PAPER["transfer"]] + [""]
-
-    rt = results.get("retrieval")
-    if rt:
-        L += ["## Retrieval (test images vs their own sample-level captions)", ""] + warn
-        L += ["| model | captions | images | distinct texts | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-        for model, res in rt.items():
-            for lv, c in res.items():
-                if not c.get("available"):
-                    L.append(f"| {model} | T{lv[1]} | n/a: {c.get('reason')} |||||||| ")
-                    continue
-                i, t = c["i2t"], c["t2i"]
-                L.append(f"| {model} | T{lv[1]} | {c['images']} | {c['texts']} | {_f(i['R@1'])} | {_f(i['R@5'])} | "
-                         f"{_f(i['R@10'])} | {_f(t['R@1'])} | {_f(t['R@5'])} | {_f(t['R@10'])} |")
-        L += ["", "The paper's retrieval tables were not found; no paper numbers to compare.", ""]
-
-    loc = results.get("localization")
-    if loc:
-        L += ["## Text-guided localization (pixel-level, test images with masks)", ""] + warn
-        if loc.get("skipped"):
-            L += [f"Skipped: {loc['skipped']}.", ""]
-        else:
-            L += ["| method | prompt | pixel AUROC | F1-max | IoU | images |", "|---|---|---|---|---|---|"]
-            for model, res in loc.items():
-                if res.get("skipped"):
-                    L.append(f"| ours: {model} | - | skipped: {res['skipped']} | | | |")
-                    continue
-                for lv in ("t0", "t1"):
-                    c = res.get(lv)
-                    if c and c.get("pixel_auroc") is not None:
-                        L.append(f"| ours: {model} | T{lv[1]} | {_f(c['pixel_auroc'])} | {_f(c['f1_max'])} | "
-                                 f"{_f(c['iou'])} | {res['images']} |")
-            L += [f"| paper: {m} | {'T0' if 'T0' in m else '-'} | {a:.2f} | {b:.2f} | {c:.2f} | val |"
-                  for m, a, b, c in PAPER["localization"]]
-            L += [""] + [f"![overlays {m}](localization_{_slug(m)}.png)" for m in loc] + [""]
-
-    hp = results.get("hyperparameters") or []
-    if hp:
-        splits = sorted({h["selected_on"] for h in hp})
-        L += ["## Selected hyper-parameters", "",
-              (f"{len(hp)} selections, all on split(s): {', '.join(splits)} (grid order breaks ties). "
-              "Full list with grids and validation scores in results.json."), "",
-              "| model | method | k | seed | name | value | val Acc | selected on |", "|---|---|---|---|---|---|---|---|"]
-        L += [f"| {h['model']} | {h['method']} | {h['k']} | {h['seed']} | {h['name']} | {h['value']} | "
-              f"{_f(h['score'])} | {h['selected_on']} |" for h in hp[:60]]
-        if len(hp) > 60:
-            L.append(f"| ... {len(hp) - 60} more in results.json |||||||")
-        L.append("")
-    cache = results.get("cache") or {}
-    L += ["## Run", "", "- encoder cache: " + ", ".join(f"{k}: {v['encoded']} encoded / {v['reused']} reused"
-                                                       for k, v in cache.items()),
-          "- time per task (s): " + ", ".join(f"{k} {v:.1f}" for k, v in (results.get("timings_s") or {}).items()),
-          f"- software: {meta.get('versions')}", ""]
-    return "\n".join(L)
+    lines = _header_lines(meta, synthetic) + _data_lines(meta) + _model_lines(results)
+    for key, section in TASK_SECTIONS:
+        if results.get(key):
+            lines += section(results[key], warn)
+    lines += _hyperparameter_lines(results.get("hyperparameters") or []) + _run_lines(results, meta)
+    return "\n".join(lines)
 
 
 def write_report(results: dict, output_dir: str | Path, artifacts: dict | None = None) -> dict[str, str]:

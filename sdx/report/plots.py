@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageDraw
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported on first use: heavy, and only for drawing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +20,7 @@ def _plt():
 
 
 def plot_confusion(conf: dict, path: Path, title: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     m = np.asarray(conf["matrix"], dtype=float)
     norm = m / np.clip(m.sum(axis=1, keepdims=True), 1, None)
     n = len(conf["labels"])
@@ -41,7 +44,7 @@ def plot_confusion(conf: dict, path: Path, title: str) -> Path:
 
 
 def plot_kshot(task3: dict, path: Path, title: str) -> Path | None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for model, res in task3.items():
@@ -71,7 +74,7 @@ def plot_kshot(task3: dict, path: Path, title: str) -> Path | None:
 
 
 def plot_txty(task2: dict, path: Path, metric: str, title: str) -> Path | None:
-    plt = _plt()
+    plt = pyplot()
     rows = task2.get("rows") or []
     levels = task2.get("test_levels") or []
     if not rows or not levels:
@@ -105,11 +108,7 @@ def plot_overlays(items: list, path: Path, title: str) -> Path | None:
     Drawn with numpy + PIL (a matplotlib figure of this size costs seconds)."""
     if not items:
         return None
-    from matplotlib import colormaps
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    jet = colormaps["jet"]
+    jet = pyplot().colormaps["jet"]
     rows = []
     for name, im, score, mask in items:
         h, w = mask.shape

@@ -1,0 +1,215 @@
+"""eval_benchmark.py's command line: typed arguments (HfArgumentParser), data loading, the run and the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from sdx.bench.fewshot import DEFAULT_SEEDS, DEFAULT_SHOTS
+from sdx.bench.models import ModelSpec, parse_model_arg
+from sdx.bench.tasks import TASKS, Benchmark
+from sdx.data.builder import build_report, load_steeldefectx
+from sdx.data.layout import data_source
+from sdx.data.levels import LEVELS, normalize_level
+from sdx.data.synthetic import is_synthetic_dir
+from sdx.report.markdown import write_report
+
+CLI_DESCRIPTION = """SteelDefectX benchmark: the paper's four tasks plus retrieval and text-guided localization, in one
+report.
+
+Example (paths are local checkpoint folders written by train_clip.py / train_vit.py, or Hub ids)::
+
+    python eval_benchmark.py --data_dir synthetic \\
+        --model_name_or_path t1=outputs/clip_t1 --model_name_or_path t3=outputs/clip_t3 \\
+        --vision_model_name_or_path outputs/vit --tasks all --output_dir outputs/bench
+
+writes outputs/bench/results.json, outputs/bench/report.md and PNG plots. Every image is encoded once per model
+and cached under --embedding_cache_dir (default OUTPUT_DIR/cache); a re-run with the same models and data encodes
+nothing. The arguments may also come from one JSON or YAML file (python eval_benchmark.py args.yaml). The
+protocols, every rule and every grid are documented in docs/benchmark.md.
+"""
+
+
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"{flag}: values must be >= 1, got {text!r}")
+    return values
+
+
+def _join(values: Sequence) -> str:
+    return ",".join(str(v) for v in values)
+
+
+@dataclass
+class BenchmarkArguments:
+    """The evaluator's arguments (python eval_benchmark.py --help)."""
+
+    output_dir: str = field(metadata={"help": "where results.json, report.md and the plots go"})
+    model_name_or_path: list[str] = field(default_factory=list, metadata={
+        "action": "extend", "metavar": "[tX[:NAME]=]PATH",
+        "help": "CLIP-family checkpoint (local dir or Hub id) for tasks 2-4, retrieval and localization. Repeat it "
+                "for the Tx-Ty matrix; prefix a level tag (t0..t4 or an alias, e.g. 't3=outputs/clip_t3', "
+                "optionally 't3:name=PATH') to state the caption level the model was trained with; without a tag "
+                "the level is read from the checkpoint's run metadata (sdx_run.json)."})
+    vision_model_name_or_path: str | None = field(default=None, metadata={
+        "metavar": "PATH",
+        "help": "image-classification checkpoint for Task 1 (config.id2label must name the dataset classes)"})
+    data_dir: str = field(default="synthetic", metadata={
+        "help": "SteelDefectX folder in the official layout, 'synthetic' for the embedded demo data, or 'hub' for "
+                "the Hub release (needs network)"})
+    dataset_config_name: str = field(default="default", metadata={
+        "help": "builder config: default, t0, coarse, fine, attributes, structured (caption column only; all "
+                "levels are read from their own columns)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "cache folder of the datasets builder"})
+    validation_fraction: float | None = field(default=None, metadata={
+        "help": "carve-out of official train used for every selection (builder default 0.1)"})
+    tasks: str = field(default="all", metadata={
+        "help": f"'all' or a comma list of: {', '.join(TASKS)} (task1 = vision-only, task2 = Tx-Ty, task3 = "
+                "zero/few-shot, task4 = transfer)"})
+    levels: str = field(default=_join(LEVELS), metadata={"help": "prompt levels evaluated"})
+    shots: str = field(default=_join(DEFAULT_SHOTS), metadata={"help": "few-shot k values"})
+    seeds: str = field(default=_join(DEFAULT_SEEDS), metadata={"help": "few-shot seeds"})
+    external_data: list[str] = field(default_factory=list, metadata={
+        "action": "extend", "metavar": "DIR[=DESCRIPTIONS.json]",
+        "help": "Task 4a external set: DIR holds one sub-folder of images per class; the JSON {class: description} "
+                "defaults to DIR/class_descriptions.json. Repeatable."})
+    unseen_classes: str | None = field(default=None, metadata={
+        "help": "Task 4b: comma list of classes held out in training; when unset, the checkpoint's run metadata, "
+                "else a flagged fallback"})
+    embedding_cache_dir: str | None = field(default=None, metadata={
+        "help": "embedding cache of the evaluator; when unset, OUTPUT_DIR/cache"})
+    batch_size: int = field(default=32, metadata={"help": "encoder batch size"})
+    max_eval_samples: int | None = field(default=None, metadata={
+        "help": "seeded subsample of validation and test (for quick runs; flagged in the report)"})
+    device: str | None = field(default=None, metadata={
+        "help": "torch device; when unset, cuda when available, else cpu"})
+    no_progress: bool = field(default=False, metadata={"help": "hide progress bars"})
+
+    def __post_init__(self):
+        """Check the list arguments now, at parse time (each property raises a ValueError naming its flag)."""
+        tasks = self.task_list
+        _ = self.level_list, self.shot_list, self.seed_list
+        if not self.model_name_or_path and [t for t in tasks if t != "task1"]:
+            raise ValueError(f"--model_name_or_path is required for tasks other than task1 (asked: {', '.join(tasks)})")
+        if "task1" in tasks and not self.vision_model_name_or_path and self.tasks.strip() != "all":
+            raise ValueError("task1 needs --vision_model_name_or_path (an image-classification checkpoint)")
+
+    @property
+    def task_list(self) -> list[str]:
+        if self.tasks.strip() == "all":
+            return list(TASKS)
+        tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"--tasks: unknown task(s) {unknown}; use 'all' or a comma list of {', '.join(TASKS)}")
+        return tasks
+
+    @property
+    def level_list(self) -> list[str]:
+        try:
+            return [normalize_level(lv) for lv in self.levels.split(",") if lv.strip()]
+        except ValueError as err:
+            raise ValueError(f"--levels: {err}") from None
+
+    @property
+    def shot_list(self) -> list[int]:
+        return _ints("--shots", self.shots)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return _ints("--seeds", self.seeds)
+
+    @property
+    def model_specs(self) -> list[ModelSpec]:
+        return [parse_model_arg(m) for m in self.model_name_or_path]
+
+    @property
+    def external_sets(self) -> list[tuple[str, str | None]]:
+        return [(folder, desc or None) for folder, _, desc in (item.partition("=") for item in self.external_data)]
+
+    @property
+    def unseen_list(self) -> list[str] | None:
+        return [c.strip() for c in self.unseen_classes.split(",")] if self.unseen_classes else None
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help (HfArgumentParser's choice) and the description's example kept as written."""
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser(BenchmarkArguments, prog="eval_benchmark.py", description=CLI_DESCRIPTION,
+                            formatter_class=_HelpFormatter)
+
+
+def parse_benchmark_args(argv: Sequence[str] | None = None) -> BenchmarkArguments:
+    """The arguments from the command line, or from one JSON / YAML file given as the only argument."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            return parser.parse_json_file(argv[0])[0]
+        if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+            return parser.parse_yaml_file(argv[0])[0]
+        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)[0]
+    except ValueError as err:  # a check of BenchmarkArguments, or arguments the parser does not know
+        raise SystemExit(f"eval_benchmark.py: error: {err}") from None
+
+
+def describe_data(data_dir: str, ds) -> dict:
+    """What the data is, for the report: synthetic sets are flagged."""
+    info = {"data_dir": data_dir}
+    synthetic = is_synthetic_dir(data_dir)
+    if synthetic:
+        desc = "synthetic images from sdx.data.synthetic (NOT SteelDefectX)"
+    elif data_source(data_dir) == "hub":
+        desc = "the SteelDefectX release from the Hub"
+    else:
+        desc = (f"images in the SteelDefectX layout from {Path(data_dir).name} (no SYNTHETIC.md marker: not "
+                "generated data)")
+    build = build_report(ds)
+    if build.get("splits"):
+        desc += "; builder splits " + ", ".join(f"{k} {v}" for k, v in build["splits"].items())
+    fallbacks = build.get("fallbacks") or {}
+    if any(fallbacks.values()):
+        desc += "; caption fallbacks " + json.dumps(fallbacks)
+    info.update(synthetic=synthetic, description=desc, classes_with_images=sorted(set(ds["train"]["class_name"])))
+    return info
+
+
+def run_benchmark(args: BenchmarkArguments, argv: Sequence[str] | None = None) -> dict:
+    """Everything eval_benchmark.py does after parsing: data, models, tasks, report; returns the results."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {} if args.validation_fraction is None else {"validation_fraction": args.validation_fraction}
+    ds = load_steeldefectx(args.data_dir, args.dataset_config_name, cache_dir=args.cache_dir, **overrides)
+    out = Path(args.output_dir)
+    bench = Benchmark(
+        ds, clip_models=args.model_specs, vision_model=args.vision_model_name_or_path,
+        cache_dir=args.embedding_cache_dir or out / "cache", batch_size=args.batch_size, shots=args.shot_list,
+        seeds=args.seed_list, levels=args.level_list, external=args.external_sets, unseen_classes=args.unseen_list,
+        max_eval_samples=args.max_eval_samples, progress=not args.no_progress, device=args.device)
+    results = bench.run(args.task_list)
+    results["meta"] = {"data": describe_data(args.data_dir, ds), "tasks": args.task_list, "levels": args.level_list,
+                       "shots": args.shot_list, "seeds": args.seed_list, "max_eval_samples": args.max_eval_samples,
+                       "splits": results.pop("splits"), "dataset_config": args.dataset_config_name,
+                       "argv": list(sys.argv[1:] if argv is None else argv)}
+    results["meta"]["data"]["config"] = args.dataset_config_name
+    paths = write_report(results, out, bench.artifacts)
+    results["meta"]["outputs"] = paths
+    print(f"wrote {paths['report']} and {paths['results']} ({len(paths['plots'])} plots)")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """eval_benchmark.py: parse the arguments and run the benchmark."""
+    return run_benchmark(parse_benchmark_args(argv), argv)

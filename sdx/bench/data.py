@@ -1,0 +1,130 @@
+"""What the benchmark reads from the data: one split as an ImageSet (bytes, content hashes, labels, masks),
+external image sets for task 4, and text columns without the builder's fallbacks."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from sdx.bench.cache import sha1
+from sdx.data.levels import normalize_level, row_level_texts
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+def column(ds, name: str) -> list:
+    """One column as a Python list in a single batched read (iterating a datasets Column is row by row)."""
+    return ds.select_columns([name])[:][name]
+
+
+def caption_texts(ds, level: str) -> list[str]:
+    """Per-row caption at ``level`` without fallback ("" when missing; T3 rendered, T4 rendered from T3)."""
+    level = normalize_level(level)
+    if level in ("t0", "t1"):
+        return column(ds, level)
+    rows = ds.select_columns([c for c in ("class_name", "t1", "t2", "t3", "t4") if c in ds.column_names])
+    return [row_level_texts(row)[level] for row in rows]
+
+
+def _raw_column(ds, name: str) -> list[bytes | None]:
+    """The undecoded bytes of an image column (None where a row has none)."""
+    raw = ds.select_columns([name]).cast_column(name, datasets.Image(decode=False))[name]
+    out = []
+    for item in raw:
+        if item is None or (not item.get("bytes") and not item.get("path")):
+            out.append(None)
+        else:
+            out.append(item["bytes"] if item.get("bytes") else Path(item["path"]).read_bytes())
+    return out
+
+
+@dataclass
+class ImageSet:
+    """Images of one split (raw bytes, content hashes, labels, names) and, lazily, their masks."""
+
+    name: str
+    blobs: list[bytes]
+    labels: np.ndarray
+    image_names: list[str]
+    keys: list[str] = field(default_factory=list)
+    dataset: Any = None  # the datasets.Dataset it came from (for text columns and masks)
+    patch_rows: set[int] = field(default_factory=set)  # rows whose patch tokens localization needs
+
+    def __post_init__(self):
+        if not self.keys:
+            self.keys = [sha1(b) for b in self.blobs]
+
+    @property
+    def fingerprint(self) -> str:
+        return sha1("".join(self.keys))
+
+    def pil(self, i: int) -> Image.Image:
+        try:
+            return Image.open(io.BytesIO(self.blobs[i]))
+        except Exception as err:
+            raise ValueError(f"{self.name}/{self.image_names[i]}: cannot decode image ({err})") from err
+
+    @classmethod
+    def from_dataset(cls, name: str, ds) -> ImageSet:
+        blobs = _raw_column(ds, "image")
+        if any(b is None for b in blobs):
+            raise ValueError(f"{name}: a row has no image")
+        return cls(name=name, blobs=blobs, labels=np.asarray(column(ds, "label"), dtype=np.int64),
+                   image_names=column(ds, "image_name"), dataset=ds)
+
+    def masks(self) -> list[np.ndarray | None]:
+        """Binary masks (> 127) per row, None where the row has no mask."""
+        if self.dataset is None or "mask" not in self.dataset.column_names:
+            return [None] * len(self.blobs)
+        out = []
+        for i, data in enumerate(_raw_column(self.dataset, "mask")):
+            try:
+                out.append(None if data is None else np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127)
+            except Exception as err:
+                raise ValueError(f"{self.name}/{self.image_names[i]}: field 'mask': cannot decode ({err})") from err
+        return out
+
+
+def _read_descriptions(desc_file: Path) -> dict[str, str]:
+    if not desc_file.exists():
+        raise ValueError(f"{desc_file}: class-description JSON not found (give it with the external set)")
+    try:
+        desc = json.loads(desc_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{desc_file}: not valid JSON ({err})") from err
+    if not isinstance(desc, dict) or not all(isinstance(v, str) and v.strip() for v in desc.values()):
+        raise ValueError(f"{desc_file}: must be an object {{class: non-empty description}}")
+    return desc
+
+
+def external_image_set(folder: str | os.PathLike, descriptions: str | os.PathLike | None = None):
+    """(ImageSet, class names, {class: description}) of a folder with one sub-folder of images per class."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{root}: external set folder not found")
+    desc_file = Path(descriptions) if descriptions else root / "class_descriptions.json"
+    desc = _read_descriptions(desc_file)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise ValueError(f"{root}: no class sub-folders")
+    missing = [c for c in classes if c not in desc]
+    if missing:
+        raise ValueError(f"{desc_file}: field {missing[0]!r}: no description for class folder(s) {missing}")
+    blobs, labels, names = [], [], []
+    for ci, c in enumerate(classes):
+        for f in sorted((root / c).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                blobs.append(f.read_bytes())
+                labels.append(ci)
+                names.append(f"{c}/{f.name}")
+    if not blobs:
+        raise ValueError(f"{root}: no images in the class folders")
+    return ImageSet(name=root.name, blobs=blobs, labels=np.asarray(labels), image_names=names), classes, desc

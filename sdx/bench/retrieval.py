@@ -1,0 +1,37 @@
+"""Retrieval: test images against their own sample-level captions (T2, T3, T4), R@1/5/10 both ways."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sdx import metrics as M
+from sdx.bench.data import caption_texts
+from sdx.bench.zeroshot import SAMPLE_LEVELS
+
+if TYPE_CHECKING:
+    from sdx.bench.tasks import Benchmark
+
+
+def _one_level(bench: Benchmark, enc, img: np.ndarray, caps: list[str], level: str) -> dict:
+    rows = [i for i, t in enumerate(caps) if t and t.strip()]
+    if not rows:
+        return {"available": False, "reason": f"no test caption at level {level.upper()}"}
+    uniq = sorted({caps[i] for i in rows})  # the text gallery: distinct captions
+    pos = {t: j for j, t in enumerate(uniq)}
+    sim = img[rows] @ bench.cache.texts(enc, uniq).T
+    rel = np.zeros(sim.shape, dtype=bool)
+    rel[np.arange(len(rows)), [pos[caps[i]] for i in rows]] = True
+    return {"available": True, "images": len(rows), "texts": len(uniq),
+            "i2t": M.retrieval_recall(sim, rel), "t2i": M.retrieval_recall(sim.T, rel.T)}
+
+
+def run(bench: Benchmark) -> dict:
+    test = bench.split("test")
+    out = {}
+    for enc in bench.encoders():
+        img = bench.cache.images(enc, test)
+        out[enc.label] = {lv: _one_level(bench, enc, img, caption_texts(test.dataset, lv), lv)
+                          for lv in SAMPLE_LEVELS}
+    return out
