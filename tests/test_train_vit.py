@@ -69,7 +69,7 @@ def _state(path: Path):
 def _test_accuracy(model, processor, names, max_eval_samples, seed=42):
     """Acc recomputed from a saved model on the same test subset the trainer used."""
     from sdx.data.builder import load_steeldefectx
-    from sdx.train.loop import limit_samples
+    from sdx.train.job import limit_samples
     from sdx.train.vit import ImageTransform, collate
 
     test = limit_samples(load_steeldefectx("synthetic")["test"], max_eval_samples, seed).select_columns(["image", "label"])
@@ -109,6 +109,7 @@ def test_synthetic_run_outputs(full_run, synthetic_names):
     assert json.loads((out / "sdx_run.json").read_text())["method"] == "full"
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model, full_run):
     ref_out, _ = full_run
     out = tmp_path / "run"
@@ -225,12 +226,17 @@ def test_bad_input_fails_before_any_step(tmp_path, tiny_model):
 def test_recipe_paper_and_overrides():
     from sdx.train.vit import parse_vit_args
 
-    args = parse_vit_args(["--output_dir", "x", "--recipe", "paper"])
-    assert (args.optimizer, args.momentum, args.weight_decay, args.learning_rate, args.lr_scheduler_type,
-            args.lr_step_epochs, args.lr_gamma, args.num_train_epochs) == ("sgd", 0.9, 1e-4, 0.1, "step", 30, 0.1,
-                                                                           100)
-    args = parse_vit_args(["--output_dir", "x", "--recipe", "paper", "--num_train_epochs", "5"])
-    assert args.num_train_epochs == 5 and args.optimizer == "sgd"
+    t = parse_vit_args(["--output_dir", "x", "--recipe", "paper"]).training
+    assert (t.optimizer, t.momentum, t.weight_decay, t.learning_rate, t.lr_scheduler_type, t.lr_step_epochs,
+            t.lr_gamma, t.num_train_epochs) == ("sgd", 0.9, 1e-4, 0.1, "step", 30, 0.1, 100)
+    t = parse_vit_args(["--output_dir", "x", "--recipe", "paper", "--num_train_epochs", "5"]).training
+    assert t.num_train_epochs == 5 and t.optimizer == "sgd"
+    # the trainer's own defaults, and data_dir "synthetic" by default
+    args = parse_vit_args(["--output_dir", "x"])
+    assert (args.training.learning_rate, args.training.num_train_epochs, args.training.weight_decay,
+            args.data.data_dir, args.data.dataset_config_name) == (5e-4, 10, 0.05, "synthetic", "default")
+    with pytest.raises(SystemExit):
+        parse_vit_args(["--output_dir", "x", "--crop_scale", "0.5"])
 
 
 def test_help_is_complete(capsys):
@@ -243,6 +249,7 @@ def test_help_is_complete(capsys):
         assert flag in text, flag
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_counts_each_sample_once(tmp_path, tiny_model):
     """A real two-process gloo run (torchrun); odd split sizes so padding duplicates would show."""
     out = tmp_path / "ddp"
