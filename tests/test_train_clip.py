@@ -196,13 +196,14 @@ def test_mixed_levels_are_seeded_per_example_per_epoch(data_dir, cache_dir):
 def test_pixel_cache_equals_per_batch_processing(data_dir, cache_dir, tiny_clip):
     from sdx.data.builder import load_steeldefectx
     from sdx.models.clip import load_clip
+    from sdx.train.pixels import pixel_cache
 
     _, processor = load_clip(str(tiny_clip))
     split = load_steeldefectx(str(data_dir), caption_level="t1", validation_fraction=0.25,
                               cache_dir=str(cache_dir))["train"]
-    pixels = CT.pixel_cache(split, processor.image_processor, budget_mb=64, batch_size=5)
+    pixels = pixel_cache(split, processor.image_processor, budget_mb=64, batch_size=5)
     assert pixels is not None and pixels.shape == (len(split), 3, 32, 32)
-    assert CT.pixel_cache(split, processor.image_processor, budget_mb=0.001) is None     # over budget
+    assert pixel_cache(split, processor.image_processor, budget_mb=0.001) is None     # over budget
     collate = CT.ClipCollator(processor)
     rows = list(range(len(split)))
     on_the_fly = collate([CT.CaptionDataset(split, "t1", 0)[i] for i in rows])

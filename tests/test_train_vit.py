@@ -126,13 +126,31 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model, full_run):
 
     with pytest.raises(Killed):
         run_vit_training(parse_vit_args(argv), step_callback=kill)
-    res = train_vit.main(argv + ["--resume_from_checkpoint", "latest"])
+    # the resumed run processes the images per batch (no pixel cache): same pixel values, same weights
+    res = train_vit.main(argv + ["--resume_from_checkpoint", "latest", "--pixel_cache_mb", "0"])
     assert res["resumed_from"].endswith("checkpoint_1")  # step 4
     want, got = _state(ref_out), _state(out)
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
     assert res["test_accuracy"] == json.loads((ref_out / "all_results.json").read_text())["test_accuracy"]
+
+
+def test_pixel_cache_equals_per_batch_processing(tiny_model):
+    from transformers import AutoImageProcessor
+
+    from sdx.data.builder import load_steeldefectx
+    from sdx.train.pixels import CachedPixels, pixel_cache
+    from sdx.train.vit import ImageTransform, collate
+
+    processor = AutoImageProcessor.from_pretrained(tiny_model)
+    split = load_steeldefectx("synthetic")["validation"].select_columns(["image", "label"])
+    pixels = pixel_cache(split, processor, budget_mb=64, batch_size=7)
+    rows = list(range(len(split)))
+    on_the_fly = collate([split.with_transform(ImageTransform(processor, False))[i] for i in rows])
+    cached = collate([CachedPixels(pixels, split["label"])[i] for i in rows])
+    assert torch.equal(on_the_fly["pixel_values"], cached["pixel_values"])
+    assert torch.equal(on_the_fly["labels"], cached["labels"])
 
 
 def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):

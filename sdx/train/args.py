@@ -123,6 +123,10 @@ class DataArguments:
     shots: Optional[int] = field(default=None, metadata=arg_help("k training images per class (few-shot)"))
     on_error: Literal["raise", "skip"] = field(default="raise", metadata=arg_help(
         "bad raw files: raise naming the file and field, or skip and count them"))
+    pixel_cache_mb: float = field(default=1024, metadata=arg_help(
+        "pre-process the training images (when no random augmentation applies) and the validation images once "
+        "and keep them in memory when they fit in this many MB (0: process every batch on the fly; identical "
+        "pixel values either way)"))
 
 
 def with_defaults(cls: type, name: str = "", **defaults: Any) -> type:

@@ -16,6 +16,7 @@ from torch import nn
 from sdx.data import levels as T
 from sdx.train.args import DataArguments, JobArguments, TrainingArguments, arg_help, parse_job_args, with_defaults
 from sdx.train.job import Job, run_job
+from sdx.train.pixels import PixelBudget
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,6 @@ class ClipDataArguments(DataArguments):
         "training text: t0, t1, t2, t3, t4 (aliases accepted) or mixed (one level drawn per example per epoch)"))
     annotate_missing: bool = field(default=False, metadata=arg_help(
         "compute missing T3/T4 from masks (sdx.annotate.engine) instead of falling back to T1"))
-    pixel_cache_mb: float = field(default=1024, metadata=arg_help(
-        "pre-process the train and validation images once and keep them in memory when they fit in this many MB "
-        "(0: process every batch on the fly; identical pixel values either way)"))
 
     def __post_init__(self) -> None:
         try:
@@ -197,30 +195,6 @@ class CaptionDataset(torch.utils.data.Dataset):
 
 def _image_item(ds, pixels: Optional[torch.Tensor], i: int) -> dict[str, Any]:
     return {"pixel_values": pixels[i]} if pixels is not None else {"image": ds[i]["image"]}
-
-
-def pixel_cache(hf_split, image_processor, budget_mb: float, desc: str = "pre-processing images",
-                batch_size: int = 64) -> Optional[torch.Tensor]:
-    """All images of `hf_split` pre-processed once (RGB, the processor's resize/crop/normalise), float32, when
-    they fit in `budget_mb`; None otherwise (or when the budget is 0): then every batch is processed on the fly.
-    The processor works per image, so cached and on-the-fly pixel values are identical."""
-    n = len(hf_split)
-    if budget_mb <= 0 or n == 0:
-        return None
-    images = hf_split.select_columns(["image"])
-    first = image_processor(images=[images[0]["image"].convert("RGB")], return_tensors="pt")["pixel_values"]
-    if first.numel() * 4 * n > budget_mb * 2 ** 20:
-        logger.info("%s: %d images need %.0f MB > --pixel_cache_mb %g; processing per batch", desc, n,
-                    first.numel() * 4 * n / 2 ** 20, budget_mb)
-        return None
-    from tqdm.auto import tqdm
-
-    out = torch.empty((n,) + tuple(first.shape[1:]), dtype=torch.float32)
-    for start in tqdm(range(0, n, batch_size), desc=desc, disable=n <= batch_size):
-        chunk = images[start:start + batch_size]["image"]
-        out[start:start + len(chunk)] = image_processor(images=[im.convert("RGB") for im in chunk],
-                                                        return_tensors="pt")["pixel_values"]
-    return out
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -396,8 +370,7 @@ class ClipJob(Job):
 
     def __init__(self, args: JobArguments):
         super().__init__(args)
-        self.cache_budget_mb = args.data.pixel_cache_mb     # shared by the splits, train first
-        self.val_pixels: Optional[torch.Tensor] = None
+        self.pixels = PixelBudget(args.data.pixel_cache_mb)
 
     @property
     def method(self) -> str:
@@ -424,22 +397,18 @@ class ClipJob(Job):
         return wrap_method(m, self.args.data.caption_level, clip, self.processor, self.names,
                            dict(zip(self.class_ids, t1_prompts)))
 
-    def _cached(self, split, desc: str) -> Optional[torch.Tensor]:
-        pixels = pixel_cache(split, self.processor.image_processor, self.cache_budget_mb, desc=desc)
-        if pixels is not None:
-            self.cache_budget_mb -= pixels.numel() * 4 / 2 ** 20
-        return pixels
-
     def train_loader(self, split):
         d, t = self.args.data, self.args.training
-        train_set = CaptionDataset(split, d.caption_level, t.seed, self._cached(split, "train images"))
+        train_set = CaptionDataset(split, d.caption_level, t.seed, self.pixels.cache(split, self.processor.image_processor,
+                                                                              "train images"))
         return torch.utils.data.DataLoader(
             train_set, batch_size=t.per_device_train_batch_size, sampler=EpochShuffleSampler(train_set, t.seed),
             collate_fn=ClipCollator(self.processor), num_workers=t.dataloader_num_workers, drop_last=False)
 
     def eval_loader(self, split, name):
         t = self.args.training
-        pixels = self._cached(split, "validation images") if name == "validation" else None
+        pixels = self.pixels.cache(split, self.processor.image_processor, "validation images") \
+            if name == "validation" else None
         return torch.utils.data.DataLoader(
             ImageDataset(split, pixels), batch_size=t.per_device_eval_batch_size, shuffle=False,
             collate_fn=ClipCollator(self.processor, with_text=False), num_workers=t.dataloader_num_workers)

@@ -15,6 +15,7 @@ import torch
 
 from sdx.train.args import DataArguments, JobArguments, TrainingArguments, arg_help, parse_job_args, with_defaults
 from sdx.train.job import Job, run_job
+from sdx.train.pixels import CachedPixels, PixelBudget
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ class VitJob(Job):
         self.wants_test = not args.model.skip_test
         self.names: list[str] = []
         self.processor = None
+        self.pixels = PixelBudget(args.data.pixel_cache_mb)
         self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -327,21 +329,29 @@ class VitJob(Job):
         return model
 
     def train_loader(self, split):
+        """Cached pixel values when no random augmentation applies (and they fit), else the per-batch path."""
         d, t = self.args.data, self.args.training
-        transform = ImageTransform(self.processor, True, random_crop=d.random_resized_crop, crop_scale=d.crop_scale,
-                                   hflip=d.hflip, vflip=d.vflip)
+        random_aug = d.random_resized_crop or d.hflip or d.vflip
+        pixels = None if random_aug else self.pixels.cache(split, self.processor, "train images")
         sampler = ClassBalancedSampler(split["label"], t.seed) if d.class_balanced_sampling else None
         return torch.utils.data.DataLoader(
-            split.select_columns(["image", "label"]).with_transform(transform), sampler=sampler,
-            batch_size=t.per_device_train_batch_size, shuffle=sampler is None, collate_fn=collate,
-            num_workers=t.dataloader_num_workers)
+            self._dataset(split, pixels, train=True), sampler=sampler, batch_size=t.per_device_train_batch_size,
+            shuffle=sampler is None, collate_fn=collate, num_workers=t.dataloader_num_workers)
 
     def eval_loader(self, split, name):
         t = self.args.training
+        pixels = self.pixels.cache(split, self.processor, "validation images") if name == "validation" else None
         return torch.utils.data.DataLoader(
-            split.select_columns(["image", "label"]).with_transform(ImageTransform(self.processor, False)),
-            batch_size=t.per_device_eval_batch_size, shuffle=False, collate_fn=collate,
-            num_workers=t.dataloader_num_workers)
+            self._dataset(split, pixels, train=False), batch_size=t.per_device_eval_batch_size, shuffle=False,
+            collate_fn=collate, num_workers=t.dataloader_num_workers)
+
+    def _dataset(self, split, pixels: Optional[torch.Tensor], train: bool):
+        if pixels is not None:
+            return CachedPixels(pixels, split["label"])
+        d = self.args.data
+        transform = ImageTransform(self.processor, train, random_crop=d.random_resized_crop, crop_scale=d.crop_scale,
+                                   hflip=d.hflip, vflip=d.vflip)
+        return split.select_columns(["image", "label"]).with_transform(transform)
 
     def compute_loss(self, model, batch):
         return model(**batch).loss
