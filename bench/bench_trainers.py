@@ -11,8 +11,8 @@
 ``clip``        train_clip.py's job and a plain `Trainer` of the same tiny CLIP folder and the same class-aware loss
                 (the `Trainer` gets `ClipTrainModule` wrapped to return ``{"loss": ...}``) on T2 captions of the same
                 data; the `Trainer` processes images per batch (as the transformers example does), ours keeps its
-                pixel cache. No per-epoch evaluation in either; both evaluate nothing else, ours also writes its
-                zero-shot validation/test metrics.
+                pixel cache. No per-epoch evaluation in either; both then run the same zero-shot evaluation of
+                validation and test (T0 and T1 prompts) and save the model.
 ``optimizers``  one optimizer step of AdamW, Adam and SGD (momentum) with each torch kernel (for-loop, foreach,
                 fused) on the ViT's parameters: what ``--optimizer_implementation auto`` is chosen from.
 
@@ -35,7 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
+
+from sdx.data.builder import load_steeldefectx
+from sdx.data.levels import CLASS_NAMES
+from sdx.models.classifiers import build_image_classifier, load_or_build_image_processor
+from sdx.models.clip import build_clip_from_scratch, load_clip
+from sdx.train import clip as train_clip
+from sdx.train import vit as train_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "steeldefectx-real-subset"
@@ -50,9 +59,10 @@ def _median_ratio(ours: list[float], theirs: list[float]) -> dict:
 
 
 def alternate(rounds: int, ours, theirs) -> tuple[list[dict], list[dict]]:
-    """Run ours() and theirs() alternately (ABBA...), each returning {"total_s", "train_s", ...}, after one untimed
-    run of each (the first run in a process pays imports, kernel set-up and the datasets cache)."""
-    ours(), theirs()
+    """Run ours(n) and theirs(n) alternately (ABBA...), each returning {"total_s", "train_s", ...}, after one short
+    untimed run of each (n=64 training images, 1 epoch: the first run in a process pays imports, kernel set-up and
+    the datasets cache)."""
+    ours(warmup=True), theirs(warmup=True)
     a, b = [], []
     for r in range(rounds):
         order = ((a, ours), (b, theirs)) if r % 2 == 0 else ((b, theirs), (a, ours))
@@ -73,9 +83,6 @@ def _subsample(split, n, seed=SEED):
 
 def save_vit(folder: Path, image_size: int = 64) -> Path:
     """The random-init model folder both ViT runs start from (the real-data baseline's ViT, 25 classes)."""
-    from sdx.data.levels import CLASS_NAMES
-    from sdx.models.classifiers import build_image_classifier, load_or_build_image_processor
-
     torch.manual_seed(0)
     build_image_classifier("vit", "tiny", CLASS_NAMES, image_size=image_size, patch_size=8,
                            config_overrides=VIT_OVERRIDES).save_pretrained(folder)
@@ -84,8 +91,6 @@ def save_vit(folder: Path, image_size: int = 64) -> Path:
 
 
 def ours_vit(model_dir, data_dir, epochs, eval_strategy, max_train_samples, tmp) -> dict:
-    from sdx.train.vit import main
-
     argv = ["--data_dir", str(data_dir), "--model_name_or_path", str(model_dir), "--output_dir",
             tempfile.mkdtemp(dir=tmp), "--per_device_train_batch_size", str(BATCH), "--per_device_eval_batch_size",
             "64", "--learning_rate", str(LR), "--weight_decay", "0", "--num_train_epochs", str(epochs), "--seed",
@@ -93,7 +98,7 @@ def ours_vit(model_dir, data_dir, epochs, eval_strategy, max_train_samples, tmp)
     if max_train_samples:
         argv += ["--max_train_samples", str(max_train_samples)]
     t0 = time.perf_counter()
-    res = main(argv)
+    res = train_vit.main(argv)
     return {"total_s": time.perf_counter() - t0, "train_s": res["train_runtime"],
             "test_accuracy": res["test_accuracy"], "steps": res["completed_steps"]}
 
@@ -101,11 +106,6 @@ def ours_vit(model_dir, data_dir, epochs, eval_strategy, max_train_samples, tmp)
 def trainer_vit(model_dir, data_dir, epochs, eval_strategy, max_train_samples, tmp) -> dict:
     """A plain transformers Trainer on the same model folder and data (the example scripts' data path without
     torchvision: RGB, then the model's image processor, per batch)."""
-    import numpy as np
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
-
-    from sdx.data.builder import load_steeldefectx
-
     t0 = time.perf_counter()
     ds = load_steeldefectx(str(data_dir), validation_fraction=0.1, on_error="raise", with_masks=False)
     processor = AutoImageProcessor.from_pretrained(model_dir)
@@ -146,8 +146,11 @@ def trainer_vit(model_dir, data_dir, epochs, eval_strategy, max_train_samples, t
 def bench_vit(a) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_vit(Path(tmp) / "vit")
-        run = (model_dir, a.data_dir, a.epochs, a.eval_strategy, a.max_train_samples, tmp)
-        ours, theirs = alternate(a.rounds, lambda: ours_vit(*run), lambda: trainer_vit(*run))
+        def run(warmup=False):
+            return (model_dir, a.data_dir, 1 if warmup else a.epochs, a.eval_strategy,
+                    64 if warmup else a.max_train_samples, tmp)
+
+        ours, theirs = alternate(a.rounds, lambda **w: ours_vit(*run(**w)), lambda **w: trainer_vit(*run(**w)))
     return {"bench": "vit", "epochs": a.epochs, "eval_strategy": a.eval_strategy,
             "max_train_samples": a.max_train_samples, "threads": torch.get_num_threads(),
             "whole_run": _median_ratio([r["total_s"] for r in ours], [r["total_s"] for r in theirs]),
@@ -164,13 +167,9 @@ def bench_vit(a) -> dict:
 
 def save_clip(folder: Path, data_dir) -> Path:
     """A tiny random CLIP with a tokenizer trained on the data's captions, saved with its processor."""
-    from sdx.data.builder import load_steeldefectx
-    from sdx.models.clip import build_clip_from_scratch
-    from sdx.train.clip import level_texts
-
     train = load_steeldefectx(str(data_dir), caption_level="t2", validation_fraction=0.1, seed=SEED)["train"]
     cols = [c for c in ("class_name", "t0", "t1", "t2", "t3", "t4") if c in train.column_names]
-    texts = [t for row in train.select_columns(cols) for t in level_texts(row).values()]
+    texts = [t for row in train.select_columns(cols) for t in train_clip.level_texts(row).values()]
     model, processor = build_clip_from_scratch("tiny", texts, vocab_size=2000, seed=0)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -178,15 +177,13 @@ def save_clip(folder: Path, data_dir) -> Path:
 
 
 def ours_clip(model_dir, data_dir, epochs, max_train_samples, tmp) -> dict:
-    from sdx.train.clip import main
-
     argv = ["--data_dir", str(data_dir), "--model_name_or_path", str(model_dir), "--output_dir",
             tempfile.mkdtemp(dir=tmp), "--per_device_train_batch_size", str(BATCH), "--learning_rate", str(LR),
             "--num_train_epochs", str(epochs), "--seed", str(SEED), "--caption_level", "t2", "--eval_strategy", "no"]
     if max_train_samples:
         argv += ["--max_train_samples", str(max_train_samples)]
     t0 = time.perf_counter()
-    res = main(argv)
+    res = train_clip.main(argv)
     return {"total_s": time.perf_counter() - t0, "train_s": res["train_runtime"],
             "steps": res["train_completed_steps"]}
 
@@ -198,17 +195,11 @@ class LossOutput(torch.nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, **batch):
-        return {"loss": self.module(**batch)}
+    def forward(self, pixel_values, labels, input_ids, attention_mask):
+        return {"loss": self.module(pixel_values, labels, input_ids, attention_mask)}
 
 
 def trainer_clip(model_dir, data_dir, epochs, max_train_samples, tmp) -> dict:
-    from transformers import Trainer, TrainingArguments
-
-    from sdx.data.builder import load_steeldefectx
-    from sdx.models.clip import load_clip
-    from sdx.train.clip import ClipTrainModule
-
     t0 = time.perf_counter()
     ds = load_steeldefectx(str(data_dir), caption_level="t2", validation_fraction=0.1, seed=SEED)
     clip, processor = load_clip(str(model_dir))
@@ -225,19 +216,34 @@ def trainer_clip(model_dir, data_dir, epochs, max_train_samples, tmp) -> dict:
         output_dir=tempfile.mkdtemp(dir=tmp), per_device_train_batch_size=BATCH, learning_rate=LR,
         num_train_epochs=epochs, seed=SEED, lr_scheduler_type="linear", max_grad_norm=0.0, eval_strategy="no",
         save_strategy="no", report_to="none", remove_unused_columns=False, use_cpu=True, logging_steps=10)
-    trainer = Trainer(model=LossOutput(ClipTrainModule(clip, "full", "class_aware")), args=args,
+    trainer = Trainer(model=LossOutput(train_clip.ClipTrainModule(clip, "full", "class_aware")), args=args,
                       train_dataset=train.with_transform(transform))
     out = trainer.train()
+    zero_shot_validation_and_test(trainer.accelerator, clip, processor, ds)
     clip.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
     return {"total_s": time.perf_counter() - t0, "train_s": out.metrics["train_runtime"], "steps": out.global_step}
 
 
+def zero_shot_validation_and_test(accelerator, clip, processor, ds) -> dict:
+    """The final evaluation train_clip.py does (T0 and T1 prompts, images processed per batch), for the Trainer."""
+    ids, t0, t1 = train_clip.class_prompts(ds)
+    out = {}
+    for split in ("validation", "test"):
+        loader = torch.utils.data.DataLoader(train_clip.ImageDataset(ds[split]), batch_size=64,
+                                             collate_fn=train_clip.ClipCollator(processor, with_text=False))
+        out[split] = train_clip.zero_shot_eval(accelerator, clip, loader, processor.tokenizer, ids,
+                                               {"t0": t0, "t1": t1})
+    return out
+
+
 def bench_clip(a) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_clip(Path(tmp) / "clip", a.data_dir)
-        run = (model_dir, a.data_dir, a.epochs, a.max_train_samples, tmp)
-        ours, theirs = alternate(a.rounds, lambda: ours_clip(*run), lambda: trainer_clip(*run))
+        def run(warmup=False):
+            return model_dir, a.data_dir, 1 if warmup else a.epochs, 64 if warmup else a.max_train_samples, tmp
+
+        ours, theirs = alternate(a.rounds, lambda **w: ours_clip(*run(**w)), lambda **w: trainer_clip(*run(**w)))
     return {"bench": "clip", "epochs": a.epochs, "max_train_samples": a.max_train_samples,
             "whole_run": _median_ratio([r["total_s"] for r in ours], [r["total_s"] for r in theirs]),
             "training_loop": _median_ratio([r["train_s"] for r in ours], [r["train_s"] for r in theirs])}
@@ -250,9 +256,6 @@ def bench_clip(a) -> dict:
 
 def bench_optimizers(rounds: int = 7, steps: int = 20) -> dict:
     """ms per optimizer step of each (optimizer, kernel) on the ViT's parameters, alternated, median of rounds."""
-    from sdx.data.levels import CLASS_NAMES
-    from sdx.models.classifiers import build_image_classifier
-
     torch.manual_seed(0)
     params = list(build_image_classifier("vit", "tiny", CLASS_NAMES, image_size=64, patch_size=8,
                                          config_overrides=VIT_OVERRIDES).parameters())

@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sdx.train.losses import (MAX_LOGIT_SCALE, class_text_loss, contrastive_loss, gather_with_grad,
-                              same_label_targets)
+from sdx.train.losses import MAX_LOGIT_SCALE, class_text_loss, contrastive_loss, gather_with_grad, same_label_targets
 
 
 def _log1pexp(x: float) -> float:

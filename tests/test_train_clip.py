@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import train_clip
-from sdx.train import clip as CT
 from sdx.data import levels as T
+from sdx.train import clip as CT
 
 CLASSES = ["Bright scratch", "Punching", "Patches", "Water spot"]
 

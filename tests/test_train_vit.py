@@ -72,7 +72,8 @@ def _test_accuracy(model, processor, names, max_eval_samples, seed=42):
     from sdx.train.job import limit_samples
     from sdx.train.vit import ImageTransform, collate
 
-    test = limit_samples(load_steeldefectx("synthetic")["test"], max_eval_samples, seed).select_columns(["image", "label"])
+    test = limit_samples(load_steeldefectx("synthetic")["test"], max_eval_samples, seed)
+    test = test.select_columns(["image", "label"])
     batch = collate([test.with_transform(ImageTransform(processor, False))[i] for i in range(len(test))])
     model.eval()
     with torch.no_grad():

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence
 
+from transformers import HfArgumentParser
+
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "step")
 
@@ -52,8 +54,8 @@ class TrainingArguments:
     optimizer: Literal["adamw", "adam", "sgd"] = field(default="adamw", metadata=arg_help("optimizer"))
     optimizer_implementation: Literal["auto", "fused", "foreach", "for_loop"] = field(
         default="auto", metadata=arg_help(
-            "torch kernel of the optimizer step: auto = fused where torch has a fused kernel for the device "
-            "(the fastest measured here, docs/performance.md), else torch's default"))
+            "torch kernel of the optimizer step; auto: the one measured fastest on CPU (fused; docs/training.md, "
+            "Speed)"))
     momentum: float = field(default=0.9, metadata=arg_help("SGD momentum"))
     adam_beta1: float = field(default=0.9, metadata=arg_help("Adam(W) beta1"))
     adam_beta2: float = field(default=0.999, metadata=arg_help("Adam(W) beta2"))
@@ -221,8 +223,6 @@ class _ConfigCheckParser(argparse.ArgumentParser):
 
 
 def _hf_parser(dataclass_types: Sequence[type], parser_class: type = argparse.ArgumentParser, **kwargs: Any):
-    from transformers import HfArgumentParser
-
     class Parser(HfArgumentParser, parser_class):  # HfArgumentParser's fields, `parser_class`'s error handling
         pass
 

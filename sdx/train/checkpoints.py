@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from sdx.train.outputs import json_default
 
@@ -105,8 +106,6 @@ def save_best(accelerator, model: torch.nn.Module, best_dir: Path, record: dict[
 
 def load_best(accelerator, model: torch.nn.Module, best_dir: str | os.PathLike) -> torch.nn.Module:
     """Load the weights kept in `best_dir` into `model` (prepared or not). Returns the unwrapped model."""
-    from safetensors.torch import load_file
-
     unwrapped = accelerator.unwrap_model(model)
     best = Path(best_dir)
     files = sorted(best.glob("model*.safetensors"))

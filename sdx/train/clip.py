@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
@@ -14,8 +13,25 @@ import torch
 from torch import nn
 
 from sdx.data import levels as T
+from sdx.data.synthetic import is_synthetic_dir
+from sdx.metrics import accuracy, mean_class_accuracy
+from sdx.models.clip import (
+    ClipAdapter,
+    ClipWithAdapter,
+    apply_clip_lora,
+    build_clip_from_scratch,
+    clip_embed_dim,
+    encode_images,
+    encode_text_list,
+    get_logit_scale,
+    image_features,
+    load_clip,
+    text_features,
+    zero_shot_predict,
+)
 from sdx.train.args import DataArguments, JobArguments, TrainingArguments, arg_help, parse_job_args, with_defaults
 from sdx.train.job import Job, run_job
+from sdx.train.losses import class_text_loss, contrastive_loss
 from sdx.train.pixels import PixelBudget
 
 logger = logging.getLogger(__name__)
@@ -122,7 +138,7 @@ def level_texts(row: Mapping[str, Any]) -> dict[str, str]:
 
 def class_prompts(ds) -> tuple[list[int], list[str], list[str]]:
     """Candidate class ids (`sdx.data.builder.candidate_classes`), their T0 prompts and T1 texts."""
-    from sdx.data.builder import candidate_classes, class_descriptions, class_names
+    from sdx.data.builder import candidate_classes, class_descriptions, class_names  # heavy (datasets): a run only
 
     names, ids, t1 = class_names(ds), candidate_classes(ds), class_descriptions(ds)
     return ids, [T.t0_prompt(names[i]) for i in ids], [t1.get(i) or T.t0_prompt(names[i]) for i in ids]
@@ -250,9 +266,6 @@ class ClipTrainModule(nn.Module):
             self.register_buffer("class_attention_mask", class_text_inputs["attention_mask"], persistent=False)
 
     def forward(self, pixel_values, labels, input_ids=None, attention_mask=None) -> torch.Tensor:
-        from sdx.train.losses import class_text_loss, contrastive_loss
-        from sdx.models.clip import get_logit_scale, image_features, text_features
-
         img = image_features(self.clip, pixel_values)
         logit_scale = get_logit_scale(self.clip)
         if self.class_text_loss:
@@ -275,8 +288,6 @@ def _freeze(module: Optional[nn.Module]) -> None:
 
 def build_clip(m: ClipModelArguments, seed: int, train_split, all_ds) -> tuple[nn.Module, Any, str]:
     """(clip model, processor, origin): loaded or from scratch, before method wrapping."""
-    from sdx.models.clip import build_clip_from_scratch, load_clip
-
     if m.model_name_or_path:
         model, processor = load_clip(m.model_name_or_path)
         return model, processor, f"pretrained:{m.model_name_or_path}"
@@ -295,8 +306,6 @@ def wrap_method(m: ClipModelArguments, level: str, clip: nn.Module, processor, n
                 t1_by_id: Mapping[int, str]) -> ClipTrainModule:
     """The trained module for --method (freezing, LoRA or adapter). `names`: every class name (label order);
     `t1_by_id`: class id -> T1 text (classes with images)."""
-    from sdx.models.clip import ClipAdapter, ClipWithAdapter, apply_clip_lora, clip_embed_dim
-
     if m.method == "full":
         if m.freeze_vision_model:
             _freeze(getattr(clip, "vision_model", None))
@@ -329,9 +338,6 @@ def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: S
                    prompts: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """Zero-shot accuracy / mAcc (percent) of `loader`'s images against each prompt set (name -> C texts), and
     num_samples (images evaluated, each once across processes: gather_for_metrics drops the padding)."""
-    from sdx.metrics import accuracy, mean_class_accuracy
-    from sdx.models.clip import encode_images, encode_text_list, zero_shot_predict
-
     was_training = clip.training
     clip.eval()
     device = accelerator.device
@@ -377,7 +383,7 @@ class ClipJob(Job):
         return self.args.model.method
 
     def load_data(self):
-        from sdx.data.builder import load_steeldefectx
+        from sdx.data.builder import load_steeldefectx  # heavy (datasets, ~1 s): a run only, not --help
 
         d = self.args.data
         level = "t2" if d.caption_level == "mixed" else d.caption_level
@@ -387,7 +393,7 @@ class ClipJob(Job):
                                  annotate_missing=d.annotate_missing, cache_dir=d.cache_dir)
 
     def build_model(self, ds, splits):
-        from sdx.data.builder import class_names
+        from sdx.data.builder import class_names  # heavy (datasets): a run only
 
         m, seed = self.args.model, self.args.training.seed
         self.class_ids, t0_prompts, t1_prompts = class_prompts(ds)
@@ -399,8 +405,8 @@ class ClipJob(Job):
 
     def train_loader(self, split):
         d, t = self.args.data, self.args.training
-        train_set = CaptionDataset(split, d.caption_level, t.seed, self.pixels.cache(split, self.processor.image_processor,
-                                                                              "train images"))
+        pixels = self.pixels.cache(split, self.processor.image_processor, "train images")
+        train_set = CaptionDataset(split, d.caption_level, t.seed, pixels)
         return torch.utils.data.DataLoader(
             train_set, batch_size=t.per_device_train_batch_size, sampler=EpochShuffleSampler(train_set, t.seed),
             collate_fn=ClipCollator(self.processor), num_workers=t.dataloader_num_workers, drop_last=False)
@@ -457,8 +463,6 @@ class ClipJob(Job):
 
 def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequence[str]) -> dict[str, Any]:
     """The CLIP-specific `write_model_card` arguments: caption level, method, initial weights, synthetic data."""
-    from sdx.data.synthetic import is_synthetic_dir
-
     d, m, t = args.data, args.model, args.training
     level, synthetic = d.caption_level, is_synthetic_dir(d.data_dir)
     method_text = {

@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+from sdx.data.synthetic import is_synthetic_dir
+from sdx.models.classifiers import count_parameters
 from sdx.train import outputs
 from sdx.train.args import JobArguments, tracker_config
 from sdx.train.checkpoints import load_best, resolve_checkpoint
@@ -110,8 +112,6 @@ def limit_samples(split, n: Optional[int], seed: int):
 
 
 def run_metadata(job: Job, train_split, names) -> RunMetadata:
-    from sdx.data.synthetic import is_synthetic_dir
-
     data, t = job.args.data, job.args.training
     return RunMetadata(kind=job.kind, origin=job.origin, method=job.method, seed=t.seed, data=str(data.data_dir),
                        synthetic=is_synthetic_dir(data.data_dir),
@@ -135,8 +135,7 @@ def write_outputs(job: Job, model: torch.nn.Module, out: Path, results: dict[str
 
 def run_job(job: Job, step_callback: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """Train as the job's arguments say and return the results written to all_results.json."""
-    from sdx.data.builder import class_names
-    from sdx.models.classifiers import count_parameters
+    from sdx.data.builder import class_names  # heavy (datasets, ~1 s): a run only, not --help
 
     t = job.args.training
     out = outputs.check_output_dir(t)

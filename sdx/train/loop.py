@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
 
 from sdx.train import checkpoints as C
 from sdx.train.args import tracker_config, training_hparams
@@ -35,8 +39,6 @@ def forget_accelerator_settings() -> None:
     reset, so this calls `AcceleratorState._reset_state` as transformers' Trainer does (the process group,
     `PartialState`, is kept). tests/test_training.py fails when accelerate stops refusing, or drops the method.
     """
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state(reset_partial_state=False)
 
 
@@ -44,9 +46,6 @@ def make_accelerator(training, **kwargs: Any):
     """An `Accelerator` for the training arguments: grad accumulation, precision, trackers, automatic checkpoint
     naming under ``output_dir`` (numbered past existing checkpoints when resuming), seedable samplers; seeds every
     RNG with ``--seed``."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-
     out = Path(training.output_dir)
     project = ProjectConfiguration(
         project_dir=str(out), logging_dir=str(out / "logs"), automatic_checkpoint_naming=True,
@@ -113,7 +112,7 @@ def create_scheduler(training, optimizer: torch.optim.Optimizer, num_training_st
             return gamma ** (step // period)
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    from transformers import get_scheduler
+    from transformers import get_scheduler  # heavy (~5 s, transformers' optimization module): a run only
 
     return get_scheduler(training.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=warmup,
                          num_training_steps=num_training_steps * num_processes)
@@ -331,8 +330,6 @@ class TrainingLoop:
 
     # -- the run -----------------------------------------------------------------------------------------------
     def run(self, resume_path: Path | None) -> TrainingResult:
-        from tqdm.auto import tqdm
-
         args, acc, s = self.args, self.acc, self.state
         if args.with_tracking:
             acc.init_trackers(args.tracker_project_name, config=tracker_config(self.hparams))

@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
 RUN_ARGS = "run_args.json"
 RESULTS = "all_results.json"
 RUN_MARKERS = (RUN_ARGS, RESULTS, "config.json", "model.safetensors", "adapter_config.json")
@@ -86,8 +88,6 @@ def write_model_card(output_dir: str | os.PathLike, *, model_name: str, task: st
     `dataset`: {"name", "config", "data_dir", "splits": {split: n}, ...}; `metrics`: {"test_accuracy": ...}
     (scalars become model-index entries); `init`: "pretrained" or "random".
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
     scal = scalars(metrics)
     dataset_id = str(dataset.get("id", "Zhaosxian/SteelDefectX"))
     eval_results = [EvalResult(task_type=task, dataset_type=dataset_id, dataset_name=str(dataset.get("name",
@@ -120,8 +120,6 @@ def push_output_dir(output_dir: str | os.PathLike, repo_id: str | None = None, *
     """Upload `output_dir` to the Hub model repo `repo_id` (default: the folder's name) via `HfApi`:
     create_repo(exist_ok=True) then upload_folder, without checkpoints, best/ and logs. Returns upload_folder's
     result."""
-    from huggingface_hub import HfApi
-
     repo_id = repo_id or Path(output_dir).resolve().name
     api = HfApi(token=token)
     api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)

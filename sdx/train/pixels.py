@@ -7,6 +7,7 @@ import logging
 from typing import Any, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ def pixel_cache(hf_split, image_processor, budget_mb: float, desc: str = "pre-pr
         logger.info("%s: %d images need %.0f MB > --pixel_cache_mb %g; processing per batch", desc, n,
                     first.numel() * 4 * n / 2 ** 20, budget_mb)
         return None
-    from tqdm.auto import tqdm
-
     out = torch.empty((n,) + tuple(first.shape[1:]), dtype=torch.float32)
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=n <= batch_size):
         chunk = images[start:start + batch_size]["image"]

@@ -12,7 +12,17 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
+from sdx import metrics as M
+from sdx.models.classifiers import (
+    apply_lora,
+    build_image_classifier,
+    load_image_classifier,
+    load_or_build_image_processor,
+    processor_image_size,
+)
+from sdx.report.plots import plot_confusion
 from sdx.train.args import DataArguments, JobArguments, TrainingArguments, arg_help, parse_job_args, with_defaults
 from sdx.train.job import Job, run_job
 from sdx.train.pixels import CachedPixels, PixelBudget
@@ -121,8 +131,6 @@ def random_resized_crop(img, size: tuple[int, int], scale=(0.08, 1.0), ratio=(3 
     ops fail to register), so the same rule is written here: area share uniform in `scale`, log-uniform aspect in
     `ratio`, 10 tries, else the central crop of the clamped ratio; bicubic resize.
     """
-    from PIL import Image
-
     w, h = img.size
     area = w * h
     log_r = (math.log(ratio[0]), math.log(ratio[1]))
@@ -153,16 +161,12 @@ class ImageTransform:
 
     def __init__(self, processor, train: bool, *, random_crop: bool = False, crop_scale=(0.08, 1.0),
                  hflip: bool = False, vflip: bool = False):
-        from sdx.models.classifiers import processor_image_size
-
         self.processor = processor
         self.train = train
         self.random_crop, self.crop_scale, self.hflip, self.vflip = random_crop, tuple(crop_scale), hflip, vflip
         self.size = processor_image_size(processor)
 
     def augment(self, img):
-        from PIL import Image
-
         if self.random_crop:
             img = random_resized_crop(img, self.size, self.crop_scale)
         if self.hflip and float(torch.rand(1)) < 0.5:
@@ -206,7 +210,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler):
 
 def load_data(data: VitDataArguments):
     """The DatasetDict of the data arguments (images and labels; no masks)."""
-    from sdx.data.builder import load_steeldefectx
+    from sdx.data.builder import load_steeldefectx  # heavy (datasets, ~1 s): a run only, not --help
 
     overrides: dict[str, Any] = {"validation_fraction": data.validation_fraction, "on_error": data.on_error,
                                  "with_masks": False}
@@ -223,9 +227,6 @@ def load_data(data: VitDataArguments):
 
 def build_model(m: VitModelArguments, names: Sequence[str]):
     """(model, processor, origin); origin is "pretrained:<path>" or "random-init"."""
-    from sdx.models.classifiers import (apply_lora, build_image_classifier, load_image_classifier,
-                                        load_or_build_image_processor)
-
     if m.model_name_or_path:
         model = load_image_classifier(m.model_name_or_path, names, ignore_mismatched_sizes=m.ignore_mismatched_sizes)
         size = getattr(model.config, "image_size", m.image_size)
@@ -277,8 +278,6 @@ def predict(accelerator, model, loader) -> tuple[np.ndarray, np.ndarray, float]:
 
 def classification_scores(y: np.ndarray, p: np.ndarray, loss: float | None = None) -> dict[str, float]:
     """accuracy, mean_class_accuracy (mAcc), macro_f1 (percent), num_samples (and loss)."""
-    from sdx import metrics as M
-
     out = {"accuracy": M.accuracy(y, p), "mean_class_accuracy": M.mean_class_accuracy(y, p),
            "macro_f1": M.macro_f1(y, p), "num_samples": int(len(y))}
     if loss is not None:
@@ -310,6 +309,7 @@ class VitJob(Job):
         self.wants_test = not args.model.skip_test
         self.names: list[str] = []
         self.processor = None
+        self.model_type: Optional[str] = None
         self.pixels = PixelBudget(args.data.pixel_cache_mb)
         self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -321,7 +321,7 @@ class VitJob(Job):
         return load_data(self.args.data)
 
     def build_model(self, ds, splits):
-        from sdx.data.builder import class_names
+        from sdx.data.builder import class_names  # heavy (datasets): a run only
 
         self.names = class_names(ds)
         model, self.processor, self.origin = build_model(self.args.model, self.names)
@@ -414,9 +414,6 @@ def save_final(m: VitModelArguments, model, processor, out: Path, origin: str) -
 
 def write_test_report(out: Path, y: np.ndarray, p: np.ndarray, names: Sequence[str], results: dict) -> None:
     """per_class_test.json / .md and confusion_matrix_test.png; the per-class rows go into `results` too."""
-    from sdx import metrics as M
-    from sdx.report.plots import plot_confusion
-
     shown = sorted(set(np.unique(y).tolist()) | set(np.unique(p).tolist()))
     rows = M.per_class_table(y, p, shown, names)
     results["test_per_class"] = rows
