@@ -429,5 +429,8 @@ def test_help_lists_every_flag(capsys):
     for flag in ("--caption_level", "--method", "--freeze_vision_model", "--freeze_text_model", "--lora_towers",
                  "--adapter_alpha", "--loss", "--model_name_or_path", "--model_size", "--metric_for_best_model",
                  "--recipe", "--config", "--resume_from_checkpoint", "--mixed_precision", "--push_to_hub",
-                 "--gradient_accumulation_steps", "--with_tracking", "--data_dir", "--pixel_cache_mb"):
+                 "--gradient_accumulation_steps", "--with_tracking", "--data_dir", "--pixel_cache_mb", "--cache_dir",
+                 "--eval_strategy"):
         assert flag in text, flag
+    assert "--dataset_cache_dir" not in text
+    assert "paper: method=adapter, optimizer=adam, learning_rate=0.0001, num_train_epochs=20" in text

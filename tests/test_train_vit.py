@@ -264,8 +264,10 @@ def test_help_is_complete(capsys):
     text = capsys.readouterr().out
     for flag in ("--model_name_or_path", "--model_type", "--use_lora", "--merge_lora", "--recipe", "--config",
                  "--resume_from_checkpoint", "--mixed_precision", "--push_to_hub", "--class_balanced_sampling",
-                 "--random_resized_crop", "--hflip", "--vflip", "--gradient_accumulation_steps"):
+                 "--random_resized_crop", "--hflip", "--vflip", "--gradient_accumulation_steps", "--eval_strategy",
+                 "--optimizer_implementation", "--pixel_cache_mb", "--dataset_config_name", "--cache_dir"):
         assert flag in text, flag
+    assert "paper: optimizer=sgd" in text  # the recipes are listed with their values
 
 
 @pytest.mark.slow

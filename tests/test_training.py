@@ -101,6 +101,18 @@ def test_accelerate_still_needs_the_settings_reset():
     T.forget_accelerator_settings()
 
 
+def test_both_trainers_run_one_skeleton():
+    """One skeleton, one loop, one run-metadata record and one parameter count for both trainers (identity)."""
+    from sdx.models import classifiers
+    from sdx.train import clip, job, runmeta, vit
+
+    assert issubclass(vit.VitJob, job.Job) and issubclass(clip.ClipJob, job.Job)
+    assert vit.run_job is clip.run_job is job.run_job
+    assert job.RunMetadata is runmeta.RunMetadata and job.count_parameters is classifiers.count_parameters
+    assert job.run_training is T.run_training
+    assert vit.PixelBudget is clip.PixelBudget
+
+
 def test_optimizer_implementation_and_no_decay_groups(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     model[1].weight.requires_grad_(False)
