@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train a vision-only SteelDefectX classifier (benchmark task 1): ViT by default, ResNet / ConvNeXt too.
 
-The work is done by ``sdx.train.vit.run_vit_training`` with the shared accelerate loop of sdx.train.loop; see
-those module docstrings for every rule. Examples::
+The work is done by ``sdx.train.vit`` through the shared skeleton and loop of sdx.train; every rule is in
+docs/training.md. Examples::
 
     # a small ViT from scratch on a local copy of the data
     python train_vit.py --data_dir /data/SteelDefectX --output_dir runs/vit-tiny --model_size tiny \\

@@ -5,7 +5,7 @@ against a bare PyTorch loop on the same CLIP, the same pre-processed batches and
     python bench/bench_train_clip.py --model_size base --batch_size 128 --steps 40   # on a GPU: bf16, images/s, MFU
 
 Both loops iterate a DataLoader over the same pre-processed tensors (pixel values + padded token ids + labels),
-in the same seeded order, with AdamW at a constant learning rate. The bare loop calls get_image_features /
+in the same seeded order, with AdamW (the same torch kernel) at a constant learning rate. The bare loop calls get_image_features /
 get_text_features and sdx.train.losses.contrastive_loss, backward, step, zero_grad: nothing else. The shared loop
 adds accelerate (prepare, accumulate, scheduler, progress bar, loss bookkeeping). Step time = median interval
 between consecutive optimizer steps (the first 5 steps of each run are warm-up and left out); the two loops are
@@ -113,7 +113,9 @@ def bare_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int, d
               precision: str = "no") -> tuple[float, float]:
     model = copy.deepcopy(model0).to(device)
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    from sdx.train.loop import optimizer_kernel
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, **optimizer_kernel("auto"))
     stamps = [_now()]
     done = 0
     while done < steps:
@@ -139,14 +141,14 @@ def shared_loop(model0, data, batch_size: int, steps: int, lr: float, seed: int,
         args = CT.parse_clip_args(["--output_dir", out, "--max_train_steps", str(steps), "--learning_rate", str(lr),
                                    "--lr_scheduler_type", "constant", "--seed", str(seed),
                                    "--per_device_train_batch_size", str(batch_size),
-                                   "--mixed_precision", precision])
+                                   "--mixed_precision", precision]).training
         accelerator = make_accelerator(args)
         module = CT.ClipTrainModule(copy.deepcopy(model0), "full", "class_aware")
         optimizer = create_optimizer(args, module)
         stamps = [_now()]
         run_training(args, accelerator, module, optimizer, loader(data, batch_size, seed),
                      compute_loss=lambda m, b: m(**b), evaluate=None, select_metric=None,
-                     save_best=lambda *a: None, step_callback=lambda s: stamps.append(_now()))
+                     step_callback=lambda s: stamps.append(_now()))
     return median_step(stamps)
 
 

@@ -48,12 +48,10 @@ def _vit(image_size: int, overrides: str, n_labels: int = 13, seed: int = 0):
 
 
 def _training_args(out: str, steps: int, batch: int):
-    from sdx.train.loop import add_training_args, parse_args
+    from sdx.train.args import TrainingArguments
 
-    p = argparse.ArgumentParser()
-    add_training_args(p)
-    return parse_args(p, ["--output_dir", out, "--max_train_steps", str(steps), "--per_device_train_batch_size",
-                          str(batch), "--learning_rate", "1e-4", "--lr_scheduler_type", "linear"])
+    return TrainingArguments(output_dir=out, max_train_steps=steps, per_device_train_batch_size=batch,
+                             learning_rate=1e-4, lr_scheduler_type="linear")
 
 
 def _batches(n: int, batch: int, image_size: int, n_labels: int = 13):
@@ -68,8 +66,11 @@ def _collate(items):
 
 
 def bare_loop(model, data, batch: int, steps: int) -> list[float]:
-    """Step times of a plain PyTorch loop (AdamW + linear schedule, like create_optimizer/create_scheduler)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    """Step times of a plain PyTorch loop (AdamW with the same kernel + linear schedule, like
+    create_optimizer/create_scheduler)."""
+    from sdx.train.loop import optimizer_kernel
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **optimizer_kernel("auto"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, collate_fn=_collate)
     model.train()
@@ -107,8 +108,7 @@ def ours(model, data, batch: int, steps: int) -> list[float]:
         loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, collate_fn=_collate)
         stamps = [_now()]
         run_training(args, acc, model, opt, loader, compute_loss=lambda m, b: m(**b).loss, evaluate=None,
-                     select_metric=None, save_best=lambda *a: None,
-                     step_callback=lambda s: stamps.append(_now()))
+                     select_metric=None, step_callback=lambda s: stamps.append(_now()))
     return _deltas(stamps)
 
 
@@ -183,12 +183,12 @@ rss0 = _status("VmRSS")
 torch.manual_seed(0)
 model = build_image_classifier("vit", "base", [f"c{{i}}" for i in range(25)], image_size=224)
 if {gc}:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={{"use_reentrant": False}})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={{"use_reentrant": False}})
 if {lora}:
     model = apply_lora(model, r=8, alpha=16)
 built_peak, built_rss = _status("VmHWM"), _status("VmRSS")
 params = [p for p in model.parameters() if p.requires_grad]
-opt = torch.optim.AdamW(params, lr=1e-4)
+opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
 x = torch.randn({batch}, 3, 224, 224); y = torch.randint(0, 25, ({batch},))
 model.train()
 t = time.perf_counter()

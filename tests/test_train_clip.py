@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import train_clip
-from sdx.train import clip as CT
 from sdx.data import levels as T
+from sdx.train import clip as CT
 
 CLASSES = ["Bright scratch", "Punching", "Patches", "Water spot"]
 
@@ -54,7 +54,7 @@ def tiny_clip(tmp_path_factory, data_dir):
 
 def _run(tmp_path, name, data_dir, cache_dir, model_dir, *extra, steps=2):
     out = tmp_path / name
-    argv = ["--data_dir", str(data_dir), "--dataset_cache_dir", str(cache_dir), "--output_dir", str(out),
+    argv = ["--data_dir", str(data_dir), "--cache_dir", str(cache_dir), "--output_dir", str(out),
             "--model_name_or_path", str(model_dir), "--validation_fraction", "0.25",
             "--per_device_train_batch_size", "6", "--per_device_eval_batch_size", "16", "--seed", "3"]
     if steps is not None:
@@ -196,13 +196,14 @@ def test_mixed_levels_are_seeded_per_example_per_epoch(data_dir, cache_dir):
 def test_pixel_cache_equals_per_batch_processing(data_dir, cache_dir, tiny_clip):
     from sdx.data.builder import load_steeldefectx
     from sdx.models.clip import load_clip
+    from sdx.train.pixels import pixel_cache
 
     _, processor = load_clip(str(tiny_clip))
     split = load_steeldefectx(str(data_dir), caption_level="t1", validation_fraction=0.25,
                               cache_dir=str(cache_dir))["train"]
-    pixels = CT.pixel_cache(split, processor.image_processor, budget_mb=64, batch_size=5)
+    pixels = pixel_cache(split, processor.image_processor, budget_mb=64, batch_size=5)
     assert pixels is not None and pixels.shape == (len(split), 3, 32, 32)
-    assert CT.pixel_cache(split, processor.image_processor, budget_mb=0.001) is None     # over budget
+    assert pixel_cache(split, processor.image_processor, budget_mb=0.001) is None     # over budget
     collate = CT.ClipCollator(processor)
     rows = list(range(len(split)))
     on_the_fly = collate([CT.CaptionDataset(split, "t1", 0)[i] for i in rows])
@@ -242,7 +243,7 @@ def test_from_scratch_runs_are_reproducible(tmp_path, data_dir, cache_dir):
     outs = []
     for name in ("scratch-a", "scratch-b"):
         out = tmp_path / name
-        res = train_clip.main(["--data_dir", str(data_dir), "--dataset_cache_dir", str(cache_dir), "--output_dir",
+        res = train_clip.main(["--data_dir", str(data_dir), "--cache_dir", str(cache_dir), "--output_dir",
                                str(out), "--model_size", "tiny", "--tokenizer_vocab_size", "700",
                                "--validation_fraction", "0.25", "--per_device_train_batch_size", "6",
                                "--max_train_steps", "2", "--caption_level", "t3"])
@@ -271,14 +272,14 @@ def test_tokenizer_training_is_deterministic_and_learns_words():
 
 
 def test_full_with_frozen_text_tower_tracking_and_push(tmp_path, data_dir, cache_dir, tiny_clip, monkeypatch):
-    import sdx.train.loop
+    import sdx.train.outputs
 
     pushed = {}
 
     def fake_push(output_dir, repo_id=None, **kw):
         pushed.update(dir=str(output_dir), repo=repo_id, files=sorted(p.name for p in output_dir.iterdir()), **kw)
 
-    monkeypatch.setattr(sdx.train.loop, "push_output_dir", fake_push)
+    monkeypatch.setattr(sdx.train.outputs, "push_output_dir", fake_push)
     res, out = _run(tmp_path, "frozen", data_dir, cache_dir, tiny_clip, "--freeze_text_model", "--loss", "infonce",
                     "--with_tracking", "--logging_steps", "1", "--push_to_hub", "--hub_model_id", "me/clip-test")
     assert pushed["dir"] == str(out) and pushed["repo"] == "me/clip-test"
@@ -310,11 +311,11 @@ def test_lora_vision_only_changes_vision_attention(tmp_path, data_dir, cache_dir
 def test_adapter_trains_only_the_adapter_and_reloads(tmp_path, data_dir, cache_dir, tiny_clip, level):
     from sdx.models.clip import CLIP_ADAPTER_CONFIG, ClipWithAdapter, encode_images, load_clip
 
-    res, out = _run(tmp_path, f"adapter-{level}", data_dir, cache_dir, tiny_clip, "--method", "adapter",
+    res, out = _run(tmp_path, f"adapter-{level}", data_dir, cache_dir, tiny_clip, "--recipe", "paper",
                     "--caption_level", level, "--learning_rate", "1e-2")
     run_args = json.loads((out / "run_args.json").read_text())
-    assert (run_args["optimizer"], run_args["num_train_epochs"]) == ("adam", 20)   # the paper's recipe
-    assert run_args["learning_rate"] == 1e-2                                           # explicit flag wins
+    assert (run_args["method"], run_args["optimizer"], run_args["num_train_epochs"]) == ("adapter", "adam", 20)
+    assert run_args["learning_rate"] == 1e-2 and run_args["recipe"] == "paper"        # explicit flag wins
     before, after = _weights(tiny_clip), _weights(out)
     assert all(torch.equal(before[k], after[k]) for k in before)                      # CLIP frozen
     cfg = json.loads((out / CLIP_ADAPTER_CONFIG).read_text())
@@ -328,16 +329,24 @@ def test_adapter_trains_only_the_adapter_and_reloads(tmp_path, data_dir, cache_d
 
 
 def test_adapter_recipe_defaults_and_bad_flags(tmp_path):
+    # --method adapter alone changes no other flag; --recipe paper is the paper's adapter recipe
     args = CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--method", "adapter"])
-    assert (args.optimizer, args.learning_rate, args.num_train_epochs) == ("adam", 1e-4, 20)
-    args = CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--recipe", "paper"])
-    assert args.method == "adapter" and args.optimizer == "adam"
+    t = args.training
+    assert (args.model.method, t.optimizer, t.learning_rate, t.num_train_epochs, t.lr_scheduler_type) == (
+        "adapter", "adamw", 1e-4, 3, "linear")
+    t = CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--recipe", "paper"]).training
+    assert (t.optimizer, t.learning_rate, t.num_train_epochs, t.lr_scheduler_type) == ("adam", 1e-4, 20, "constant")
+    args = CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--recipe", "paper", "--method", "lora"])
+    assert args.model.method == "lora" and args.training.optimizer == "adam"
     args = CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--caption_level", "fine"])
-    assert args.caption_level == "t2" and args.method == "full" and args.optimizer == "adamw"
+    assert args.data.caption_level == "t2" and args.model.method == "full" and args.training.optimizer == "adamw"
+    assert args.data.data_dir == "synthetic"
     with pytest.raises(SystemExit):
         CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--caption_level", "t9"])
     with pytest.raises(SystemExit):
         CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--method", "lora", "--freeze_text_model"])
+    with pytest.raises(SystemExit):
+        CT.parse_clip_args(["--output_dir", str(tmp_path / "o"), "--adapter_alpha", "1.5"])
 
 
 def test_bad_inputs_name_the_problem(tmp_path, data_dir, cache_dir, tiny_clip):
@@ -354,6 +363,7 @@ def test_bad_inputs_name_the_problem(tmp_path, data_dir, cache_dir, tiny_clip):
         _run(tmp_path, "noval", data_dir, cache_dir, tiny_clip, "--validation_fraction", "0")
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_weights(tmp_path, data_dir, cache_dir, tiny_clip):
     common = ["--caption_level", "mixed", "--checkpointing_steps", "2", "--learning_rate", "1e-3"]
     _, ref = _run(tmp_path, "uninterrupted", data_dir, cache_dir, tiny_clip, *common, steps=5)
@@ -366,7 +376,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, data_dir, cache_dir, 
             raise Crash
 
     args = CT.parse_clip_args(
-        ["--data_dir", str(data_dir), "--dataset_cache_dir", str(cache_dir), "--output_dir",
+        ["--data_dir", str(data_dir), "--cache_dir", str(cache_dir), "--output_dir",
          str(tmp_path / "crashed"), "--model_name_or_path", str(tiny_clip), "--validation_fraction", "0.25",
          "--per_device_train_batch_size", "6", "--per_device_eval_batch_size", "16", "--seed", "3",
          "--max_train_steps", "5", *common])
@@ -382,6 +392,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, data_dir, cache_dir, 
     assert ra["validation_t0_accuracy"] == res["validation_t0_accuracy"]
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_counts_each_sample_once(tmp_path, data_dir, cache_dir, tiny_clip):
     """A real two-process gloo run (torchrun): the loss gathers across ranks, the evaluation counts each image
     once although the split sizes do not divide by the number of processes."""
@@ -398,7 +409,7 @@ def test_two_process_cpu_run_counts_each_sample_once(tmp_path, data_dir, cache_d
     out = tmp_path / "ddp"
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(root))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(root / "train_clip.py"), "--data_dir", str(data_dir), "--dataset_cache_dir", str(cache_dir),
+           str(root / "train_clip.py"), "--data_dir", str(data_dir), "--cache_dir", str(cache_dir),
            "--output_dir", str(out), "--model_name_or_path", str(tiny_clip), "--validation_fraction", "0.25",
            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3", "--max_train_steps", "2",
            "--caption_level", "mixed"]
@@ -418,5 +429,8 @@ def test_help_lists_every_flag(capsys):
     for flag in ("--caption_level", "--method", "--freeze_vision_model", "--freeze_text_model", "--lora_towers",
                  "--adapter_alpha", "--loss", "--model_name_or_path", "--model_size", "--metric_for_best_model",
                  "--recipe", "--config", "--resume_from_checkpoint", "--mixed_precision", "--push_to_hub",
-                 "--gradient_accumulation_steps", "--with_tracking", "--data_dir", "--pixel_cache_mb"):
+                 "--gradient_accumulation_steps", "--with_tracking", "--data_dir", "--pixel_cache_mb", "--cache_dir",
+                 "--eval_strategy"):
         assert flag in text, flag
+    assert "--dataset_cache_dir" not in text
+    assert "paper: method=adapter, optimizer=adam, learning_rate=0.0001, num_train_epochs=20" in text

@@ -69,10 +69,11 @@ def _state(path: Path):
 def _test_accuracy(model, processor, names, max_eval_samples, seed=42):
     """Acc recomputed from a saved model on the same test subset the trainer used."""
     from sdx.data.builder import load_steeldefectx
-    from sdx.train.loop import limit_samples
+    from sdx.train.job import limit_samples
     from sdx.train.vit import ImageTransform, collate
 
-    test = limit_samples(load_steeldefectx("synthetic")["test"], max_eval_samples, seed).select_columns(["image", "label"])
+    test = limit_samples(load_steeldefectx("synthetic")["test"], max_eval_samples, seed)
+    test = test.select_columns(["image", "label"])
     batch = collate([test.with_transform(ImageTransform(processor, False))[i] for i in range(len(test))])
     model.eval()
     with torch.no_grad():
@@ -109,6 +110,7 @@ def test_synthetic_run_outputs(full_run, synthetic_names):
     assert json.loads((out / "sdx_run.json").read_text())["method"] == "full"
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model, full_run):
     ref_out, _ = full_run
     out = tmp_path / "run"
@@ -125,13 +127,31 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model, full_run):
 
     with pytest.raises(Killed):
         run_vit_training(parse_vit_args(argv), step_callback=kill)
-    res = train_vit.main(argv + ["--resume_from_checkpoint", "latest"])
+    # the resumed run processes the images per batch (no pixel cache): same pixel values, same weights
+    res = train_vit.main(argv + ["--resume_from_checkpoint", "latest", "--pixel_cache_mb", "0"])
     assert res["resumed_from"].endswith("checkpoint_1")  # step 4
     want, got = _state(ref_out), _state(out)
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
     assert res["test_accuracy"] == json.loads((ref_out / "all_results.json").read_text())["test_accuracy"]
+
+
+def test_pixel_cache_equals_per_batch_processing(tiny_model):
+    from transformers import AutoImageProcessor
+
+    from sdx.data.builder import load_steeldefectx
+    from sdx.train.pixels import CachedPixels, pixel_cache
+    from sdx.train.vit import ImageTransform, collate
+
+    processor = AutoImageProcessor.from_pretrained(tiny_model)
+    split = load_steeldefectx("synthetic")["validation"].select_columns(["image", "label"])
+    pixels = pixel_cache(split, processor, budget_mb=64, batch_size=7)
+    rows = list(range(len(split)))
+    on_the_fly = collate([split.with_transform(ImageTransform(processor, False))[i] for i in rows])
+    cached = collate([CachedPixels(pixels, split["label"])[i] for i in rows])
+    assert torch.equal(on_the_fly["pixel_values"], cached["pixel_values"])
+    assert torch.equal(on_the_fly["labels"], cached["labels"])
 
 
 def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):
@@ -225,12 +245,17 @@ def test_bad_input_fails_before_any_step(tmp_path, tiny_model):
 def test_recipe_paper_and_overrides():
     from sdx.train.vit import parse_vit_args
 
-    args = parse_vit_args(["--output_dir", "x", "--recipe", "paper"])
-    assert (args.optimizer, args.momentum, args.weight_decay, args.learning_rate, args.lr_scheduler_type,
-            args.lr_step_epochs, args.lr_gamma, args.num_train_epochs) == ("sgd", 0.9, 1e-4, 0.1, "step", 30, 0.1,
-                                                                           100)
-    args = parse_vit_args(["--output_dir", "x", "--recipe", "paper", "--num_train_epochs", "5"])
-    assert args.num_train_epochs == 5 and args.optimizer == "sgd"
+    t = parse_vit_args(["--output_dir", "x", "--recipe", "paper"]).training
+    assert (t.optimizer, t.momentum, t.weight_decay, t.learning_rate, t.lr_scheduler_type, t.lr_step_epochs,
+            t.lr_gamma, t.num_train_epochs) == ("sgd", 0.9, 1e-4, 0.1, "step", 30, 0.1, 100)
+    t = parse_vit_args(["--output_dir", "x", "--recipe", "paper", "--num_train_epochs", "5"]).training
+    assert t.num_train_epochs == 5 and t.optimizer == "sgd"
+    # the trainer's own defaults, and data_dir "synthetic" by default
+    args = parse_vit_args(["--output_dir", "x"])
+    assert (args.training.learning_rate, args.training.num_train_epochs, args.training.weight_decay,
+            args.data.data_dir, args.data.dataset_config_name) == (5e-4, 10, 0.05, "synthetic", "default")
+    with pytest.raises(SystemExit):
+        parse_vit_args(["--output_dir", "x", "--crop_scale", "0.5"])
 
 
 def test_help_is_complete(capsys):
@@ -239,10 +264,13 @@ def test_help_is_complete(capsys):
     text = capsys.readouterr().out
     for flag in ("--model_name_or_path", "--model_type", "--use_lora", "--merge_lora", "--recipe", "--config",
                  "--resume_from_checkpoint", "--mixed_precision", "--push_to_hub", "--class_balanced_sampling",
-                 "--random_resized_crop", "--hflip", "--vflip", "--gradient_accumulation_steps"):
+                 "--random_resized_crop", "--hflip", "--vflip", "--gradient_accumulation_steps", "--eval_strategy",
+                 "--optimizer_implementation", "--pixel_cache_mb", "--dataset_config_name", "--cache_dir"):
         assert flag in text, flag
+    assert "paper: optimizer=sgd" in text  # the recipes are listed with their values
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_counts_each_sample_once(tmp_path, tiny_model):
     """A real two-process gloo run (torchrun); odd split sizes so padding duplicates would show."""
     out = tmp_path / "ddp"

@@ -1,42 +1,10 @@
-"""Model construction for SteelDefectX: image classifiers (Hub id, local dir or size preset) and LoRA.
-
-(The CLIP models of train_clip.py live in the section ``# ---- CLIP models ----`` at the end of this file.)
-
-Image classifiers (train_vit.py)
---------------------------------
-- ``load_image_classifier(model_name_or_path, class_names, ignore_mismatched_sizes=False)``: any
-  ``AutoModelForImageClassification`` checkpoint (Hub id or local dir) with the dataset's label maps. Label rules:
-  a checkpoint whose ``id2label`` names are the generic ``LABEL_i`` carries no class names and gets the dataset's
-  (its head is loaded when its size matches, else it must be re-initialised); a checkpoint with real class names
-  must list exactly the dataset's classes in the dataset's order (ids are what the head predicts), otherwise a
-  ValueError lists both before any step, unless ``ignore_mismatched_sizes`` re-initialises the classification head
-  for the dataset's classes.
-- ``build_image_classifier(model_type, model_size, class_names, image_size=224, patch_size=16,
-  config_overrides=None)``: a random initialisation from a preset: ``vit`` (tiny 192x12x3, small 384x12x6,
-  base 768x12x12; the DeiT/ViT sizes), ``resnet`` (tiny = ResNet-18, small = ResNet-34, base = ResNet-50),
-  ``convnext`` (tiny, small, base of the ConvNeXt paper). ``config_overrides`` ("k=v,k=v" or a dict) edits the
-  config (e.g. ``hidden_size=96,num_hidden_layers=4``).
-- ``load_or_build_image_processor``: the checkpoint's ``AutoImageProcessor``; for a random model (or a checkpoint
-  without one) a ``ViTImageProcessor`` resizing to ``image_size`` with mean = std = 0.5, which is saved with the
-  model so inference reads the same preprocessing.
-
-LoRA (peft)
------------
-- ``find_lora_targets(model)``: leaf names of the model's own modules, in this order of preference:
-  1. attention projections: ``nn.Linear`` whose leaf name is one of q_proj, k_proj, v_proj, query, key, value,
-     qkv, in_proj (transformers 5 ViT uses q_proj/k_proj/v_proj);
-  2. otherwise every ``nn.Linear`` outside the classification head (ConvNeXt: pwconv1, pwconv2);
-  3. otherwise every ``nn.Conv2d`` with a kernel larger than 1x1 outside the head (ResNet's convolutions; peft
-     matches leaf names, so 1x1 convolutions sharing such a leaf name, e.g. ResNet's ``convolution``, are adapted
-     too).
-- ``apply_lora(model, r, alpha, dropout, target_modules=None)``: wraps with ``peft.get_peft_model``; the
-  classification head (``classifier_head_names``: top-level children holding the last Linear whose out_features is
-  the number of labels) goes to ``modules_to_save`` so it is trained and saved. User-given targets that match no
-  module raise a ValueError listing the model's Linear/Conv module names.
-"""
+"""Image classifiers for train_vit.py: a checkpoint loaded with the dataset's labels, random presets (ViT, ResNet,
+ConvNeXt), the image processor, LoRA targets and wrapping, parameter counts. The label and LoRA-target rules:
+docs/training.md ("Models", "LoRA")."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -84,8 +52,6 @@ def parse_config_overrides(overrides: str | Mapping[str, Any] | None) -> dict[st
         return {}
     if isinstance(overrides, Mapping):
         return dict(overrides)
-    import json
-
     out: dict[str, Any] = {}
     # split on commas not inside brackets
     for part in re.split(r",(?![^\[]*\])", overrides):
@@ -129,8 +95,9 @@ def reset_classifier_head(model: torch.nn.Module) -> None:
 
 def load_image_classifier(model_name_or_path: str, class_names: Sequence[str], *,
                           ignore_mismatched_sizes: bool = False, **kwargs: Any):
-    """An AutoModelForImageClassification from a Hub id / local dir, labelled with `class_names` (module rules)."""
-    from transformers import AutoConfig, AutoModelForImageClassification
+    """An AutoModelForImageClassification from a Hub id / local dir, labelled with `class_names` (label rules:
+    docs/training.md, "Models")."""
+    from transformers import AutoConfig, AutoModelForImageClassification  # heavy (~5 s): not needed for --help
 
     id2label, label2id = label_maps(class_names)
     local = str(model_name_or_path).startswith(("/", "./", "../", "~"))
@@ -176,9 +143,15 @@ def load_image_classifier(model_name_or_path: str, class_names: Sequence[str], *
 
 def build_image_classifier(model_type: str, model_size: str, class_names: Sequence[str], *, image_size: int = 224,
                            patch_size: int = 16, config_overrides: str | Mapping[str, Any] | None = None):
-    """A randomly initialised classifier from the presets (module docstring)."""
-    from transformers import ConvNextConfig, ConvNextForImageClassification, ResNetConfig, \
-        ResNetForImageClassification, ViTConfig, ViTForImageClassification
+    """A randomly initialised classifier from the presets (IMAGE_MODEL_PRESETS)."""
+    from transformers import (  # heavy (~5 s)
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
 
     if model_type not in IMAGE_MODEL_PRESETS:
         raise ValueError(f"--model_type {model_type!r}: one of {list(IMAGE_MODEL_PRESETS)}")
@@ -200,13 +173,9 @@ def build_image_classifier(model_type: str, model_size: str, class_names: Sequen
 
 def load_or_build_image_processor(model_name_or_path: str | None, image_size: int = 224):
     """(processor, found): the checkpoint's AutoImageProcessor, or a ViTImageProcessor resizing to `image_size`
-    (mean = std = 0.5) when there is no checkpoint or it has no processor."""
-    from transformers import AutoImageProcessor
-
-    try:  # transformers 5 without torchvision: the PIL backend, named explicitly to avoid the fallback warning
-        from transformers import ViTImageProcessorPil as ViTImageProcessor
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers import ViTImageProcessor
+    (mean = std = 0.5) when there is no checkpoint or it has no processor. The PIL processor is named explicitly:
+    transformers 5 without torchvision would fall back to it with a warning."""
+    from transformers import AutoImageProcessor, ViTImageProcessorPil  # heavy (~5 s): not needed for --help
 
     if model_name_or_path:
         try:
@@ -214,8 +183,8 @@ def load_or_build_image_processor(model_name_or_path: str | None, image_size: in
         except Exception as exc:  # noqa: BLE001
             logger.warning("no image processor in %s (%s); building one for %d px", model_name_or_path, exc,
                            image_size)
-    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5],
-                             image_std=[0.5, 0.5, 0.5]), False
+    return ViTImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5],
+                                image_std=[0.5, 0.5, 0.5]), False
 
 
 def processor_image_size(processor) -> tuple[int, int]:
@@ -243,7 +212,8 @@ def _module_names(model: torch.nn.Module, types=(torch.nn.Linear, torch.nn.Conv2
 
 
 def find_lora_targets(model: torch.nn.Module) -> list[str]:
-    """Leaf module names to adapt (module docstring, rules 1-3)."""
+    """Leaf module names to adapt: attention projections, else Linear outside the head, else Conv2d larger than 1x1
+    (docs/training.md, "LoRA")."""
     heads = set(classifier_head_names(model))
 
     def outside_head(name: str) -> bool:
@@ -265,7 +235,7 @@ def find_lora_targets(model: torch.nn.Module) -> list[str]:
 def apply_lora(model: torch.nn.Module, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
                target_modules: Sequence[str] | None = None):
     """Wrap `model` with peft LoRA; the classification head is fully trained (modules_to_save)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # heavy, and needed only with --use_lora
 
     heads = classifier_head_names(model)
     if target_modules:

@@ -1,1 +1,2 @@
-"""Training: typed arguments, the accelerate loop, outputs and cards, the ViT and CLIP jobs."""
+"""Training: typed arguments, the one run skeleton, the accelerate loop, checkpoints, outputs and cards, the pixel
+cache, the CLIP losses, and the ViT and CLIP jobs (docs/training.md)."""

@@ -1,31 +1,5 @@
-"""Contrastive losses for CLIP training: symmetric InfoNCE, its class-aware variant, and the CLIP-Adapter loss.
-
-Rules (all of them, so the docstring is the specification):
-
-* Embeddings are L2-normalised here (``F.normalize``, eps 1e-12) before the similarity, whatever the caller did.
-* Temperature: the model's learnable ``logit_scale`` (log of the inverse temperature, CLIP's parameter) is
-  clamped to ``[0, ln(100)]`` in the forward pass (``MAX_LOGIT_SCALE``), then exponentiated: the logits are
-  ``exp(clamp(logit_scale)) * img @ txt.T``, so the scale never exceeds 100 (temperature 0.01) nor falls below 1.
-* Global batch: when ``torch.distributed`` is initialised with more than one rank, image and text embeddings
-  (and labels) are gathered from every rank before the logits are built (:func:`gather_with_grad`), so the
-  negatives span the global batch. The gather keeps gradients: its backward all-reduces (sums) the gradient of
-  the gathered tensor over the ranks and returns this rank's slice. Every rank computes the same full global
-  loss; after DDP averages parameter gradients over the ranks, they equal the single-process gradient of the same
-  loss on the concatenated batch (tested with two gloo processes). Ranks may hold different batch sizes (padded
-  for the collective, trimmed after).
-* ``kind="infonce"`` (symmetric InfoNCE, CLIP's loss): image i's only positive is text i; every other text in the
-  global batch is a negative; cross-entropy in both directions (image->text rows, text->image columns), averaged.
-* ``kind="class_aware"`` (the default of train_clip.py): with labels, the positives of image i are all texts j of
-  the same class (label_i == label_j), never negatives. Targets = the same-label mask normalised per row (each
-  row sums to 1; every row has at least its own pair), multi-positive cross-entropy
-  ``-sum_j T_ij log softmax(logits_i)_j`` averaged over rows, in both directions (the mask is symmetric), averaged.
-  Without labels it reduces to InfoNCE. Class-level captions (T0/T1) repeat within a batch, which is why the
-  plain loss would push identical captions apart.
-* :func:`class_text_loss` (the CLIP-Adapter recipe of the paper): images against the C class text embeddings.
-  Image->text: cross-entropy over all C classes with the image's label. Text->image: for every class present in
-  the (global) batch, cross-entropy over the batch images with the class's images as uniform positives
-  (same-label mask normalised). The two directions are averaged.
-"""
+"""Contrastive losses for CLIP training: symmetric InfoNCE, its class-aware variant, and the CLIP-Adapter loss,
+over the global batch (features gathered across processes with gradients). The rules: docs/training.md ("Loss")."""
 
 from __future__ import annotations
 
@@ -35,7 +9,6 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
 MAX_LOGIT_SCALE = math.log(100.0)
 MIN_LOGIT_SCALE = 0.0
@@ -180,17 +153,3 @@ def class_text_loss(image_embeds: torch.Tensor, class_text_embeds: torch.Tensor,
     t2i_logits = logits.t()[present]                              # (P, B): each present class over the images
     t2i = _soft_cross_entropy(t2i_logits, same_label_targets(present, labels))
     return 0.5 * (i2t + t2i)
-
-
-class ContrastiveLoss(nn.Module):
-    """Module form of :func:`contrastive_loss` (``kind`` and ``gather`` fixed at construction)."""
-
-    def __init__(self, kind: str = "class_aware", gather: bool = True, max_logit_scale: float = MAX_LOGIT_SCALE):
-        super().__init__()
-        if kind not in LOSS_KINDS:
-            raise ValueError(f"unknown loss kind {kind!r}: use one of {', '.join(LOSS_KINDS)}")
-        self.kind, self.gather, self.max_logit_scale = kind, gather, max_logit_scale
-
-    def forward(self, image_embeds, text_embeds, logit_scale, labels=None):
-        return contrastive_loss(image_embeds, text_embeds, logit_scale, labels=labels, kind=self.kind,
-                                gather=self.gather, max_logit_scale=self.max_logit_scale)

@@ -1,0 +1,172 @@
+"""The one skeleton of a training run; train_vit.py and train_clip.py each supply a `Job` with what differs.
+
+`run_job`: check the output dir and the checkpoint, make the accelerator, load the data, select the splits, build
+the model, start the output dir, make the loaders and the optimizer, run the shared loop, load the best weights,
+evaluate at the end, then (main process) save the model, the run metadata, all_results.json and the model card,
+and push to the Hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from sdx.data.synthetic import is_synthetic_dir
+from sdx.models.classifiers import count_parameters
+from sdx.train import outputs
+from sdx.train.args import JobArguments, tracker_config
+from sdx.train.checkpoints import load_best, resolve_checkpoint
+from sdx.train.loop import TrainingResult, create_optimizer, make_accelerator, run_training
+from sdx.train.runmeta import RunMetadata
+
+
+class Job:
+    """The trainer-specific hooks `run_job` calls, in order. Subclasses set `kind` (RunMetadata.kind) and fill
+    `origin` ("random-init" or "pretrained:<path>") in `build_model`."""
+
+    kind: str = ""
+    origin: str = ""
+
+    def __init__(self, args: JobArguments):
+        self.args = args
+
+    # what the run is
+    @property
+    def method(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def select_metric(self) -> str:
+        return self.args.model.metric_for_best_model
+
+    wants_test: bool = True
+
+    # data and model
+    def load_data(self):
+        """The DatasetDict (train / validation / test) of the data arguments."""
+        raise NotImplementedError
+
+    def build_model(self, ds, splits: Mapping[str, Any]) -> torch.nn.Module:
+        """The module to train (its loss is `compute_loss`); bad model input raises here, before any step."""
+        raise NotImplementedError
+
+    def train_loader(self, split) -> torch.utils.data.DataLoader:
+        raise NotImplementedError
+
+    def eval_loader(self, split, name: str) -> torch.utils.data.DataLoader:
+        raise NotImplementedError
+
+    # training and evaluation
+    def compute_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, accelerator, model: torch.nn.Module, loader) -> dict[str, Any]:
+        """Metrics of a prepared evaluation loader (the `select_metric` among them)."""
+        raise NotImplementedError
+
+    def final_metrics(self, accelerator, result: TrainingResult, model: torch.nn.Module,
+                      loaders: Mapping[str, Any]) -> dict[str, Any]:
+        """``validation_*`` and ``test_*`` metrics of the kept weights (`model`, unwrapped)."""
+        raise NotImplementedError
+
+    def training_summary(self, result: TrainingResult) -> dict[str, Any]:
+        """The loop's figures as this trainer's all_results.json names them."""
+        raise NotImplementedError
+
+    # outputs (main process)
+    def save(self, model: torch.nn.Module, out: Path, results: dict[str, Any]) -> None:
+        """The final model, its processor and the trainer's own files; may add entries to `results`."""
+        raise NotImplementedError
+
+    def metadata_fields(self) -> dict[str, Any]:
+        """The trainer's own fields of `RunMetadata`."""
+        return {}
+
+    def model_card(self, results: Mapping[str, Any]) -> dict[str, Any]:
+        """`write_model_card` arguments besides the name, base model, init and command line."""
+        raise NotImplementedError
+
+
+def select_splits(ds, job: Job) -> dict[str, Any]:
+    """train / validation (required, non-empty) and test (when present and wanted), cut to --max_*_samples."""
+    data, t = job.args.data, job.args.training
+    for split in ("train", "validation"):
+        if split not in ds or len(ds[split]) == 0:
+            raise ValueError(f"the {split} split is empty (data_dir {data.data_dir}, classes {data.classes}, "
+                             f"validation_fraction {data.validation_fraction}): nothing to "
+                             f"{'train on' if split == 'train' else 'validate on'}")
+    splits = {"train": limit_samples(ds["train"], t.max_train_samples, t.seed),
+              "validation": limit_samples(ds["validation"], t.max_eval_samples, t.seed)}
+    if job.wants_test and "test" in ds and len(ds["test"]):
+        splits["test"] = limit_samples(ds["test"], t.max_eval_samples, t.seed)
+    return splits
+
+
+def limit_samples(split, n: Optional[int], seed: int):
+    """--max_train_samples / --max_eval_samples: a seeded subset of n rows of a datasets split (all when None)."""
+    if n is None or n >= len(split):
+        return split
+    return split.shuffle(seed=seed).select(range(n))
+
+
+def run_metadata(job: Job, train_split, names) -> RunMetadata:
+    data, t = job.args.data, job.args.training
+    return RunMetadata(kind=job.kind, origin=job.origin, method=job.method, seed=t.seed, data=str(data.data_dir),
+                       synthetic=is_synthetic_dir(data.data_dir),
+                       train_classes=sorted({names[i] for i in set(train_split["label"])}),
+                       exclude_classes=list(data.exclude_classes or []), select_metric=job.select_metric,
+                       **job.metadata_fields())
+
+
+def write_outputs(job: Job, model: torch.nn.Module, out: Path, results: dict[str, Any], meta: RunMetadata) -> None:
+    """Main process: the model (job.save), sdx_run.json, all_results.json, the model card, the Hub push."""
+    t, m = job.args.training, job.args.model
+    job.save(model, out, results)
+    meta.write(out)
+    outputs.write_all_results(out, results)
+    outputs.write_model_card(out, model_name=out.resolve().name, base_model=m.model_name_or_path,
+                             init="pretrained" if m.model_name_or_path else "random", command_line=t.command_line,
+                             **job.model_card(results))
+    if t.push_to_hub:
+        outputs.push_output_dir(out, t.hub_model_id, token=t.hub_token, private=t.hub_private)
+
+
+def run_job(job: Job, step_callback: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+    """Train as the job's arguments say and return the results written to all_results.json."""
+    from sdx.data.builder import class_names  # heavy (datasets, ~1 s): a run only, not --help
+
+    t = job.args.training
+    out = outputs.check_output_dir(t)
+    resolve_checkpoint(t.resume_from_checkpoint, out)  # a bad checkpoint fails before the data is read
+    accelerator = make_accelerator(t)
+    with accelerator.main_process_first():
+        ds = job.load_data()
+    splits = select_splits(ds, job)
+    model = job.build_model(ds, splits)
+    trainable, total = count_parameters(model)
+    if not trainable:
+        raise ValueError(f"method {job.method}: no trainable parameter")
+    outputs.start_output_dir(t, accelerator, job.args.flat())
+    train_loader = job.train_loader(splits["train"])
+    loaders = {"validation": accelerator.prepare(job.eval_loader(splits["validation"], "validation"))}
+    evaluate = None if t.eval_strategy == "no" else (
+        lambda prepared: job.evaluate(accelerator, prepared, loaders["validation"]))
+    result = run_training(t, accelerator, model, create_optimizer(t, model), train_loader,
+                          compute_loss=job.compute_loss, evaluate=evaluate, select_metric=job.select_metric,
+                          step_callback=step_callback, hparams=tracker_config(job.args.flat()))
+    model = load_best(accelerator, result.model, result.best_dir) if result.best_dir else \
+        accelerator.unwrap_model(result.model)
+    if "test" in splits:
+        loaders["test"] = accelerator.prepare(job.eval_loader(splits["test"], "test"))
+    results = job.final_metrics(accelerator, result, model, loaders)
+    results.update(job.training_summary(result))
+    results.update(init=job.origin, method=job.method, num_processes=accelerator.num_processes,
+                   trainable_parameters=trainable, total_parameters=total,
+                   splits={k: len(v) for k, v in splits.items()})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_outputs(job, model, out, results, run_metadata(job, splits["train"], class_names(ds)))
+    accelerator.wait_for_everyone()
+    return results
