@@ -8,10 +8,13 @@ sdx/data/           levels.py (classes, text levels T0-T4, aliases, fallbacks), 
                     synthetic.py (the embedded demo data generator), data_card.md (the dataset card)
 sdx/annotate/       T3 / T4 from an image and its mask: engine.py (statistics, rule fields), geometry.py
                     (Shape, Direction, Spatial Distribution), images.py (input reading), folder.py (annotate /
-                    verify tools)
-sdx/models/         image classifiers, LoRA, CLIP loading / encoding / zero-shot, the local tokenizer
-sdx/train/          arguments, the shared accelerate loop, losses, run metadata, the ViT and CLIP jobs
-sdx/bench/          the benchmark: embedding cache, tasks, the evaluator's command line
+                    verify tools); describe.py, fields.py, llm.py, phrases.py (the language-model steps)
+sdx/models/         classifiers.py (image classifiers, LoRA), clip.py (CLIP load, encode, zero-shot, adapter),
+                    tokenizer.py (a CLIP BPE trained locally)
+sdx/train/          args.py, job.py (the one trainer skeleton), loop.py, checkpoints.py, outputs.py, pixels.py,
+                    losses.py, runmeta.py (the run-metadata record), vit.py, clip.py
+sdx/bench/          tasks.py (orchestrator), vision/txty/fewshot/probe/transfer/retrieval/localize.py (one per
+                    task), zeroshot.py, models.py, data.py, embeddings.py, cache.py, cli.py
 sdx/report/         results.json, report.md, plots, the data gallery
 sdx/metrics.py      accuracy, mAcc, macro-F1, retrieval recall, pixel AUROC / F1-max / IoU
 sdx/pipeline.py     the main job: data -> ViT + CLIPs -> benchmark -> report

@@ -168,6 +168,7 @@ def _clip_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, clip_d
     argv = ["--data_dir", data_dir, "--output_dir", str(clip_dir), "--seed", str(args.seed),
             *(["--overwrite_output_dir"] if args.overwrite_output_dir else []), *extra,
             "--caption_level", level, "--method", args.clip_method,
+            *(["--recipe", "paper"] if args.clip_method == "adapter" else []),   # Adam, constant schedule
             "--num_train_epochs", str(s["clip_epochs"]), "--learning_rate", str(s["clip_lr"]),
             "--warmup_steps", "30", "--per_device_train_batch_size", str(s["batch_size"]), *_sample_limits(s)]
     if args.clip_model_name_or_path:

@@ -18,7 +18,7 @@ from sdx.bench.tasks import TASKS, Benchmark
 from sdx.data.builder import build_report, load_steeldefectx
 from sdx.data.layout import data_source
 from sdx.data.levels import LEVELS, normalize_level
-from sdx.data.synthetic import is_synthetic_dir
+from sdx.data.layout import is_synthetic_dir
 from sdx.report.markdown import write_report
 
 CLI_DESCRIPTION = """SteelDefectX benchmark: the paper's four tasks plus retrieval and text-guided localization, in one

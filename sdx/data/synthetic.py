@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from sdx.annotate.engine import annotate, compute_position
 from sdx.annotate.geometry import axis_direction
-from sdx.data.layout import is_synthetic_dir  # noqa: F401  (defined in layout; train/ and bench/ import it from here)
 from sdx.annotate.phrases import (NUMBER_WORDS, count_phrase, fix_articles, orientation_phrase, position_phrase,
                                   size_adjective, tone)
 from sdx.data.levels import CLASS_NAMES, CLASS_TO_PREFIX, DIRECTIONS, DISTRIBUTIONS, SHAPES

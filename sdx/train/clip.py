@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sdx.data import levels as T
-from sdx.data.synthetic import is_synthetic_dir
+from sdx.data.layout import is_synthetic_dir
 from sdx.metrics import accuracy, mean_class_accuracy
 from sdx.models.clip import (
     ClipAdapter,

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from sdx.data.synthetic import is_synthetic_dir
+from sdx.data.layout import is_synthetic_dir
 from sdx.models.classifiers import count_parameters
 from sdx.train import outputs
 from sdx.train.args import JobArguments, tracker_config
