@@ -14,15 +14,17 @@ from typing import Any, Sequence
 
 from sdx.data.layout import DataError, DataSourceError
 
-DATA_CLI_MODULES = ("sdx.data.builder", "sdx.annotate.folder", "sdx.annotate.describe", "sdx.data.synthetic")
+DATA_CLI_MODULES = ("sdx.data.builder", "sdx.data.export", "sdx.annotate.folder", "sdx.annotate.describe",
+                    "sdx.data.synthetic")
 # python -m sdx COMMAND: the tools that have their own parser, by module (each has main(argv))
 TOOLS = {"train-vit": "sdx.train.vit", "train-clip": "sdx.train.clip", "eval": "sdx.bench.cli",
          "pipeline": "sdx.pipeline"}
 DATA_DESCRIPTION = """SteelDefectX data tools.
 
     steeldefectx stats    [--data_dir D]                   # D: a folder, 'synthetic' (default) or 'hub'
-    steeldefectx export   OUT [--data_dir D]               # parquet + card for datasets.load_dataset(OUT, cfg)
-    steeldefectx push     REPO_ID --data_dir D
+    steeldefectx export   [OUT] [--data_dir D]             # OUT (default steeldefectx): load_dataset(OUT, cfg)
+    steeldefectx push     REPO_ID --data_dir D             # then load_dataset(REPO_ID, cfg)
+    steeldefectx card     --data_dir D                     # README card: load_dataset(D) gives images, not masks
     steeldefectx describe --image_dir I --output t2.json --api_base URL --model NAME   # T2 (or --no_model --mask_dir M)
     steeldefectx annotate --image_dir I --mask_dir M --output records.json [--descriptions t2.json] [--llm_fields]
     steeldefectx verify   --data_dir D

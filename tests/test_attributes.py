@@ -238,10 +238,11 @@ def test_rgb_and_16bit_inputs(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     assert np.array_equal(images.load_gray(tmp_path / "rgb.png"), gray)
     assert A.analyze(tmp_path / "rgb.png", m, "Inclusion")["statistics"] == ref["statistics"]
-    # a real colour image uses PIL's luma conversion
+    # a real colour array (RGB order) uses OpenCV's fixed-point weights, rounded
     col = rng.integers(0, 256, size=(32, 48, 3), dtype=np.uint8)
-    assert np.array_equal(images.load_gray(col), np.asarray(Image.fromarray(col).convert("L")))
-    # 16-bit: scaled to 8 bits by dropping the low byte
+    r, g, b = (col[..., i].astype(np.int64) for i in range(3))
+    assert np.array_equal(images.load_gray(col), (r * 4899 + g * 9617 + b * 1868 + 8192) >> 14)
+    # 16-bit images: scaled to 8 bits by dropping the low byte; 16-bit masks: read by value
     g16 = gray.astype(np.uint16) * 256 + 255
     Image.fromarray(g16).save(tmp_path / "g16.png")
     assert np.array_equal(images.load_gray(tmp_path / "g16.png"), gray)
@@ -249,11 +250,102 @@ def test_rgb_and_16bit_inputs(tmp_path):
     m16 = m.astype(np.uint16) * 257
     Image.fromarray(m16).save(tmp_path / "m16.png")
     assert A.analyze(tmp_path / "g16.png", tmp_path / "m16.png", "Inclusion")["attributes"] == ref["attributes"]
+    Image.fromarray(m.astype(np.uint16)).save(tmp_path / "m16_255.png")   # 0/255 stored in 16 bits
+    assert A.analyze(gray, tmp_path / "m16_255.png", "Inclusion")["attributes"] == ref["attributes"]
     # bool and float masks
     assert A.analyze(gray, m > 0, "Inclusion")["attributes"] == ref["attributes"]
     assert A.analyze(gray, (m > 0).astype(np.float32), "Inclusion")["attributes"] == ref["attributes"]
     # PIL images in memory
     assert A.analyze(Image.fromarray(gray), Image.fromarray(m), "Inclusion")["statistics"] == ref["statistics"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gray values equal OpenCV's cv2.imread(path, cv2.IMREAD_GRAYSCALE), the authors' reader, bit for bit
+# ---------------------------------------------------------------------------------------------------------
+def _colour_files(root: Path) -> list[Path]:
+    """Colour test files of every kind the rule distinguishes (format, mode, PNG gamma, chroma subsampling)."""
+    import struct
+
+    from PIL import PngImagePlugin
+
+    rng = np.random.default_rng(11)
+    small = rng.integers(0, 256, size=(8, 9, 3), dtype=np.uint8)
+    rgb = np.asarray(Image.fromarray(small).resize((67, 45), Image.BICUBIC)).copy()   # photo-like, plus noise
+    rgb[::7] = rng.integers(0, 256, size=rgb[::7].shape, dtype=np.uint8)
+    rgb[:3] = rgb[:3, :, :1]                                                           # some gray pixels
+    files = []
+
+    def save(name, img, **kw):
+        files.append(root / name)
+        img.save(files[-1], **kw)
+
+    for quality, sub in ((90, 2), (75, 0), (95, 1)):
+        save(f"q{quality}_s{sub}.jpg", Image.fromarray(rgb), quality=quality, subsampling=sub)
+    save("progressive.jpg", Image.fromarray(rgb), progressive=True)
+    for tag, chunk in (("plain", None), ("srgb", (b"sRGB", b"\x00")), ("gamma45455", (b"gAMA", struct.pack(">I", 45455))),
+                       ("gamma220000", (b"gAMA", struct.pack(">I", 220000)))):
+        info = PngImagePlugin.PngInfo()
+        if chunk:
+            info.add(*chunk)
+        save(f"{tag}.png", Image.fromarray(rgb), pnginfo=info)
+        save(f"{tag}_rgba.png", Image.fromarray(np.dstack([rgb, rgb[..., 1]]), "RGBA"), pnginfo=info)
+        save(f"{tag}_palette.png", Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=40), pnginfo=info)
+    save("la.png", Image.fromarray(np.dstack([rgb[..., 0], rgb[..., 2]]), "LA"))
+    save("colour.bmp", Image.fromarray(rgb))
+    save("colour.tif", Image.fromarray(rgb))
+    return files
+
+
+def test_gray_equals_opencv_on_colour_files(tmp_path):
+    cv2 = pytest.importorskip("cv2")  # test-only dependency (the `test` extra)
+    for path in _colour_files(tmp_path):
+        want = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        got = images.load_gray(path)
+        assert got.shape == want.shape and np.array_equal(got, want), path.name
+        # ... and so the statistics are the authors': equal to those of OpenCV's gray array
+        m = np.zeros(want.shape, np.uint8)
+        m[10:30, 20:40] = 255
+        assert A.compute_statistics(path, m) == A.compute_statistics(want, m), path.name
+
+
+def test_gray_equals_opencv_with_exif_orientation(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    rgb = np.random.default_rng(3).integers(0, 256, size=(20, 10, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        for fmt in ("JPEG", "PNG"):
+            img = Image.fromarray(rgb)
+            exif = img.getexif()
+            exif[0x0112] = orientation
+            path = tmp_path / f"o{orientation}.{fmt.lower()}"
+            img.save(path, format=fmt, exif=exif.tobytes())
+            want = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)  # OpenCV applies the orientation
+            assert np.array_equal(images.load_gray(path), want), path.name
+            assert np.array_equal(images.load_mask_array(path), want), path.name
+
+
+def test_gray_equals_opencv_on_the_real_fixture(real_subset):
+    cv2 = pytest.importorskip("cv2")
+    # X-SDD images are colour JPEGs (some named .png); NEU images are gray JPEGs with 8-bit PNG masks
+    paths = sorted((real_subset / "val").glob("ris_*"))[:30] + sorted((real_subset / "val").glob("Ops_*"))[:10] \
+        + sorted((real_subset / "val").glob("cracking_*"))[:10] + sorted((real_subset / "val_mask").glob("*.png"))[:30]
+    assert any(Image.open(p).mode == "RGB" for p in paths)
+    for path in paths:
+        assert np.array_equal(images.load_gray(path), cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)), path.name
+
+
+def test_mask_modes_are_read_by_one_rule(tmp_path):
+    """Palette by the colour of each index, 16-bit by value, LA by its gray channel (alpha ignored), RGB as gray;
+    the builder binarises this same array (tests/test_data_reliability.py)."""
+    box = np.zeros((16, 20), np.uint8)
+    box[4:10, 5:15] = 255
+    pal = Image.fromarray((box > 0).astype(np.uint8), "P")
+    pal.putpalette([0, 0, 0, 255, 255, 255])                                     # index 1 shows white
+    pal.save(tmp_path / "palette.png")
+    Image.fromarray(box.astype(np.uint16)).save(tmp_path / "sixteen.png")      # 0/255 in 16 bits
+    Image.fromarray(np.dstack([box, np.full_like(box, 255)]), "LA").save(tmp_path / "la.png")  # opaque alpha
+    Image.fromarray(np.dstack([box] * 3)).save(tmp_path / "rgb.png")
+    for name in ("palette.png", "sixteen.png", "la.png", "rgb.png"):
+        assert np.array_equal(images.load_mask_array(tmp_path / name), box), name
 
 
 def test_unreadable_and_missing_files(tmp_path):

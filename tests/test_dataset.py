@@ -6,6 +6,7 @@ import collections
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -15,6 +16,7 @@ from PIL import Image
 
 import steeldefectx
 from sdx.data import builder as D
+from sdx.data import export as D_export
 from sdx.data import levels as T
 
 NEU_CLASSES = {"Crazing", "Inclusion", "Patches", "Pitted surface", "Rolled in scale", "Bright scratch"}
@@ -248,8 +250,8 @@ def test_interrupted_build_is_never_loaded(layout, cache, monkeypatch):
     calls = {"n": 0}
     original = D.SteelDefectX._generate_examples
 
-    def broken(self, rows):
-        for i, example in enumerate(original(self, rows)):
+    def broken(self, **gen_kwargs):
+        for i, example in enumerate(original(self, **gen_kwargs)):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise KeyboardInterrupt("simulated interruption")
@@ -265,39 +267,103 @@ def test_interrupted_build_is_never_loaded(layout, cache, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ export / push
 
-def test_export_then_plain_load_dataset(layout, cache, tmp_path):
+def _stored(path_or_bytes: dict | None) -> bytes | None:
+    """The bytes of an image cell read without decoding: stored in Arrow, or in the file it points to."""
+    if path_or_bytes is None:
+        return None
+    return path_or_bytes["bytes"] if path_or_bytes["bytes"] is not None else Path(path_or_bytes["path"]).read_bytes()
+
+
+def _undecoded(ds: datasets.DatasetDict) -> datasets.DatasetDict:
+    return datasets.DatasetDict({split: d.cast_column("image", datasets.Image(decode=False))
+                                 .cast_column("mask", datasets.Image(decode=False)) for split, d in ds.items()})
+
+
+def _assert_same_rows(ours: datasets.DatasetDict, plain: datasets.DatasetDict) -> None:
+    """Stock load_dataset gives the builder's rows: same splits, features, order, texts, image and mask bytes."""
+    assert set(plain) == set(ours)
+    for split in ours:
+        assert plain[split].features == ours[split].features
+        a, b = _undecoded(ours)[split].to_list(), _undecoded(plain)[split].to_list()
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys()
+            assert _stored(x["image"]) == _stored(y["image"]) and _stored(x["mask"]) == _stored(y["mask"])
+            assert {k: v for k, v in x.items() if k not in ("image", "mask")} == \
+                   {k: v for k, v in y.items() if k not in ("image", "mask")}
+
+
+def test_export_round_trips_every_config_with_each_image_once(layout, cache, tmp_path):
     out = tmp_path / "export"
     result = steeldefectx.main(["export", str(out), "--data_dir", str(layout), "--cache_dir", cache])
-    card = (out / "README.md").read_text()
-    assert "configs:" in card and "config_name: fine" in card
-    assert "pretty_name: SteelDefectX" in card and "SYNTHETIC" not in card  # the card shipped in the package
     for cfg in T.CONFIG_LEVELS:
         ours = D.load_steeldefectx(layout, cfg, cache_dir=cache)
         plain = datasets.load_dataset(str(out), cfg, cache_dir=str(tmp_path / "plain"))
-        for split in ours:
-            assert plain[split].features == ours[split].features
-            a, b = ours[split].to_list(), plain[split].to_list()
-            assert len(a) == len(b) == result["rows"][f"{cfg}/{split}"]
-            for x, y in zip(a, b):
-                assert x.keys() == y.keys()
-                assert x["image"]["bytes"] == y["image"]["bytes"]
-                assert {k: v for k, v in x.items() if k not in ("image", "mask")} == \
-                       {k: v for k, v in y.items() if k not in ("image", "mask")}
+        _assert_same_rows(ours, plain)
+        assert all(len(plain[s]) == result["rows"][f"{cfg}/{s}"] for s in plain)
+    # every image stored once: one file per row, and no image bytes in the metadata files
+    images = sorted(out.glob("data/*/images/*"))
+    assert len(images) == 18 and sum(p.stat().st_size for p in images) == result["image_bytes"] - sum(
+        p.stat().st_size for p in out.glob("data/*/masks/*"))
+    assert all(p.stat().st_size < 20_000 for p in out.glob("data/*/*.parquet"))
+    assert len(list(out.glob("data/*/*.parquet"))) == 3 * len(T.CONFIG_LEVELS)
+
+
+def test_export_card_is_written_from_what_was_exported(layout, cache, tmp_path):
+    out = tmp_path / "export"
+    D_export.export_dataset(out, layout, configs=["default", "fine"], cache_dir=cache, validation_fraction=0.25)
+    card = (out / "README.md").read_text()
+    assert "configs:" in card and "config_name: fine" in card and "metadata_filenames" in card
+    assert "pretty_name: SteelDefectX" in card and "SYNTHETIC" not in card and "2,324" not in card
+    assert "| Crazing | 3 | 1 | 2 |" in card and "| **total** | 9 | 3 | 6 |" in card  # rows per split and class
+    assert "| test | 6 | 3 | 3 | 3 |" in card                 # rows with T2 / T3 / T4 in test
+    assert "| fine | T2 | t2->t1: " in card and "| default | T1 | none |" in card
+    assert "a local folder in the official layout (`raw`)" in card and "Code: MIT" in card
+    assert str(tmp_path) not in card                           # no local path in a card that may be published
+    D_export.export_dataset(out, layout, configs=["default"], cache_dir=cache)  # a previous export is replaced
+    assert not list(out.glob("data/*/metadata-fine.parquet"))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        D_export.export_dataset(tmp_path / "busy", layout, configs=["default"], cache_dir=cache)
+
+
+def test_load_dataset_steeldefectx_works_from_the_export_folder(layout, cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    steeldefectx.main(["export", "--data_dir", str(layout), "--cache_dir", cache, "--configs", "default", "fine"])
+    assert (tmp_path / "steeldefectx" / "README.md").is_file()  # the default folder name
+    plain = datasets.load_dataset("steeldefectx", "fine", cache_dir=str(tmp_path / "plain"))
+    _assert_same_rows(D.load_steeldefectx(layout, "fine", cache_dir=cache), plain)
+    assert datasets.load_dataset("steeldefectx", cache_dir=str(tmp_path / "plain"))["test"][0]["caption"] == \
+        plain["test"][0]["t1"]                                  # no config name: the default config (T1)
+
+
+@pytest.mark.slow  # exports all six configs of the 3,160-image fixture
+def test_real_fixture_export_is_at_most_1_15_times_the_images(real_subset, tmp_path):
+    out = tmp_path / "steeldefectx"
+    result = D_export.export_dataset(out, real_subset, cache_dir=str(tmp_path / "c"))
+    raw_images = sum(p.stat().st_size for split in ("train", "val") for p in (real_subset / split).iterdir())
+    assert result["export_bytes"] <= 1.15 * raw_images, (result["export_bytes"], raw_images)
+    plain = datasets.load_dataset(str(out), "fine", cache_dir=str(tmp_path / "plain"))
+    assert {s: len(d) for s, d in plain.items()} == {"train": 1992, "validation": 220, "test": 948}
 
 
 def test_export_of_synthetic_data_says_so_and_push_needs_a_data_dir(layout, cache, tmp_path, capsys):
     (layout / "SYNTHETIC.md").write_text("drawn by the generator")
-    D.export_dataset(tmp_path / "export", layout, configs=["default"], cache_dir=cache)
+    D_export.export_dataset(tmp_path / "export", layout, configs=["default"], cache_dir=cache)
     card = (tmp_path / "export" / "README.md").read_text()
     assert card.index("SYNTHETIC demo data, not SteelDefectX") > card.index("configs:")  # below the YAML block
+    assert "synthetic generator" in card
     with pytest.raises(SystemExit):
         steeldefectx.main(["push", "me/steel"])
     assert "--data_dir" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="nope.md"):
-        D.read_card_template(tmp_path / "nope.md")
+        D_export.read_card_template(tmp_path / "nope.md")
 
 
-def test_push_goes_up_to_the_network_call(layout, cache, monkeypatch):
+def test_push_then_load_dataset_by_repo_id(layout, cache, tmp_path, monkeypatch):
+    """The Hub is mocked at the huggingface_hub boundary: the uploaded tree is kept under ./<repo_id>, which is
+    where stock load_dataset("<you>/steeldefectx", cfg) finds a local folder of that name."""
     sent = {}
 
     class FakeApi:
@@ -307,25 +373,46 @@ def test_push_goes_up_to_the_network_call(layout, cache, monkeypatch):
         def create_repo(self, **kw):
             sent["create"] = kw
 
-        def upload_folder(self, folder_path, **kw):
+        def upload_folder(self, folder_path, repo_id, **kw):
             sent["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
             sent["upload"] = kw
+            shutil.copytree(folder_path, tmp_path / repo_id)
             return "commit-url"
 
-    monkeypatch.setattr(D, "HfApi", FakeApi)
-    result = steeldefectx.main(["push", "me/steel", "--data_dir", str(layout), "--cache_dir", cache,
+    monkeypatch.setattr(D_export, "HfApi", FakeApi)
+    monkeypatch.chdir(tmp_path)
+    result = steeldefectx.main(["push", "me/steeldefectx", "--data_dir", str(layout), "--cache_dir", cache,
                                 "--token", "hf_test", "--configs", "default", "fine"])
-    assert sent["token"] == "hf_test"
-    assert sent["create"]["repo_id"] == "me/steel" and sent["create"]["repo_type"] == "dataset"
-    assert "README.md" in sent["files"] and "fine/test-00000-of-00001.parquet" in sent["files"]
-    assert result["repo_id"] == "me/steel"
+    assert sent["token"] == "hf_test" and result["repo_id"] == "me/steeldefectx"
+    assert sent["create"]["repo_id"] == "me/steeldefectx" and sent["create"]["repo_type"] == "dataset"
+    assert "README.md" in sent["files"] and "data/test/metadata-fine.parquet" in sent["files"]
+    plain = datasets.load_dataset("me/steeldefectx", "fine", cache_dir=str(tmp_path / "plain"))
+    _assert_same_rows(D.load_steeldefectx(layout, "fine", cache_dir=cache), plain)
+
+
+def test_raw_folder_card_stops_the_imagefolder_mistake(layout, cache, tmp_path):
+    wrong = datasets.load_dataset(str(layout), cache_dir=str(tmp_path / "p1"))
+    assert wrong["train"].features["label"].names == ["train", "train_mask", "val", "val_mask"]  # the mistake
+    before = D.load_steeldefectx(layout, "fine", cache_dir=cache)
+    (layout / "README.md").write_text("---\nlicense: other\n---\n# My copy of the release\n")
+    steeldefectx.main(["card", "--data_dir", str(layout)])
+    card = (layout / "README.md").read_text()
+    assert "# My copy of the release" in card and "license: other" in card      # the user's card is kept
+    right = datasets.load_dataset(str(layout), cache_dir=str(tmp_path / "p2"))
+    assert {s: (len(d), d.column_names) for s, d in right.items()} == {"train": (12, ["image"]), "test": (6, ["image"])}
+    after = D.load_steeldefectx(layout, "fine", cache_dir=cache)
+    assert after["test"].cache_files == before["test"].cache_files            # the card changes no build
+    steeldefectx.main(["card", "--data_dir", str(layout)])                     # idempotent
+    assert (layout / "README.md").read_text() == card
+    with pytest.raises(ValueError, match="local folder"):
+        D_export.write_raw_card("synthetic")
 
 
 def test_push_without_token_fails_before_any_work(layout, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(D, "get_token", lambda: None)
+    monkeypatch.setattr(D_export, "get_token", lambda: None)
     with pytest.raises(PermissionError, match="token"):
-        D.push_dataset("me/steel", layout)
+        D_export.push_dataset("me/steel", layout)
 
 
 def test_offline_without_data_dir_gives_one_clear_error(monkeypatch):
@@ -359,14 +446,15 @@ def _skipped(ds, split="train"):
 
 
 def _assert_counts_balance(ds):
+    """records in = rows out + records skipped, images in = rows out + images skipped, and each skipped item is
+    counted under one reason (an item: a record with its image, a record alone, or an image alone)."""
     rep = D.build_report(ds)
     for split in rep["records_in"]:
-        skipped = rep["skipped"].get(split, {})
-        records_skipped = sum(n for r, n in skipped.items() if r != "image without record")
-        images_skipped = sum(n for r, n in skipped.items() if r not in ("record without image", "bad record",
-                                                                      "duplicate image_name"))
-        assert rep["records_in"][split] == rep["rows_out"][split] + records_skipped
-        assert rep["images_in"][split] == rep["rows_out"][split] + images_skipped
+        rows, skipped = rep["rows_out"].get(split, 0), rep["skipped"].get(split, {})
+        assert rep["records_in"][split] == rows + rep["records_skipped"].get(split, 0)
+        assert rep["images_in"][split] == rows + rep["images_skipped"].get(split, 0)
+        assert sum(skipped.values()) <= rep["records_skipped"].get(split, 0) + rep["images_skipped"].get(split, 0)
+        assert sum(skipped.values()) >= max(rep["records_skipped"].get(split, 0), rep["images_skipped"].get(split, 0))
 
 
 @pytest.mark.parametrize("content,what", [
@@ -443,7 +531,7 @@ def test_unknown_class_name(layout, cache):
     with pytest.raises(D.DataError, match="record 2.class_name.*Unicorn"):
         _load(layout, cache)
     ds = _load(layout, cache, on_error="skip")
-    assert _skipped(ds) == {"bad record": 1, "image without record": 1}
+    assert _skipped(ds) == {"bad record": 1}  # one item (the record and its image), counted once
     _assert_counts_balance(ds)
 
 

@@ -2,28 +2,23 @@
 
 Raw files are located and checked by sdx.data.layout; here they become the splits (train, a stratified
 validation carve-out, test = the official val split), the text levels with their counted fallbacks
-(sdx.data.levels), a cached Arrow dataset, and parquet exports / Hub pushes. Splits, fallbacks and the cache:
-docs/dataset.md.
+(sdx.data.levels) and a cached Arrow dataset, written row by row from the scan's spill so memory stays flat as
+the data grows. Exports and Hub pushes: sdx.data.export. Splits, fallbacks and the cache: docs/dataset.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
-import importlib.resources
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import datasets
 import numpy as np
-from huggingface_hub import DatasetCard, HfApi, get_token
 
 from sdx.data import levels as T
 from sdx.data.layout import (  # noqa: F401  (DataError & co. are part of this module's API too)
@@ -47,8 +42,10 @@ from sdx.data.layout import (  # noqa: F401  (DataError & co. are part of this m
 logger = logging.getLogger(__name__)
 
 REPORT_PREFIX = "SteelDefectX build report: "
+# the code that shapes the rows: a change to any of it rebuilds the cache
+_CODE_FILES = ("data/builder.py", "data/layout.py", "data/levels.py", "data/streaming.py", "annotate/images.py")
 _CODE_HASH = hashlib.sha1(b"".join(
-    (Path(__file__).parent / name).read_bytes() for name in ("builder.py", "layout.py", "levels.py"))).hexdigest()[:12]
+    (Path(__file__).parents[1] / name).read_bytes() for name in _CODE_FILES)).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -140,14 +137,13 @@ def _t3_feature(attrs: dict | None) -> dict | None:
 def _annotate(item: Item) -> dict:
     from sdx.annotate.engine import annotate  # optional (annotate_missing), and it pulls in scipy
 
-    t3, _ = annotate(item.image_path, item.mask_path, item.record["class_name"])
+    t3, _ = annotate(item.image_path, item.mask_path, item.class_name)
     return t3
 
 
-def resolve_levels(item: Item, class_desc: str, level: str, *, strict: bool, annotate_missing: bool,
+def resolve_levels(item: Item, rec: dict, class_desc: str, level: str, *, strict: bool, annotate_missing: bool,
                    report: ScanReport, split: str, source: Path) -> dict:
-    """All text levels of one row plus its caption, applying (and counting) the documented fallbacks."""
-    rec = item.record
+    """All text levels of one row (``rec``: its record) plus its caption, applying (and counting) the fallbacks."""
     attrs = rec.get("structured_attributes")
     t2 = rec.get("natural_language_description")
     need_fine = level in ("t3", "t4") or (level == "t2" and T.is_missing_text(t2))
@@ -185,6 +181,7 @@ class SteelDefectXConfig(datasets.BuilderConfig):
     on_error: str = "raise"             # or "skip": count and skip bad items
     strict: bool = False                # raise instead of falling back when the caption level is missing
     annotate_missing: bool = False      # fill missing T3/T4 from masks with sdx.annotate.engine
+    verify_images: bool = False         # cache key from image and mask content, not name + size + mtime
     hub_repo: str = HUB_REPO
     fingerprint: str = ""               # of the raw files; set automatically, part of the cache key
 
@@ -235,7 +232,7 @@ class SteelDefectX(datasets.GeneratorBasedBuilder):
         if config_name in T.LEVEL_CONFIGS:  # "t1" etc. accepted as config names
             kwargs["config_name"] = T.LEVEL_CONFIGS[config_name]
         _drop_default_overrides(self, kwargs)
-        kwargs.setdefault("fingerprint", fingerprint_layout(resolved))
+        kwargs.setdefault("fingerprint", fingerprint_layout(resolved, verify_images=kwargs.get("verify_images", False)))
         kwargs.setdefault("dataset_name", "steeldefectx")
         kwargs.setdefault("hash", _CODE_HASH)
         super().__init__(*args, data_dir=str(resolved), **kwargs)
@@ -251,51 +248,58 @@ class SteelDefectX(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         cfg: SteelDefectXConfig = self.config
-        data_dir = Path(cfg.data_dir)
-        classes, items, report = scan_layout(data_dir, on_error=cfg.on_error, with_masks=cfg.with_masks,
-                                             progress=True)
-        keep = select_classes(list(classes), cfg.classes, cfg.exclude_classes)
-        items = [it for it in items if it.record["class_name"] in keep]
+        spill_dir = Path(self.cache_dir).parent  # beside the Arrow files being written, not in memory
+        self._scan = scan_layout(Path(cfg.data_dir), on_error=cfg.on_error, with_masks=cfg.with_masks,
+                                 progress=True, spill_dir=spill_dir)
+        keep = select_classes(list(self._scan.classes), cfg.classes, cfg.exclude_classes)
+        items = [it for it in self._scan.items if it.class_name in keep]
         train, validation = carve_validation([it for it in items if it.split == "train"],
                                              cfg.validation_fraction, cfg.split_seed)
         if cfg.shots:
-            train = draw_shots(train, cfg.shots, cfg.seed, report)
-        test = [it for it in items if it.split == "val"]
-        splits = {"train": train, "validation": validation, "test": test}
-        rows = {}
-        for split, group in splits.items():
-            source = data_dir / SPLITS["val" if split == "test" else "train"][2]
-            rows[split] = [
-                (it, resolve_levels(it, classes[it.record["class_name"]], cfg.caption_level, strict=cfg.strict,
-                                    annotate_missing=cfg.annotate_missing, report=report, split=split,
-                                    source=source))
-                for it in sorted(group, key=lambda it: it.record["image_name"])
-            ]
-        empty = [split for split, r in rows.items() if not r]
-        for split in empty:  # `datasets` cannot store an empty split: it is left out, and the report says so
-            del rows[split]
-        summary = report.as_dict()
-        summary["splits"] = {split: len(r) for split, r in rows.items()}
-        summary["empty_splits_left_out"] = empty
-        summary["config"] = {"name": cfg.name, "caption_level": cfg.caption_level, "data_dir": str(data_dir),
-                             "validation_fraction": cfg.validation_fraction, "shots": cfg.shots, "seed": cfg.seed,
-                             "classes": list(cfg.classes or []), "exclude_classes": list(cfg.exclude_classes or [])}
-        self.info.description = REPORT_PREFIX + json.dumps(summary)
-        logger.info("%s", format_report(summary))
-        return [datasets.SplitGenerator(name=split, gen_kwargs={"rows": r}) for split, r in rows.items()]
+            train = draw_shots(train, cfg.shots, cfg.seed, self._scan.report)
+        splits = {"train": train, "validation": validation, "test": [it for it in items if it.split == "val"]}
+        groups = {split: sorted(group, key=lambda it: it.image_name) for split, group in splits.items() if group}
+        self._summary = {
+            "splits": {split: len(group) for split, group in groups.items()},
+            # `datasets` cannot store an empty split: it is left out, and the report says so
+            "empty_splits_left_out": [split for split in splits if split not in groups],
+            "config": {"name": cfg.name, "caption_level": cfg.caption_level, "data_dir": cfg.data_dir,
+                       "validation_fraction": cfg.validation_fraction, "shots": cfg.shots, "seed": cfg.seed,
+                       "classes": list(cfg.classes or []), "exclude_classes": list(cfg.exclude_classes or [])},
+        }
+        self._unwritten = set(groups)
+        self._write_report()
+        return [datasets.SplitGenerator(name=split, gen_kwargs={"items": group, "split": split})
+                for split, group in groups.items()]
 
-    def _generate_examples(self, rows):
-        for it, levels in rows:
-            rec = it.record
-            mask = None if it.mask_png is None else {"path": it.mask_path.name, "bytes": it.mask_png}
-            yield rec["image_name"], {
-                "image": {"path": rec["image_name"], "bytes": it.image_path.read_bytes()},
-                "mask": mask,
+    def _write_report(self) -> None:
+        """The build report goes into the dataset's description (saved with it after the last split is written);
+        fallbacks are counted while rows are written, so it is rewritten after each split."""
+        summary = {**self._scan.report.as_dict(), **self._summary}
+        self.info.description = REPORT_PREFIX + json.dumps(summary)
+        if not self._unwritten:
+            logger.info("%s", format_report(summary))
+            self._scan.close()
+
+    def _generate_examples(self, items, split):
+        cfg, scan = self.config, self._scan
+        source = Path(cfg.data_dir) / SPLITS["val" if split == "test" else "train"][2]
+        for it in items:
+            entry = scan.entry(it)
+            levels = resolve_levels(it, entry.record, scan.classes[it.class_name], cfg.caption_level,
+                                    strict=cfg.strict, annotate_missing=cfg.annotate_missing, report=scan.report,
+                                    split=split, source=source)
+            mask = scan.mask_bytes(it, entry)
+            yield it.image_name, {
+                "image": {"path": it.image_name, "bytes": scan.image_bytes(it, entry)},
+                "mask": None if mask is None else {"path": it.mask_name, "bytes": mask},
                 "label": it.label,
-                "class_name": rec["class_name"],
-                "image_name": rec["image_name"],
+                "class_name": it.class_name,
+                "image_name": it.image_name,
                 **levels,
             }
+        self._unwritten.discard(split)
+        self._write_report()
 
 
 CITATION = """@inproceedings{steeldefectx2026,
@@ -318,9 +322,13 @@ def load_steeldefectx(data_dir: str | os.PathLike | None = None, config: str = "
     ``overrides``: any SteelDefectXConfig field (caption_level, validation_fraction, shots, seed, classes, ...).
     """
     builder = SteelDefectX(config_name=config, data_dir=data_dir, cache_dir=cache_dir, **overrides)
-    builder.download_and_prepare()
-    ds = builder.as_dataset()
-    return ds
+    try:
+        builder.download_and_prepare()
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, DataError):  # `datasets` wraps what rows raise; the user wants the cause
+            raise error.__cause__ from None
+        raise
+    return builder.as_dataset()
 
 
 def build_report(ds: datasets.DatasetDict | datasets.Dataset) -> dict:
@@ -361,96 +369,7 @@ def class_descriptions(ds: datasets.DatasetDict) -> dict[int, str]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Export (parquet + card) and push
-
-def export_dataset(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
-                   configs: Sequence[str] = tuple(T.CONFIG_LEVELS), card_template: str | os.PathLike | None = None,
-                   cache_dir: str | None = None, **overrides) -> dict:
-    """Write parquet per config and split, and a README.md dataset card with the `configs:` YAML block, so
-    plain ``datasets.load_dataset(out_dir, config)`` works without this project installed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    yaml_configs, counts, infos = [], {}, datasets.info.DatasetInfosDict()
-    for cfg in configs:
-        ds = load_steeldefectx(data_dir, cfg, cache_dir=cache_dir, **overrides)
-        infos[cfg] = next(iter(ds.values())).info.copy()  # features + split sizes, written as dataset_info
-        files = []
-        for split, d in ds.items():
-            counts[f"{cfg}/{split}"] = len(d)
-            if len(d) == 0:
-                continue
-            rel = f"{cfg}/{split}-00000-of-00001.parquet"
-            (out / cfg).mkdir(parents=True, exist_ok=True)
-            d.to_parquet(str(out / rel))
-            files.append({"split": split, "path": rel})
-        entry = {"config_name": cfg, "data_files": files}
-        if cfg == "default":
-            entry["default"] = True
-        yaml_configs.append(entry)
-    card = DatasetCard(read_card_template(card_template))
-    if is_synthetic_dir(data_dir):
-        card.text = SYNTHETIC_CARD_NOTE + card.text
-    card.data["configs"] = yaml_configs
-    infos.to_dataset_card_data(card.data)
-    card.save(str(out / "README.md"))
-    return {"out_dir": str(out), "rows": counts}
-
-
-SYNTHETIC_CARD_NOTE = ("\n> **SYNTHETIC demo data, not SteelDefectX.** These files were drawn by the project's "
-                       "synthetic generator; nothing measured on them is a result about steel.\n")
-
-
-def read_card_template(path: str | os.PathLike | None = None) -> str:
-    """The dataset card template: ``path``, or the card shipped in the package (sdx/data/data_card.md)."""
-    if path is None:
-        return importlib.resources.files("sdx.data").joinpath("data_card.md").read_text(encoding="utf-8")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"dataset card template not found: {path}")
-    return Path(path).read_text(encoding="utf-8")
-
-
-def push_dataset(repo_id: str, data_dir: str | os.PathLike | None, *, token: str | None = None,
-                 private: bool = False, **export_kwargs) -> dict:
-    """Export to a temporary folder and upload it as a Hub dataset repo (needs a write token)."""
-    token = token or os.environ.get("HF_TOKEN") or get_token()
-    if not token:
-        raise PermissionError("push needs a Hugging Face write token: pass --token, set HF_TOKEN or run "
-                              "`hf auth login`")
-    tmp = Path(tempfile.mkdtemp(prefix="steeldefectx-push-"))
-    try:
-        summary = export_dataset(tmp, data_dir, **export_kwargs)
-        api = HfApi(token=token)
-        api.create_repo(repo_id=repo_id, repo_type="dataset", private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(tmp), repo_id=repo_id, repo_type="dataset",
-                                   commit_message="Upload SteelDefectX (parquet configs) with steeldefectx.py push")
-        return {**summary, "repo_id": repo_id, "commit": str(commit)}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------------------
-# CLI (registered by steeldefectx.py)
-
-def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    p.add_argument("--data_dir", default=None if required else "synthetic", required=required,
-                   help="folder in the official layout, 'synthetic' for the embedded demo data, or 'hub' for the "
-                        "Hub release (needs network)" + ("" if required else " (default: synthetic)"))
-
-
-def _add_build_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--configs", nargs="+", default=list(T.CONFIG_LEVELS), choices=list(T.CONFIG_LEVELS),
-                   help="configs to write (default: all)")
-    p.add_argument("--validation_fraction", type=float, default=0.1)
-    p.add_argument("--on_error", choices=("raise", "skip"), default="raise")
-    p.add_argument("--annotate_missing", action="store_true",
-                   help="fill missing T3/T4 from masks with the annotation engine")
-    p.add_argument("--cache_dir", default=None, help="datasets cache folder")
-
-
-def _build_kwargs(args) -> dict:
-    return {"configs": args.configs, "validation_fraction": args.validation_fraction, "on_error": args.on_error,
-            "annotate_missing": args.annotate_missing, "cache_dir": args.cache_dir}
-
+# CLI (registered by sdx.cli)
 
 def _cmd_stats(args) -> dict:
     stats = dataset_stats(args.data_dir, with_masks=not args.no_masks)
@@ -460,43 +379,13 @@ def _cmd_stats(args) -> dict:
     return stats
 
 
-def _cmd_export(args) -> dict:
-    result = export_dataset(args.out_dir, args.data_dir, **_build_kwargs(args))
-    print(f"exported to {result['out_dir']}: " + ", ".join(f"{k}={v}" for k, v in result["rows"].items()))
-    print(f"load it with: datasets.load_dataset({result['out_dir']!r}, 'fine')")
-    return result
-
-
-def _cmd_push(args) -> dict:
-    result = push_dataset(args.repo_id, args.data_dir, token=args.token, private=args.private,
-                          **_build_kwargs(args))
-    print(f"pushed to https://huggingface.co/datasets/{args.repo_id}")
-    return result
-
-
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("stats", help="per class and split: images, masks, records lacking each level",
                               description="Check the raw files and count, per class and split, images, masks and "
                                           "records lacking T2/T3/T4, and every problem found (counted, not fatal).")
-    _add_data_args(p)
+    p.add_argument("--data_dir", default="synthetic",
+                   help="folder in the official layout, 'synthetic' for the embedded demo data (default), or 'hub' "
+                        "for the Hub release (needs network)")
     p.add_argument("--no_masks", action="store_true", help="do not open masks")
     p.add_argument("--json", default=None, help="also write the stats to this JSON file")
     p.set_defaults(func=_cmd_stats)
-
-    p = subparsers.add_parser("export", help="write parquet per config + a dataset card (load_dataset-ready)",
-                              description="Build each config and write OUT/<config>/<split>-*.parquet and "
-                                          "OUT/README.md with the `configs:` YAML, so stock "
-                                          "datasets.load_dataset(OUT, 'fine') works without this project.")
-    p.add_argument("out_dir")
-    _add_data_args(p)
-    _add_build_args(p)
-    p.set_defaults(func=_cmd_export)
-
-    p = subparsers.add_parser("push", help="export and upload to a Hub dataset repo (needs a token)",
-                              description="Export like `export` into a temporary folder and upload it to the Hub.")
-    p.add_argument("repo_id")
-    _add_data_args(p, required=True)  # never push the demo data by default
-    _add_build_args(p)
-    p.add_argument("--token", default=None, help="Hugging Face write token (default: HF_TOKEN or saved login)")
-    p.add_argument("--private", action="store_true")
-    p.set_defaults(func=_cmd_push)
