@@ -3,9 +3,11 @@
     from steeldefectx import load_steeldefectx
     ds = load_steeldefectx("path/to/SteelDefectX", "fine")        # or "synthetic", or None for the Hub
 
-    python steeldefectx.py {stats,export,push,annotate,verify,generate} ...   (--help lists them)
+    python steeldefectx.py {stats,export,push,card,annotate,verify,generate} ...   (--help lists them)
 
-The builder lives in sdx.data.builder; this file re-exports its public names and runs the data tools.
+Not a `datasets` loading script (datasets 4 removed them): for stock load_dataset, `export` writes a folder named
+steeldefectx, so load_dataset("steeldefectx", "fine") works beside it. The builder lives in sdx.data.builder (export
+and push in sdx.data.export); this file re-exports its public names and runs the data tools.
 """
 
 from __future__ import annotations

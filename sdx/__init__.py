@@ -4,7 +4,8 @@
 path                what lives there
 ==================  ==========================================================================================
 sdx/data/           levels.py (classes, text levels T0-T4, aliases, fallbacks), layout.py (locating and
-                    checking the raw files), builder.py (the `datasets` builder, export / push),
+                    checking the raw files), streaming.py (records read one at a time, the spill file),
+                    builder.py (the `datasets` builder), export.py (export / push, the raw-folder card),
                     synthetic.py (the embedded demo data generator), data_card.md (the dataset card)
 sdx/annotate/       T3 / T4 from an image and its mask: engine.py (statistics, rule fields), geometry.py
                     (Shape, Direction, Spatial Distribution), images.py (input reading), folder.py (annotate /

@@ -134,21 +134,22 @@ def _t3_feature(attrs: dict | None) -> dict | None:
     return {name: out[name] for name in T.T3_FIELDS}
 
 
-def _annotate(item: Item) -> dict:
+def _annotate(image_path: Path, mask_path: Path, class_name: str) -> dict:
     from sdx.annotate.engine import annotate  # optional (annotate_missing), and it pulls in scipy
 
-    t3, _ = annotate(item.image_path, item.mask_path, item.class_name)
+    t3, _ = annotate(image_path, mask_path, class_name)
     return t3
 
 
-def resolve_levels(item: Item, rec: dict, class_desc: str, level: str, *, strict: bool, annotate_missing: bool,
-                   report: ScanReport, split: str, source: Path) -> dict:
-    """All text levels of one row (``rec``: its record) plus its caption, applying (and counting) the fallbacks."""
+def resolve_levels(rec: dict, image_path: Path, mask_path: Path | None, class_desc: str, level: str, *,
+                   strict: bool, annotate_missing: bool, report: ScanReport, split: str, source: Path) -> dict:
+    """All text levels of one row (``rec``: its record; its files, for ``annotate_missing``) plus its caption,
+    applying (and counting) the documented fallbacks."""
     attrs = rec.get("structured_attributes")
     t2 = rec.get("natural_language_description")
     need_fine = level in ("t3", "t4") or (level == "t2" and T.is_missing_text(t2))
-    if attrs is None and annotate_missing and item.mask_path is not None and need_fine:
-        attrs = _annotate(item)
+    if attrs is None and annotate_missing and mask_path is not None and need_fine:
+        attrs = _annotate(image_path, mask_path, rec["class_name"])
         report.notes[split]["T3/T4 computed from the mask"] += 1
     elif attrs is not None and T.is_missing_text(rec.get("template_sentence")):
         report.notes[split]["T4 rendered from T3"] += 1
@@ -286,13 +287,14 @@ class SteelDefectX(datasets.GeneratorBasedBuilder):
         source = Path(cfg.data_dir) / SPLITS["val" if split == "test" else "train"][2]
         for it in items:
             entry = scan.entry(it)
-            levels = resolve_levels(it, entry.record, scan.classes[it.class_name], cfg.caption_level,
-                                    strict=cfg.strict, annotate_missing=cfg.annotate_missing, report=scan.report,
-                                    split=split, source=source)
+            levels = resolve_levels(entry.record, it.image_path, scan.mask_path(it, entry),
+                                    scan.classes[it.class_name], cfg.caption_level, strict=cfg.strict,
+                                    annotate_missing=cfg.annotate_missing, report=scan.report, split=split,
+                                    source=source)
             mask = scan.mask_bytes(it, entry)
             yield it.image_name, {
                 "image": {"path": it.image_name, "bytes": scan.image_bytes(it, entry)},
-                "mask": None if mask is None else {"path": it.mask_name, "bytes": mask},
+                "mask": None if mask is None else {"path": entry.mask_name, "bytes": mask},
                 "label": it.label,
                 "class_name": it.class_name,
                 "image_name": it.image_name,

@@ -195,14 +195,14 @@ def class_texts(data_dir: str | os.PathLike) -> dict[str, str]:
 # What the scan keeps (little per image: the rest waits in the spill file) and what it counts
 
 class Item(NamedTuple):
-    """One checked image: what the splits need; its record and re-encoded bytes wait in the scan's spill."""
+    """One checked image: what the splits need; its record, mask name and re-encoded bytes wait in the scan's
+    spill (``Scan.entry``), so that memory holds a few hundred bytes per image."""
 
     root: Path            # the data folder
     split: str            # "train" or "val" (official)
     image_name: str
     class_name: str
     label: int
-    mask_name: str | None
     spill_at: int
     spill_length: int
 
@@ -214,10 +214,6 @@ class Item(NamedTuple):
     @property
     def image_path(self) -> Path:
         return self.root / SPLITS[self.split][0] / self.image_name
-
-    @property
-    def mask_path(self) -> Path | None:
-        return None if self.mask_name is None else self.root / SPLITS[self.split][1] / self.mask_name
 
 
 @dataclass
@@ -342,10 +338,17 @@ def _check_record(path: Path, index: int, rec: Any, classes: dict[str, str]) -> 
 # --------------------------------------------------------------------------------------------------------
 # Checking images and masks (the reading rules are sdx.annotate.images', shared with the annotation engine)
 
+NOTE_WIDE = "images scaled to 8 bits (16-bit or float: high byte)"
+NOTE_ORIENTED = "EXIF orientation applied (re-encoded as PNG)"
+NOTE_EXTENSION = "extension differs from content"
+NOTE_BINARISED = "masks binarised (> 127)"
+NOTE_EMPTY_MASK = "masks with no pixel > 127"
+
+
 def _existing(path: Path, what: str) -> None:
     if not os.path.exists(path):
-        target = os.readlink(path) if os.path.islink(path) else "?"
-        raise DataError(path, what, f"dangling symbolic link to {target}")
+        raise DataError(path, what, f"dangling symbolic link to {os.readlink(path)}" if os.path.islink(path)
+                        else "file not found")
     if os.path.getsize(path) == 0:
         raise DataError(path, what, "zero-byte file")
 
@@ -419,13 +422,6 @@ def binarize_mask_file(path: Path, size: tuple[int, int]) -> tuple[bytes | None,
     return buf.getvalue(), notes + ((NOTE_ORIENTED,) if decoded.orientation != 1 else ())
 
 
-NOTE_WIDE = "images scaled to 8 bits (16-bit or float: high byte)"
-NOTE_ORIENTED = "EXIF orientation applied (re-encoded as PNG)"
-NOTE_EXTENSION = "extension differs from content"
-NOTE_BINARISED = "masks binarised (> 127)"
-NOTE_EMPTY_MASK = "masks with no pixel > 127"
-
-
 class Checked(NamedTuple):
     """The files of one candidate, checked: the image, and the mask's stored bytes and notes."""
 
@@ -487,10 +483,13 @@ class Scan:
     def image_bytes(self, item: Item, entry: SpillEntry) -> bytes:
         return entry.image if entry.image is not None else _read_bytes(item.image_path)
 
+    def mask_path(self, item: Item, entry: SpillEntry) -> Path | None:
+        return None if entry.mask_name is None else self.root / SPLITS[item.split][1] / entry.mask_name
+
     def mask_bytes(self, item: Item, entry: SpillEntry) -> bytes | None:
-        if item.mask_name is None:
+        if entry.mask_name is None:
             return None
-        return entry.mask if entry.mask is not None else _read_bytes(item.mask_path)
+        return entry.mask if entry.mask is not None else _read_bytes(self.mask_path(item, entry))
 
     def close(self) -> None:
         self.spill.close()
@@ -566,7 +565,7 @@ def _scan_split(scan: Scan, split: str, check: _Checker, pool: ThreadPoolExecuto
             mask_name = mask_path.name if mask_path else None
             at, length = scan.spill.put(SpillEntry(rec, mask_name, result.image.stored, result.mask))
             scan.items.append(Item(scan.root, split, image_path.name, shared[rec["class_name"]],
-                                   label_of[rec["class_name"]], mask_name, at, length))
+                                   label_of[rec["class_name"]], at, length))
     for name in sorted(images):  # what no record claimed
         check.fail(split, "image without record", DataError(
             image_root / name, "image_name", f"no record in {text_path.name}"), records=0, images=1)
@@ -632,10 +631,11 @@ def format_report(summary: dict) -> str:
     if summary.get("empty_splits_left_out"):
         lines.append(f"  empty splits left out: {', '.join(summary['empty_splits_left_out'])}")
     for split in summary.get("records_in", {}):
-        lines.append(f"  {split}: records in {summary['records_in'][split]} = rows out "
-                     f"{summary['rows_out'].get(split, 0)} + skipped {summary['records_skipped'].get(split, 0)}; "
-                     f"images in {summary['images_in'][split]} = rows out {summary['rows_out'].get(split, 0)} + "
-                     f"skipped {summary['images_skipped'].get(split, 0)}")
+        rows = summary.get("rows_out", {}).get(split, 0)
+        lines.append(f"  {split}: records in {summary['records_in'][split]} = rows out {rows} + skipped "
+                     f"{summary.get('records_skipped', {}).get(split, 0)}; images in "
+                     f"{summary.get('images_in', {}).get(split, 0)} = rows out {rows} + skipped "
+                     f"{summary.get('images_skipped', {}).get(split, 0)}")
     for title in ("skipped", "notes", "fallbacks"):
         for split, counts in summary.get(title, {}).items():
             for reason, n in counts.items():
@@ -650,10 +650,11 @@ def dataset_stats(data_dir: str | os.PathLike | None, *, with_masks: bool = True
     with scan_layout(root, on_error="skip", with_masks=with_masks, progress=True) as scan:
         table: dict = {split: {name: dict.fromkeys(columns, 0) for name in scan.classes} for split in SPLITS}
         for it in scan.items:
-            rec = scan.entry(it).record
+            entry = scan.entry(it)
+            rec = entry.record
             row = table[it.split][it.class_name]
             row["images"] += 1
-            row["masks"] += int(it.mask_name is not None)
+            row["masks"] += int(entry.mask_name is not None)
             row["lacking T2"] += int(T.is_missing_text(rec.get("natural_language_description")))
             row["lacking T3"] += int(rec.get("structured_attributes") is None)
             row["lacking T4"] += int(T.is_missing_text(rec.get("template_sentence")))
