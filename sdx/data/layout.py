@@ -212,8 +212,8 @@ class Item(NamedTuple):
         return {"image_name": self.image_name, "class_name": self.class_name}
 
     @property
-    def image_path(self) -> Path:
-        return self.root / SPLITS[self.split][0] / self.image_name
+    def image_path(self) -> str:
+        return os.path.join(self.root, SPLITS[self.split][0], self.image_name)  # str: cheaper than Path joins
 
 
 @dataclass
@@ -345,7 +345,7 @@ NOTE_BINARISED = "masks binarised (> 127)"
 NOTE_EMPTY_MASK = "masks with no pixel > 127"
 
 
-def _existing(path: Path, what: str) -> None:
+def _existing(path: str | os.PathLike, what: str) -> None:
     if not os.path.exists(path):
         raise DataError(path, what, f"dangling symbolic link to {os.readlink(path)}" if os.path.islink(path)
                         else "file not found")
@@ -368,7 +368,7 @@ def _normalised_png(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def check_image(path: Path) -> CheckedImage:
+def check_image(path: str | os.PathLike) -> CheckedImage:
     """Decode the whole file; a 16-bit image or one with an EXIF orientation is re-encoded (8-bit, as displayed,
     lossless PNG), so every reader of the built dataset sees the same pixels. Raises DataError.
 
@@ -396,7 +396,7 @@ def check_image(path: Path) -> CheckedImage:
     return CheckedImage(size, notes, stored)
 
 
-def binarize_mask_file(path: Path, size: tuple[int, int]) -> tuple[bytes | None, tuple[str, ...]]:
+def binarize_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> tuple[bytes | None, tuple[str, ...]]:
     """Read a mask file (sdx.annotate.images.decode_gray: the engine's rule per mode), check its size against its
     image's as displayed and binarise it at > 127.
 
@@ -430,7 +430,7 @@ class Checked(NamedTuple):
     mask_notes: tuple[str, ...]
 
 
-def _check_files(image_path: Path, mask_path: Path | None) -> Checked | tuple[str, DataError]:
+def _check_files(image_path: str, mask_path: str | None) -> Checked | tuple[str, DataError]:
     """Decode one image and its mask: Checked, or ("unreadable image" | "bad mask", DataError)."""
     try:
         image = check_image(image_path)
@@ -483,8 +483,8 @@ class Scan:
     def image_bytes(self, item: Item, entry: SpillEntry) -> bytes:
         return entry.image if entry.image is not None else _read_bytes(item.image_path)
 
-    def mask_path(self, item: Item, entry: SpillEntry) -> Path | None:
-        return None if entry.mask_name is None else self.root / SPLITS[item.split][1] / entry.mask_name
+    def mask_path(self, item: Item, entry: SpillEntry) -> str | None:
+        return None if entry.mask_name is None else os.path.join(self.root, SPLITS[item.split][1], entry.mask_name)
 
     def mask_bytes(self, item: Item, entry: SpillEntry) -> bytes | None:
         if entry.mask_name is None:
@@ -562,9 +562,9 @@ def _scan_split(scan: Scan, split: str, check: _Checker, pool: ThreadPoolExecuto
     shared = {name: name for name in scan.classes}  # one string object per class, not one per record
     for (rec, image_path, mask_path), result in results:
         if _count_files(split, image_path, result, check, with_masks=with_masks, has_mask=mask_path is not None):
-            mask_name = mask_path.name if mask_path else None
+            mask_name = os.path.basename(mask_path) if mask_path else None
             at, length = scan.spill.put(SpillEntry(rec, mask_name, result.image.stored, result.mask))
-            scan.items.append(Item(scan.root, split, image_path.name, shared[rec["class_name"]],
+            scan.items.append(Item(scan.root, split, rec["image_name"], shared[rec["class_name"]],
                                    label_of[rec["class_name"]], at, length))
     for name in sorted(images):  # what no record claimed
         check.fail(split, "image without record", DataError(
@@ -607,10 +607,10 @@ def _match_records(split: str, text_path: Path, image_root: Path, classes: dict[
                 mask_root / ambiguous[stem][0], "mask", f"{' and '.join(ambiguous[stem])} share the stem {stem!r} "
                                                         f"of {name}: remove all but one"))
             continue
-        yield rec, image_root / name, (mask_root / masks[stem] if stem in masks else None)
+        yield rec, os.path.join(image_root, name), (os.path.join(mask_root, masks[stem]) if stem in masks else None)
 
 
-def _count_files(split: str, image_path: Path, result, check: _Checker, *, with_masks: bool, has_mask: bool) -> bool:
+def _count_files(split: str, image_path: str, result, check: _Checker, *, with_masks: bool, has_mask: bool) -> bool:
     """Count one decoded candidate's skip or notes; True when it becomes a row."""
     report = check.report
     if not isinstance(result, Checked):
@@ -621,7 +621,8 @@ def _count_files(split: str, image_path: Path, result, check: _Checker, *, with_
     for note in result.image.notes + result.mask_notes:
         report.notes[split][note] += 1
     if NOTE_EXTENSION in result.image.notes:
-        report.message(f"{image_path}: extension {image_path.suffix} but other content: read by content")
+        report.message(f"{image_path}: extension {os.path.splitext(image_path)[1]} but other content: read by "
+                       f"content")
     report.rows_out[split] += 1
     return True
 
