@@ -338,6 +338,14 @@ def test_load_dataset_steeldefectx_works_from_the_export_folder(layout, cache, t
         plain["test"][0]["t1"]                                  # no config name: the default config (T1)
 
 
+def test_export_without_masks_round_trips(layout, cache, tmp_path):
+    out = tmp_path / "export"
+    D_export.export_dataset(out, layout, configs=["coarse"], cache_dir=cache, with_masks=False)
+    assert not list(out.glob("data/*/masks")) and "masks/*" not in (out / "README.md").read_text()
+    plain = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "plain"))   # the only config is the default
+    _assert_same_rows(D.load_steeldefectx(layout, "coarse", cache_dir=cache, with_masks=False), plain)
+
+
 @pytest.mark.slow  # exports all six configs of the 3,160-image fixture
 def test_real_fixture_export_is_at_most_1_15_times_the_images(real_subset, tmp_path):
     out = tmp_path / "steeldefectx"
