@@ -23,7 +23,7 @@ sdx/cli.py          the steeldefectx data tools, ``python -m sdx COMMAND`` and t
 ==================  ==========================================================================================
 
 Layers (a module imports only from its own layer or below): 1 data/levels, models/, metrics; 2 annotate/;
-3 data/ (layout, builder, synthetic); 4 report/, train/; 5 bench/; 6 pipeline, cli.
+3 data/ (layout, streaming, builder, export, synthetic); 4 report/, train/; 5 bench/; 6 pipeline, cli.
 """
 
 __version__ = "0.2.0"
