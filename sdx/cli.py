@@ -19,6 +19,7 @@ DATA_CLI_MODULES = ("sdx.data.builder", "sdx.data.export", "sdx.annotate.folder"
 # python -m sdx COMMAND: the tools that have their own parser, by module (each has main(argv))
 TOOLS = {"train-vit": "sdx.train.vit", "train-clip": "sdx.train.clip", "eval": "sdx.bench.cli",
          "pipeline": "sdx.pipeline"}
+TOOLS["convert-clip"] = "sdx.models.convert"   # OpenAI-layout CLIP (Long-CLIP .pt) -> transformers folder
 DATA_DESCRIPTION = """SteelDefectX data tools.
 
     steeldefectx stats    [--data_dir D]                   # D: a folder, 'synthetic' (default) or 'hub'

@@ -19,6 +19,7 @@ from sdx.data.builder import build_report, load_steeldefectx
 from sdx.data.layout import data_source
 from sdx.data.levels import LEVELS, normalize_level
 from sdx.data.layout import is_synthetic_dir
+from sdx.models.clip import TRUNCATION_WARNING_SHARE
 from sdx.report.markdown import write_report
 
 CLI_DESCRIPTION = """SteelDefectX benchmark: the paper's four tasks plus retrieval and text-guided localization, in one
@@ -90,6 +91,11 @@ class BenchmarkArguments:
     embedding_cache_dir: str | None = field(default=None, metadata={
         "help": "embedding cache of the evaluator; when unset, OUTPUT_DIR/cache"})
     batch_size: int = field(default=32, metadata={"help": "encoder batch size"})
+    max_seq_length: int | None = field(default=None, metadata={
+        "help": "token budget of every text encoded (prompts, captions); default: each model's text positions "
+                "(text_config.max_position_embeddings). Truncated texts are counted per level in the report"})
+    truncation_warning_share: float = field(default=TRUNCATION_WARNING_SHARE, metadata={
+        "help": "warn (not an error) when more than this share of a text level's texts is truncated"})
     max_eval_samples: int | None = field(default=None, metadata={
         "help": "seeded subsample of validation and test (for quick runs; flagged in the report)"})
     device: str | None = field(default=None, metadata={
@@ -104,6 +110,10 @@ class BenchmarkArguments:
             raise ValueError(f"--model_name_or_path is required for tasks other than task1 (asked: {', '.join(tasks)})")
         if "task1" in tasks and not self.vision_model_name_or_path and self.tasks.strip() != "all":
             raise ValueError("task1 needs --vision_model_name_or_path (an image-classification checkpoint)")
+        if self.max_seq_length is not None and self.max_seq_length < 3:
+            raise ValueError("--max_seq_length must be >= 3 (start token, one token, end token)")
+        if not 0.0 <= self.truncation_warning_share <= 1.0:
+            raise ValueError("--truncation_warning_share must lie in [0, 1]")
 
     @property
     def task_list(self) -> list[str]:
@@ -197,7 +207,8 @@ def run_benchmark(args: BenchmarkArguments, argv: Sequence[str] | None = None) -
         ds, clip_models=args.model_specs, vision_model=args.vision_model_name_or_path,
         cache_dir=args.embedding_cache_dir or out / "cache", batch_size=args.batch_size, shots=args.shot_list,
         seeds=args.seed_list, levels=args.level_list, external=args.external_sets, unseen_classes=args.unseen_list,
-        max_eval_samples=args.max_eval_samples, progress=not args.no_progress, device=args.device)
+        max_eval_samples=args.max_eval_samples, progress=not args.no_progress, device=args.device,
+        max_seq_length=args.max_seq_length, truncation_warning_share=args.truncation_warning_share)
     results = bench.run(args.task_list)
     results["meta"] = {"data": describe_data(args.data_dir, ds), "tasks": args.task_list, "levels": args.level_list,
                        "shots": args.shot_list, "seeds": args.seed_list, "max_eval_samples": args.max_eval_samples,

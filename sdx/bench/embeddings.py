@@ -88,15 +88,17 @@ class EmbeddingCache:
 
         return self.store("patch", enc.fingerprint).get([iset.keys[i] for i in rows], encode).astype(np.float32)
 
-    def texts(self, enc: BenchClip, texts: Sequence[str]) -> np.ndarray:
-        """Normalised text embeddings [len(texts), D], keyed by the SHA-1 of each text."""
+    def texts(self, enc: BenchClip, texts: Sequence[str], level: str = "other") -> np.ndarray:
+        """Normalised text embeddings [len(texts), D], keyed by the SHA-1 of each text (per model and token
+        budget); every text, cached or not, is counted against the budget under ``level``."""
         size = max(enc.batch_size, TEXT_BATCH)
+        enc.truncation.add(level, texts)
 
         def encode(pos: list[int]) -> np.ndarray:
             return self._loop(len(pos), size, f"encode texts [{enc.label}]",
                               lambda sl: enc.encode_texts([texts[p] for p in pos[sl]]), quiet=len(pos) <= size)
 
-        return self.store("text", enc.fingerprint).get([sha1(t) for t in texts], encode).astype(np.float32)
+        return self.store("text", enc.text_fingerprint).get([sha1(t) for t in texts], encode).astype(np.float32)
 
     def logits(self, clf: VisionClassifier, iset: ImageSet) -> np.ndarray:
         """The classifier's logits over its own labels, one row per image of ``iset``."""

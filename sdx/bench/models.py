@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdx.bench.cache import model_fingerprint
+from sdx.bench.cache import model_fingerprint, sha1
 from sdx.data.levels import normalize_level
-from sdx.models.clip import ClipEncoder, load_clip_parts
+from sdx.models.clip import (TRUNCATION_WARNING_SHARE, ClipEncoder, TruncationCounter, load_clip_parts, model_lineage,
+                             text_positions, vision_architecture)
 from sdx.train.runmeta import RUN_META_FILE, RunMetadata
 
 TEXT_BATCH = 128  # texts per text-encoder batch (at least --batch_size)
@@ -69,11 +70,16 @@ class BenchClip(ClipEncoder):
     fingerprint (the cache key)."""
 
     def __init__(self, name_or_path: str, *, label: str | None = None, level: str | None = None,
-                 batch_size: int = 32, device: str | None = None):
+                 batch_size: int = 32, device: str | None = None, max_length: int | None = None,
+                 truncation_warning_share: float = TRUNCATION_WARNING_SHARE):
         self.path = str(name_or_path)
-        super().__init__(*load_clip_parts(self.path), device=device)
+        super().__init__(*load_clip_parts(self.path), device=device, max_length=max_length)
         self.label = label or Path(self.path).name or self.path
         self.fingerprint = model_fingerprint(self.path)
+        # text embeddings depend on the token budget too (--max_seq_length)
+        self.text_fingerprint = sha1(f"{self.fingerprint}|max_length={self.max_length}")
+        self.truncation = TruncationCounter(self.tokenizer, self.max_length, text_positions(self.base),
+                                            truncation_warning_share)
         self.run = _read_run(self.path)
         run_level = self.run.caption_level if self.run else None
         self.level = _level_or_raw(level or run_level) if (level or run_level) else None
@@ -86,12 +92,22 @@ class BenchClip(ClipEncoder):
 
     def describe(self) -> dict:
         method = self.run.method if self.run else ("adapter" if self.adapter is not None else "unknown")
-        return dict(_describe(self, "clip", method), train_level=self.level)
+        return dict(_describe(self, "clip", method), train_level=self.level, **self.setting())
+
+    def setting(self) -> dict:
+        """What the paper-setting comparison needs: lineage (family, conversion, stretch), vision architecture,
+        method and the token budget."""
+        method = self.run.method if self.run else ("adapter" if self.adapter is not None else "unknown")
+        return {"lineage": model_lineage(self.base), "architecture": vision_architecture(self.base),
+                "train_method": method, "max_seq_length": self.max_length}
 
 
-def load_clip_models(specs: Sequence[ModelSpec], batch_size: int, device: str | None) -> list[BenchClip]:
-    """The CLIP checkpoints of ``specs``; names shared by several get a ``#i`` suffix (unique in the report)."""
-    encoders = [BenchClip(s.path, label=s.label, level=s.level, batch_size=batch_size, device=device)
+def load_clip_models(specs: Sequence[ModelSpec], batch_size: int, device: str | None, max_length: int | None = None,
+                     truncation_warning_share: float = TRUNCATION_WARNING_SHARE) -> list[BenchClip]:
+    """The CLIP checkpoints of ``specs`` (token budget ``max_length``, default each model's text positions); names
+    shared by several get a ``#i`` suffix (unique in the report)."""
+    encoders = [BenchClip(s.path, label=s.label, level=s.level, batch_size=batch_size, device=device,
+                          max_length=max_length, truncation_warning_share=truncation_warning_share)
                 for s in specs]
     labels = [e.label for e in encoders]
     for i, e in enumerate(encoders):

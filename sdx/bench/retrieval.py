@@ -20,7 +20,7 @@ def _one_level(bench: Benchmark, enc, img: np.ndarray, caps: list[str], level: s
         return {"available": False, "reason": f"no test caption at level {level.upper()}"}
     uniq = sorted({caps[i] for i in rows})  # the text gallery: distinct captions
     pos = {t: j for j, t in enumerate(uniq)}
-    sim = img[rows] @ bench.cache.texts(enc, uniq).T
+    sim = img[rows] @ bench.cache.texts(enc, uniq, level).T
     rel = np.zeros(sim.shape, dtype=bool)
     rel[np.arange(len(rows)), [pos[caps[i]] for i in rows]] = True
     return {"available": True, "images": len(rows), "texts": len(uniq),

@@ -3,6 +3,7 @@ task modules it runs; the protocols are specified in docs/benchmark.md."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -17,6 +18,9 @@ from sdx.bench.models import BenchClip, ModelSpec, load_clip_models, parse_model
 from sdx.bench.zeroshot import ZeroShot
 from sdx.data.builder import candidate_classes
 from sdx.data.levels import LEVELS, normalize_level
+from sdx.models.clip import TRUNCATION_WARNING_SHARE, format_truncation, truncation_warnings
+
+logger = logging.getLogger(__name__)
 
 # task name -> the function that runs it (each in its own module)
 TASK_FUNCTIONS = {"task1": vision.run, "task2": txty.run, "task3": fewshot.run, "task4": transfer.run,
@@ -32,7 +36,8 @@ class Benchmark:
                  shots: Sequence[int] = fewshot.DEFAULT_SHOTS, seeds: Sequence[int] = fewshot.DEFAULT_SEEDS,
                  levels: Sequence[str] = LEVELS, external: Sequence[tuple[str, str | None]] = (),
                  unseen_classes: Sequence[str] | None = None, max_eval_samples: int | None = None,
-                 progress: bool = True, device: str | None = None):
+                 progress: bool = True, device: str | None = None, max_seq_length: int | None = None,
+                 truncation_warning_share: float = TRUNCATION_WARNING_SHARE):
         for split in ("train", "validation", "test"):
             if split not in ds:
                 raise ValueError(f"dataset has no {split!r} split (splits: {list(ds)})")
@@ -46,6 +51,7 @@ class Benchmark:
         self.specs = [parse_model_arg(m) if isinstance(m, str) else m for m in clip_models]
         self.vision_path = vision_model
         self.max_eval_samples = max_eval_samples
+        self.max_seq_length, self.truncation_warning_share = max_seq_length, truncation_warning_share
         self.cache = EmbeddingCache(cache_dir, progress=progress)
         self.zero_shot = ZeroShot(ds, self.cache)
         self.hyperparameters: list[dict] = []  # every selection, with the split it was made on
@@ -74,7 +80,8 @@ class Benchmark:
 
     def encoders(self) -> list[BenchClip]:
         if self._encoders is None:
-            self._encoders = load_clip_models(self.specs, self.batch_size, self.device)
+            self._encoders = load_clip_models(self.specs, self.batch_size, self.device, self.max_seq_length,
+                                              self.truncation_warning_share)
         return self._encoders
 
     def test_masks(self) -> list[np.ndarray | None]:
@@ -86,6 +93,17 @@ class Benchmark:
         """Record one hyper-parameter selection (made on validation)."""
         record.setdefault("selected_on", "validation")
         self.hyperparameters.append(record)
+
+    def text_budget(self) -> dict:
+        """Per CLIP: the token budget and, per text level, the texts it truncated; printed, and warned about
+        above the warning share."""
+        out = {}
+        for enc in self._encoders or []:
+            out[enc.label] = summary = enc.truncation.summary()
+            print("\n".join(format_truncation(summary, enc.label)), flush=True)
+            for message in truncation_warnings(summary, enc.label):
+                logger.warning(message)
+        return out
 
     def run(self, tasks: Iterable[str] = TASKS) -> dict:
         tasks = list(tasks)
@@ -104,6 +122,7 @@ class Benchmark:
             results[t] = TASK_FUNCTIONS[t](self)
             self.timings[t] = time.perf_counter() - start
         results["models"] = [e.describe() for e in self._encoders] if self._encoders else []
+        results["text_budget"] = self.text_budget()
         results["hyperparameters"] = self.hyperparameters
         results["support_sets"] = self.support_sets
         results["cache"] = self.cache.counts()

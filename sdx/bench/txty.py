@@ -16,5 +16,7 @@ def run(bench: Benchmark) -> dict:
     for enc in bench.encoders():
         img = bench.cache.images(enc, test)
         results = {y: bench.zero_shot.evaluate(enc, img, test.labels, y, cands) for y in bench.levels}
-        rows.append({"model": enc.label, "train_level": enc.level or "unknown", "results": results})
-    return {"test_levels": list(bench.levels), "candidates": [bench.class_names[c] for c in cands], "rows": rows}
+        rows.append({"model": enc.label, "train_level": enc.level or "unknown", "results": results,
+                     "setting": enc.setting()})
+    return {"test_levels": list(bench.levels), "candidates": [bench.class_names[c] for c in cands], "rows": rows,
+            "n_test": len(test.labels)}

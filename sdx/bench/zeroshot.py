@@ -66,11 +66,12 @@ class ZeroShot:
 
     def _table(self, enc: BenchClip, level: str) -> tuple[dict | None, dict]:
         if level == "t0":
-            e = self.cache.texts(enc, [t0_prompt(name) for name in self.class_names])
+            e = self.cache.texts(enc, [t0_prompt(name) for name in self.class_names], level)
             return dict(enumerate(e)), {"source": "class-name template", "fallbacks": []}
         if level == "t1":
             texts, missing = self._t1_texts()
-            return dict(enumerate(self.cache.texts(enc, texts))), {"source": "class description", "fallbacks": missing}
+            return dict(enumerate(self.cache.texts(enc, texts, level))), {"source": "class description",
+                                                                           "fallbacks": missing}
         return self._caption_means(enc, level)
 
     def _caption_means(self, enc: BenchClip, level: str) -> tuple[dict | None, dict]:
@@ -83,8 +84,8 @@ class ZeroShot:
             return None, {"source": source, "unavailable": f"no training caption at level {level.upper()}"}
         uniq = sorted({caps[i] for i in have})
         pos = {t: i for i, t in enumerate(uniq)}
-        e = self.cache.texts(enc, uniq)[[pos[caps[i]] for i in have]]
-        e_t1 = self.cache.texts(enc, self._t1_texts()[0])
+        e = self.cache.texts(enc, uniq, level)[[pos[caps[i]] for i in have]]
+        e_t1 = self.cache.texts(enc, self._t1_texts()[0], "t1")
         lab = np.asarray(column(train, "label"))[have]
         n = len(self.class_names)
         sums = np.zeros((n, e.shape[1]), dtype=np.float64)

@@ -13,6 +13,10 @@ the CLIP-Adapter.
 * Features: `encode_images` / `encode_texts` return L2-normalised embeddings; they accept models whose
   get_*_features return a tensor or an output object (transformers 5: `.pooler_output`; else `.image_embeds` /
   `.text_embeds`; else the first element).
+* Token budget: `set_text_max_length` sets the tokenizer to ``--max_seq_length`` or the model's text positions
+  (raised or lowered); `TruncationCounter` counts per level the texts the budget cuts. Long texts: Long-CLIP's
+  position stretch (`stretch_text_positions`, `keep_position_rows`) and the ``sdx_lineage`` config record
+  (docs/long_captions.md).
 * LoRA: peft on q_proj / k_proj / v_proj / out_proj of the chosen towers (vision, text, both); everything else
   frozen. Saved merged (plain CLIPModel) with the LoRA weights in the `lora/` subfolder.
 * CLIP-Adapter (Gao et al.): image feature f -> alpha * MLP(f) + (1 - alpha) * f, MLP = Linear(D, D/r) - ReLU
@@ -45,6 +49,7 @@ CLIP_ADAPTER_CONFIG = "clip_adapter_config.json"
 CLIP_ADAPTER_WEIGHTS = "clip_adapter.safetensors"
 LORA_TOWERS = ("vision", "text", "both")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+DEFAULT_TEXT_LENGTH = 77          # CLIP's text positions, for a model whose config names none
 
 
 def _clip_image_processor(image_size: int):
@@ -92,11 +97,10 @@ def build_clip_from_scratch(size: str, texts: Iterable[str], vocab_size: int = 2
 
 
 def _fix_tokenizer_max_length(processor, model) -> None:
+    """The processor's tokenizer set to the model's text positions, lowered or raised (`set_text_max_length`)."""
     tok = getattr(processor, "tokenizer", None)
-    cfg = getattr(getattr(model, "config", None), "text_config", None)
-    limit = getattr(cfg, "max_position_embeddings", None)
-    if tok is not None and limit and (tok.model_max_length is None or tok.model_max_length > limit):
-        tok.model_max_length = int(limit)
+    if tok is not None:
+        set_text_max_length(tok, model)
 
 
 def load_clip(model_name_or_path: str, **kwargs):
@@ -181,12 +185,38 @@ def encode_texts(model, input_ids: torch.Tensor, attention_mask: Optional[torch.
     return torch.nn.functional.normalize(text_features(model, input_ids, attention_mask).float(), dim=-1)
 
 
+def text_positions(model) -> Optional[int]:
+    """The text tower's position count (``text_config.max_position_embeddings``), None when the model has none."""
+    cfg = getattr(getattr(model, "config", None), "text_config", None)
+    value = getattr(cfg, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def set_text_max_length(tokenizer, model, max_length: Optional[int] = None) -> int:
+    """Set the token budget of every text this tokenizer encodes for `model` (training, validation, benchmark):
+    ``max_length`` (``--max_seq_length``), or the model's text positions when None; the tokenizer's
+    ``model_max_length`` is set to it, lowered or raised (an OpenAI-style tokenizer config says 77 even beside a
+    248-position text tower). A budget above the model's positions raises. Returns the budget."""
+    positions = text_positions(model)
+    if max_length is None:
+        own = getattr(tokenizer, "model_max_length", None)
+        max_length = positions or (int(own) if own and own < 10 ** 6 else DEFAULT_TEXT_LENGTH)
+    max_length = int(max_length)
+    if max_length < 3:
+        raise ValueError(f"--max_seq_length {max_length}: a text needs at least 3 tokens (start, one, end)")
+    if positions and max_length > positions:
+        raise ValueError(f"--max_seq_length {max_length} exceeds the model's {positions} text positions "
+                         f"(text_config.max_position_embeddings); train_clip.py --stretch_positions {max_length} "
+                         "makes a longer text tower")
+    tokenizer.model_max_length = max_length
+    return max_length
+
+
 def text_max_length(model, tokenizer) -> int:
     """Tokens a text may hold: the model's text positions, or the tokenizer's limit when that is lower."""
-    cfg = getattr(getattr(model, "config", None), "text_config", None)
-    limits = [getattr(cfg, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [text_positions(model), getattr(tokenizer, "model_max_length", None)]
     limits = [int(v) for v in limits if v and v < 10 ** 6]
-    return min(limits) if limits else 77
+    return min(limits) if limits else DEFAULT_TEXT_LENGTH
 
 
 @torch.no_grad()
@@ -233,6 +263,180 @@ def zero_shot_predict(image_emb, class_emb, class_ids):
     return class_ids[(image_emb @ class_emb.T).argmax(1)]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# long texts: token budget counts, Long-CLIP position stretching, lineage (docs/long_captions.md)
+# ----------------------------------------------------------------------------------------------------------------
+TRUNCATION_WARNING_SHARE = 0.01   # a level with more than this share of its texts truncated is warned about
+KEEP_POSITIONS = 20               # Long-CLIP's k: the leading text positions kept as trained
+LONG_CLIP = "Long-CLIP"           # the family name in a config's sdx_lineage
+LINEAGE_KEY = "sdx_lineage"       # config.json attribute: where the weights came from (family, conversion, stretch)
+
+
+def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text with its start and end tokens, untruncated: what a budget has to hold."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+
+
+def truncation_stats(lengths: Sequence[int], max_length: int) -> dict[str, Any]:
+    """Texts, texts truncated at ``max_length`` tokens (count, share), tokens lost per truncated text (mean,
+    max) and the longest text, in tokens."""
+    lost = [n - max_length for n in lengths if n > max_length]
+    return {"texts": len(lengths), "truncated": len(lost),
+            "truncated_share": len(lost) / len(lengths) if lengths else 0.0,
+            "tokens_lost_mean": sum(lost) / len(lost) if lost else 0.0, "tokens_lost_max": max(lost, default=0),
+            "longest": max(lengths, default=0)}
+
+
+class TruncationCounter:
+    """Per text level, the distinct texts a run encodes and how many of them its token budget cuts."""
+
+    def __init__(self, tokenizer, max_length: int, positions: Optional[int] = None,
+                 warning_share: float = TRUNCATION_WARNING_SHARE):
+        self.tokenizer, self.max_length, self.positions = tokenizer, int(max_length), positions
+        self.warning_share = float(warning_share)
+        self.lengths: dict[str, dict[str, int]] = {}
+
+    def add(self, level: str, texts: Iterable[str]) -> None:
+        seen = self.lengths.setdefault(level, {})
+        new = [t for t in dict.fromkeys(texts) if t not in seen]
+        seen.update(zip(new, token_lengths(self.tokenizer, new)))
+
+    def summary(self) -> dict[str, Any]:
+        """{"max_length", "text_positions", "warning_share", "levels": {level: truncation_stats + "warning"}}."""
+        levels = {}
+        for level, seen in self.lengths.items():
+            stats = truncation_stats(list(seen.values()), self.max_length)
+            levels[level] = dict(stats, warning=stats["truncated_share"] > self.warning_share)
+        return {"max_length": self.max_length, "text_positions": self.positions,
+                "warning_share": self.warning_share, "levels": levels}
+
+
+def format_truncation(summary: dict[str, Any], name: str = "") -> list[str]:
+    """Printable lines of a `TruncationCounter.summary`: one per level, warned levels marked."""
+    head = (f"text budget{' of ' + name if name else ''}: {summary['max_length']} tokens (text positions "
+            f"{summary.get('text_positions') or 'unknown'})")
+    lines = [head]
+    for level, s in summary["levels"].items():
+        lines.append(f"  {level}: {s['truncated']} of {s['texts']} distinct texts truncated "
+                     f"({100 * s['truncated_share']:.1f} %), tokens lost mean {s['tokens_lost_mean']:.1f} / max "
+                     f"{s['tokens_lost_max']}, longest {s['longest']}" + ("  <-- WARNING" if s["warning"] else ""))
+    return lines
+
+
+def truncation_warnings(summary: dict[str, Any], name: str = "") -> list[str]:
+    """One message per level whose truncated share exceeds the summary's warning share."""
+    return [f"TRUNCATION{' (' + name + ')' if name else ''}: {s['truncated']} of {s['texts']} texts of {level} "
+            f"({100 * s['truncated_share']:.1f} %, above {100 * summary['warning_share']:g} %) lose up to "
+            f"{s['tokens_lost_max']} tokens at the {summary['max_length']}-token budget; raise --max_seq_length "
+            "(up to the model's text positions) or use a long-text model (--stretch_positions, docs/long_captions.md)"
+            for level, s in summary["levels"].items() if s["warning"]]
+
+
+def stretched_positions(old: torch.Tensor, n: int, keep: int = KEEP_POSITIONS) -> torch.Tensor:
+    """Long-CLIP's knowledge-preserving stretch of an (L, D) position table to (n, D) rows.
+
+    Rows below ``keep`` stay as they are. Row p >= keep is the old table read at x = keep + (p - keep) * (L - keep)
+    / (n - keep): linear interpolation between rows floor(x) and floor(x) + 1, and past row L - 1 the linear
+    extrapolation of the last two rows. For L = 77, n = 248 (4 new rows per old one) this is the reference rule
+    exactly: new[k + 4i + j] = ((4 - j) old[k + i] + j old[k + i + 1]) / 4 and new[n - 4 + j] = old[L - 1] +
+    j (old[L - 1] - old[L - 2]) / 4."""
+    rows = old.shape[0]
+    if rows <= keep + 1:
+        raise ValueError(f"a {rows}-row position table has nothing to stretch past the {keep} kept rows")
+    if n <= rows:
+        raise ValueError(f"--stretch_positions {n}: must exceed the model's {rows} text positions")
+    src = old.detach().double()
+    x = keep + (torch.arange(keep, n, dtype=torch.float64) - keep) * (rows - keep) / (n - keep)
+    i = x.floor().long().clamp(max=rows - 2)
+    w = (x - i).unsqueeze(1)
+    tail = (1 - w) * src[i] + w * src[i + 1]
+    return torch.cat([old.detach()[:keep], tail.to(old.dtype)])
+
+
+def _text_embeddings(model) -> nn.Module:
+    emb = getattr(getattr(model, "text_model", None), "embeddings", None)
+    if emb is None or not isinstance(getattr(emb, "position_embedding", None), nn.Embedding):
+        raise TypeError(f"{type(model).__name__} has no text_model.embeddings.position_embedding table: "
+                        "only transformers CLIP-style text towers can be stretched")
+    return emb
+
+
+def stretch_text_positions(model, n: int, keep: int = KEEP_POSITIONS) -> int:
+    """Stretch the text position table of a transformers CLIP to ``n`` rows in place (`stretched_positions`):
+    a new embedding, the position_ids buffer and ``text_config.max_position_embeddings`` follow, and the config's
+    sdx_lineage records the stretch. Returns the old position count."""
+    emb = _text_embeddings(model)
+    old = emb.position_embedding.weight
+    table = nn.Embedding(n, old.shape[1], device=old.device, dtype=old.dtype)
+    with torch.no_grad():
+        table.weight.copy_(stretched_positions(old, n, keep))
+    emb.position_embedding = table
+    emb.register_buffer("position_ids", torch.arange(n, device=old.device).expand((1, -1)), persistent=False)
+    before = int(old.shape[0])
+    for cfg in {id(c): c for c in (model.config.text_config, getattr(model.text_model, "config", None)) if c}.values():
+        cfg.max_position_embeddings = int(n)
+    update_lineage(model, stretched={"from": before, "to": int(n), "keep": int(keep), "rule": "Long-CLIP"})
+    return before
+
+
+class _KeepLeadingRows(nn.Module):
+    """Parametrisation: the leading rows of a table are a fixed copy, the rest stays trainable."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.register_buffer("rows", rows.detach().clone(), persistent=False)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.rows.to(weight.dtype), weight[self.rows.shape[0]:]])
+
+
+def keep_position_rows(model, keep: int = KEEP_POSITIONS) -> None:
+    """Hold the first ``keep`` text positions fixed while the rest trains, as Long-CLIP's fine-tuning does.
+
+    A parametrisation (torch.nn.utils.parametrize) rather than a gradient mask: the rows stay exact under any
+    optimizer, weight decay included. `release_position_rows` removes it before saving."""
+    from torch.nn.utils import parametrize
+
+    table = _text_embeddings(model).position_embedding
+    parametrize.register_parametrization(table, "weight", _KeepLeadingRows(table.weight[:keep]))
+
+
+def release_position_rows(model) -> None:
+    """Remove `keep_position_rows`' parametrisation (the table keeps its values); no-op when there is none."""
+    from torch.nn.utils import parametrize
+
+    table = _text_embeddings(model).position_embedding
+    if parametrize.is_parametrized(table, "weight"):
+        parametrize.remove_parametrizations(table, "weight", leave_parametrized=True)
+
+
+def model_lineage(model) -> dict[str, Any]:
+    """Where a CLIP's weights came from, as its config records it (``sdx_lineage``: family, conversion,
+    stretch); {} when the config records nothing."""
+    value = getattr(getattr(model, "config", None), LINEAGE_KEY, None)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def update_lineage(model, **entries: Any) -> None:
+    """Add entries to the config's ``sdx_lineage`` (saved in config.json with the weights)."""
+    setattr(model.config, LINEAGE_KEY, {**model_lineage(model), **entries})
+
+
+VIT_SIZES = {(768, 12): "B", (1024, 24): "L", (1280, 32): "H", (1664, 48): "bigG"}
+
+
+def vision_architecture(model) -> str:
+    """"ViT-L/14"-style name of a CLIP's vision tower from its config (width, layers, patch)."""
+    cfg = getattr(getattr(model, "config", None), "vision_config", None)
+    if cfg is None:
+        return "unknown"
+    width, layers, patch = (getattr(cfg, k, None) for k in ("hidden_size", "num_hidden_layers", "patch_size"))
+    size = VIT_SIZES.get((width, layers))
+    return f"ViT-{size}/{patch}" if size else f"ViT {width}x{layers}/{patch}"
+
+
 class ClipEncoder:
     """A loaded CLIP-family model with its image processor and tokenizer, encoding PIL images and strings to
     normalised numpy embeddings with the functions above (the evaluator's and the tools' view of a CLIP)."""
@@ -242,7 +446,7 @@ class ClipEncoder:
         self.model = model.to(self.device).eval()
         self.image_processor, self.tokenizer = image_processor, tokenizer
         self.base = getattr(model, "clip", model)
-        self.max_length = int(max_length or text_max_length(self.base, tokenizer))
+        self.max_length = set_text_max_length(tokenizer, self.base, max_length)
         self.can_localize = hasattr(self.base, "visual_projection") and hasattr(self.base, "vision_model")
 
     @classmethod

@@ -150,7 +150,70 @@ def _task2_lines(t2: dict, warn: list[str]) -> list[str]:
     for m, x, y, a, b in PAPER["task2"]:
         cells = [f"{a:.2f} / {b:.2f}" if lv == y else "" for lv in levels]
         L.append(f"| paper: {m} ({x.upper()}) | " + " | ".join(cells) + " |")
-    return L + [""] + [f"- {n}" for n in dict.fromkeys(notes)] + ["", "![Tx-Ty Acc](txty_heatmap_acc.png)", ""]
+    return (L + [""] + [f"- {n}" for n in dict.fromkeys(notes)] + ["", "![Tx-Ty Acc](txty_heatmap_acc.png)", ""]
+            + _long_clip_lines(t2, bool(warn)))
+
+
+PAPER_TEST_IMAGES = 2324  # the release's official val split, on which the paper reports (reference section 1)
+PAPER_SETTING = {"family": "Long-CLIP", "architecture": "ViT-L/14", "method": "adapter"}
+
+
+def _setting_differences(row: dict, n_test: int | None, synthetic: bool) -> list[str]:
+    """How a Long-CLIP-derived row's setting differs from the paper's Long-CLIP rows."""
+    s = row.get("setting") or {}
+    out = []
+    if s.get("architecture") != PAPER_SETTING["architecture"]:
+        out.append(f"architecture {s.get('architecture')}, the paper's is {PAPER_SETTING['architecture']}")
+    if s.get("train_method") != PAPER_SETTING["method"]:
+        out.append(f"method {s.get('train_method')}, the paper's is the CLIP-Adapter")
+    if synthetic:
+        out.append("synthetic data")
+    if n_test is not None and n_test != PAPER_TEST_IMAGES:
+        out.append(f"{n_test} test images, the paper's val split has {PAPER_TEST_IMAGES:,}")
+    return out
+
+
+def _long_clip_lines(t2: dict, synthetic: bool) -> list[str]:
+    """Ours beside the paper's Long-CLIP Tx-T0 rows, for models whose config records a Long-CLIP lineage only."""
+    paper = {x: (a, b) for m, x, y, a, b in PAPER["task2"] if m.startswith(PAPER_SETTING["family"]) and y == "t0"}
+    rows = [r for r in t2["rows"] if ((r.get("setting") or {}).get("lineage") or {}).get("family")
+            == PAPER_SETTING["family"]]
+    L = ["### Long-CLIP rows: ours beside the paper's", ""]
+    if not rows:
+        return L + [("No model here descends from a Long-CLIP checkpoint (config.json `sdx_lineage.family`), so none "
+                     "is in the paper's Long-CLIP setting: its Long-CLIP rows above are a reference point only."), ""]
+    L += [(f"The paper: Long-CLIP ViT-L/14 + CLIP-Adapter, trained with T2 or T3, T0 class prompts, the full "
+           f"release's val split ({PAPER_TEST_IMAGES:,} images)."), "",
+          "| ours (train level) | Tx-T0 ours Acc / mAcc | paper Tx-T0 Acc / mAcc | differs from the paper's setting |",
+          "|---|---|---|---|"]
+    for r in rows:
+        level, cell = r["train_level"], r["results"].get("t0") or {}
+        ours = f"{_f(cell['acc'])} / {_f(cell['macc'])}" if cell.get("available") else "n/a (T0 not evaluated)"
+        ref = (f"{paper[level][0]:.2f} / {paper[level][1]:.2f}" if level in paper
+               else f"none (the paper reports {', '.join(x.upper() + '-T0' for x in paper)})")
+        diff = "; ".join(_setting_differences(r, t2.get("n_test"), synthetic)) or "none known"
+        L.append(f"| {r['model']} ({level.upper()}) | {ours} | {ref} | {diff} |")
+    return L + [""]
+
+
+def _text_budget_lines(budgets: dict | None) -> list[str]:
+    """Per model and text level: the token budget and the texts it truncated (sdx.models.clip.TruncationCounter)."""
+    if not budgets:
+        return []
+    L = ["## Text length (token budget)", "",
+         ("Every text is cut at the model's token budget (`--max_seq_length`, default the model's text positions); "
+          "per level, the distinct texts encoded and how many lost tokens:"), "",
+         "| model | budget / positions | level | texts | truncated | share | tokens lost mean / max | longest |",
+         "|---|---|---|---|---|---|---|---|"]
+    for model, b in budgets.items():
+        for level, s in b.get("levels", {}).items():
+            share = f"{100 * s['truncated_share']:.1f} %"
+            if s.get("warning"):
+                share = f"**{share} (above {100 * b['warning_share']:g} %)**"
+            L.append(f"| {model} | {b['max_length']} / {b.get('text_positions') or '?'} | {level} | {s['texts']} | "
+                     f"{s['truncated']} | {share} | {s['tokens_lost_mean']:.1f} / {s['tokens_lost_max']} | "
+                     f"{s['longest']} |")
+    return L + [""]
 
 
 def _zero_shot_lines(model: str, zs: dict) -> list[str]:
@@ -286,6 +349,7 @@ def render_markdown(results: dict) -> str:
     synthetic = data_is_synthetic(meta.get("data", {}))
     warn = ["> Synthetic data: not SteelDefectX; paper numbers shown only as the target scale.", ""] if synthetic else []
     lines = _header_lines(meta, synthetic) + _data_lines(meta) + _model_lines(results)
+    lines += _text_budget_lines(results.get("text_budget"))
     for key, section in TASK_SECTIONS:
         if results.get(key):
             lines += section(results[key], warn)

@@ -16,22 +16,35 @@ from sdx.data import levels as T
 from sdx.data.layout import is_synthetic_dir
 from sdx.metrics import accuracy, mean_class_accuracy
 from sdx.models.clip import (
+    KEEP_POSITIONS,
+    TRUNCATION_WARNING_SHARE,
     ClipAdapter,
     ClipWithAdapter,
+    TruncationCounter,
     apply_clip_lora,
     build_clip_from_scratch,
     clip_embed_dim,
     encode_images,
     encode_text_list,
+    format_truncation,
     get_logit_scale,
     image_features,
+    keep_position_rows,
     load_clip,
+    model_lineage,
+    release_position_rows,
+    set_text_max_length,
+    stretch_text_positions,
     text_features,
+    text_positions,
+    truncation_warnings,
+    update_lineage,
     zero_shot_predict,
 )
 from sdx.train.args import DataArguments, JobArguments, TrainingArguments, arg_help, parse_job_args, with_defaults
 from sdx.train.job import Job, run_job
-from sdx.train.losses import class_text_loss, contrastive_loss
+from sdx.train.outputs import text_budget_section
+from sdx.train.losses import LONG_CLIP_PCA_DIM, class_text_loss, contrastive_loss, long_clip_loss
 from sdx.train.pixels import PixelBudget
 
 logger = logging.getLogger(__name__)
@@ -100,8 +113,27 @@ class ClipModelArguments:
     lora_dropout: float = field(default=0.0, metadata=arg_help("LoRA dropout"))
     adapter_alpha: float = field(default=0.2, metadata=arg_help("CLIP-Adapter residual ratio"))
     adapter_reduction: int = field(default=4, metadata=arg_help("CLIP-Adapter bottleneck reduction"))
-    loss: Literal["class_aware", "infonce"] = field(default="class_aware", metadata=arg_help(
-        "contrastive loss: class_aware (same-class pairs are positives) or symmetric InfoNCE"))
+    loss: Literal["class_aware", "infonce", "long_clip"] = field(default="class_aware", metadata=arg_help(
+        "contrastive loss: class_aware (same-class pairs are positives), symmetric InfoNCE, or long_clip "
+        "(Long-CLIP's objective: the caption against the image feature plus a short caption, "
+        "--long_clip_short_level, against the image feature's top principal components; class-aware targets)"))
+    long_clip_short_level: Literal["t0", "t1"] = field(default="t0", metadata=arg_help(
+        "--loss long_clip: the short caption (t0 class-name template, as the test prompts; t1 class description)"))
+    long_clip_pca_dim: int = field(default=LONG_CLIP_PCA_DIM, metadata=arg_help(
+        "--loss long_clip: principal components of the batch's image features kept for the short caption"))
+    max_seq_length: Optional[int] = field(default=None, metadata=arg_help(
+        "token budget of every text (training captions, validation prompts); default: the model's text positions "
+        "(text_config.max_position_embeddings). Truncation is counted per level and reported"))
+    stretch_positions: Optional[int] = field(default=None, metadata=arg_help(
+        "stretch the text position table to N positions before training (Long-CLIP's knowledge-preserving rule: "
+        f"the first {KEEP_POSITIONS} kept and held fixed while training, the rest interpolated; e.g. 248 for a "
+        "77-position CLIP); the model is saved as a plain N-position CLIP"))
+    truncation_warning_share: float = field(default=TRUNCATION_WARNING_SHARE, metadata=arg_help(
+        "warn (loudly, not an error) when more than this share of a text level's captions is truncated"))
+    model_family: Optional[str] = field(default=None, metadata=arg_help(
+        "declare the family of --model_name_or_path's weights (e.g. Long-CLIP for a transformers-format Long-CLIP "
+        "checkpoint); recorded in the saved config's sdx_lineage (convert-clip records it by itself). The report "
+        "puts the paper's Long-CLIP rows beside Long-CLIP-derived runs only"))
     metric_for_best_model: Literal["t0_accuracy", "t0_macc", "t1_accuracy", "t1_macc"] = field(
         default="t0_accuracy", metadata=arg_help("validation metric that picks the best epoch"))
 
@@ -115,6 +147,14 @@ class ClipModelArguments:
                 raise ValueError(f"--{name} must be >= 1")
         if not 0.0 <= self.adapter_alpha <= 1.0:
             raise ValueError("--adapter_alpha must lie in [0, 1]")
+        if self.long_clip_pca_dim < 1:
+            raise ValueError("--long_clip_pca_dim must be >= 1")
+        if self.max_seq_length is not None and self.max_seq_length < 3:
+            raise ValueError("--max_seq_length must be >= 3 (start token, one token, end token)")
+        if self.stretch_positions is not None and self.stretch_positions <= KEEP_POSITIONS + 1:
+            raise ValueError(f"--stretch_positions must exceed {KEEP_POSITIONS + 1}")
+        if not 0.0 <= self.truncation_warning_share <= 1.0:
+            raise ValueError("--truncation_warning_share must lie in [0, 1]")
 
 
 ClipTrainingArguments = with_defaults(TrainingArguments, "ClipTrainingArguments", learning_rate=1e-4)
@@ -124,6 +164,9 @@ def parse_clip_args(argv: Optional[Sequence[str]] = None) -> JobArguments:
     """train_clip.py's arguments: defaults < --recipe < --config < command line (sdx.train.args)."""
     data, model, training = parse_job_args((ClipDataArguments, ClipModelArguments, ClipTrainingArguments), argv,
                                            prog="train_clip.py", description=DESCRIPTION, recipes=RECIPES)
+    if model.loss == "long_clip" and data.caption_level in ("t0", "t1"):
+        raise SystemExit(f"train_clip.py: error: --loss long_clip pairs a long caption with a short one: use "
+                         f"--caption_level t2, t3, t4 or mixed (got {data.caption_level})")
     return JobArguments(data=data, model=model, training=training)
 
 
@@ -134,6 +177,15 @@ def level_texts(row: Mapping[str, Any]) -> dict[str, str]:
     """T0..T4 of one dataset row with the dataset's fallback chain applied (T3 rendered as text)."""
     texts = T.row_level_texts(row)
     return {level: T.resolve_caption(texts, level)[0] for level in T.LEVELS}
+
+
+TEXT_COLUMNS = ("class_name", "t0", "t1", "t2", "t3", "t4")
+
+
+def split_level_texts(hf_split, level: str) -> list[str]:
+    """Each row's text at `level` (t0..t4) with the dataset's fallback chain (`level_texts`)."""
+    cols = [c for c in TEXT_COLUMNS if c in hf_split.column_names]
+    return [level_texts(r)[level] for r in hf_split.select_columns(cols)]
 
 
 def class_prompts(ds) -> tuple[list[int], list[str], list[str]]:
@@ -171,14 +223,17 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
 
 class CaptionDataset(torch.utils.data.Dataset):
-    """(image, caption, label) rows; with level 'mixed' the caption level is drawn per example per epoch."""
+    """(image, caption, label) rows; with level 'mixed' the caption level is drawn per example per epoch. With a
+    ``short_level`` (--loss long_clip) each row also carries its text at that level as ``short_caption``."""
 
-    def __init__(self, hf_split, caption_level: str, seed: int, pixels: Optional[torch.Tensor] = None):
+    def __init__(self, hf_split, caption_level: str, seed: int, pixels: Optional[torch.Tensor] = None,
+                 short_level: Optional[str] = None):
         self.ds = hf_split.select_columns(["image"])       # rows decode the image only (no mask)
         self.pixels = pixels                                # pre-processed pixel values (see pixel_cache)
         self.level, self.seed, self.epoch = caption_level, int(seed), 0
+        self.short = split_level_texts(hf_split, short_level) if short_level else None
         if caption_level == "mixed":
-            cols = [c for c in ("class_name", "t0", "t1", "t2", "t3", "t4") if c in hf_split.column_names]
+            cols = [c for c in TEXT_COLUMNS if c in hf_split.column_names]
             texts = [level_texts(r) for r in hf_split.select_columns(cols)]
             self.texts = [[t[lv] for lv in T.LEVELS] for t in texts]
             self._levels = self._draw(0)
@@ -206,6 +261,8 @@ class CaptionDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = _image_item(self.ds, self.pixels, int(i))
         row.update(caption=self.caption(int(i)), label=self.labels[int(i)])
+        if self.short is not None:
+            row["short_caption"] = self.short[int(i)]
         return row
 
 
@@ -228,7 +285,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
 class ClipCollator:
     """PIL images -> pixel_values (RGB, the processor's resize/crop/normalise) unless the rows carry cached
-    pixel values; captions -> input_ids/mask (padding, truncation)."""
+    pixel values; captions -> input_ids/mask (padding, truncation at the tokenizer's budget), short captions
+    (--loss long_clip) -> short_input_ids/short_attention_mask."""
 
     def __init__(self, processor, with_text: bool = True):
         self.image_processor = processor.image_processor
@@ -245,6 +303,10 @@ class ClipCollator:
         if self.with_text:
             enc = self.tokenizer([r["caption"] for r in rows], padding=True, truncation=True, return_tensors="pt")
             batch["input_ids"], batch["attention_mask"] = enc["input_ids"], enc["attention_mask"]
+            if "short_caption" in rows[0]:
+                enc = self.tokenizer([r["short_caption"] for r in rows], padding=True, truncation=True,
+                                     return_tensors="pt")
+                batch["short_input_ids"], batch["short_attention_mask"] = enc["input_ids"], enc["attention_mask"]
         return batch
 
 
@@ -257,27 +319,34 @@ class ClipTrainModule(nn.Module):
     For the adapter with class-level captions, ``class_input_ids`` / ``class_attention_mask`` (C rows, one per
     class id) are kept as buffers and embedded with the frozen text tower."""
 
-    def __init__(self, clip: nn.Module, method: str, loss: str, class_text_inputs: Optional[dict] = None):
+    def __init__(self, clip: nn.Module, method: str, loss: str, class_text_inputs: Optional[dict] = None,
+                 pca_dim: int = LONG_CLIP_PCA_DIM):
         super().__init__()
-        self.clip, self.method, self.loss_kind = clip, method, loss
+        self.clip, self.method, self.loss_kind, self.pca_dim = clip, method, loss, int(pca_dim)
         self.class_text_loss = class_text_inputs is not None
         if self.class_text_loss:
             self.register_buffer("class_input_ids", class_text_inputs["input_ids"], persistent=False)
             self.register_buffer("class_attention_mask", class_text_inputs["attention_mask"], persistent=False)
 
-    def forward(self, pixel_values, labels, input_ids=None, attention_mask=None) -> torch.Tensor:
+    def forward(self, pixel_values, labels, input_ids=None, attention_mask=None, short_input_ids=None,
+                short_attention_mask=None) -> torch.Tensor:
         img = image_features(self.clip, pixel_values)
         logit_scale = get_logit_scale(self.clip)
         if self.class_text_loss:
             with torch.no_grad():
                 cls = text_features(self.clip, self.class_input_ids, self.class_attention_mask)
             return class_text_loss(img, cls, labels, logit_scale)
-        if self.method == "adapter":
-            with torch.no_grad():
-                txt = text_features(self.clip, input_ids, attention_mask)
-        else:
-            txt = text_features(self.clip, input_ids, attention_mask)
+        txt = self._text(input_ids, attention_mask)
+        if self.loss_kind == "long_clip":
+            short = self._text(short_input_ids, short_attention_mask)
+            return long_clip_loss(img, txt, short, logit_scale, labels=labels, pca_dim=self.pca_dim)
         return contrastive_loss(img, txt, logit_scale, labels=labels, kind=self.loss_kind)
+
+    def _text(self, input_ids, attention_mask) -> torch.Tensor:
+        if self.method == "adapter":                     # the adapter's CLIP is frozen
+            with torch.no_grad():
+                return text_features(self.clip, input_ids, attention_mask)
+        return text_features(self.clip, input_ids, attention_mask)
 
 
 def _freeze(module: Optional[nn.Module]) -> None:
@@ -287,19 +356,49 @@ def _freeze(module: Optional[nn.Module]) -> None:
 
 
 def build_clip(m: ClipModelArguments, seed: int, train_split, all_ds) -> tuple[nn.Module, Any, str]:
-    """(clip model, processor, origin): loaded or from scratch, before method wrapping."""
+    """(clip model, processor, origin): loaded or from scratch, its family recorded (--model_family) and its
+    text positions stretched (--stretch_positions), before method wrapping."""
     if m.model_name_or_path:
         model, processor = load_clip(m.model_name_or_path)
-        return model, processor, f"pretrained:{m.model_name_or_path}"
-    texts: list[str] = []
-    cols = [c for c in ("class_name", "t0", "t1", "t2", "t3", "t4") if c in train_split.column_names]
-    for row in train_split.select_columns(cols):
-        texts.extend(level_texts(row).values())
-    _, t0s, t1s = class_prompts(all_ds)
-    texts += t0s + t1s
-    model, processor = build_clip_from_scratch(m.model_size, texts, vocab_size=m.tokenizer_vocab_size,
-                                               image_size=m.image_size, seed=seed)
-    return model, processor, "random-init"
+        origin = f"pretrained:{m.model_name_or_path}"
+    else:
+        texts: list[str] = []
+        cols = [c for c in TEXT_COLUMNS if c in train_split.column_names]
+        for row in train_split.select_columns(cols):
+            texts.extend(level_texts(row).values())
+        _, t0s, t1s = class_prompts(all_ds)
+        texts += t0s + t1s
+        model, processor = build_clip_from_scratch(m.model_size, texts, vocab_size=m.tokenizer_vocab_size,
+                                                   image_size=m.image_size, seed=seed)
+        origin = "random-init"
+    if m.model_family:
+        update_lineage(model, family=m.model_family)
+    if m.stretch_positions:
+        stretch_text_positions(getattr(model, "clip", model), m.stretch_positions)
+    return model, processor, origin
+
+
+def hold_leading_positions(clip: nn.Module) -> bool:
+    """After --stretch_positions: keep the first KEEP_POSITIONS rows fixed (`keep_position_rows`) when the text
+    position table trains at all (method full without a frozen text tower). Returns whether it does."""
+    table = clip.text_model.embeddings.position_embedding
+    if not table.weight.requires_grad:
+        return False
+    keep_position_rows(clip)
+    return True
+
+
+def count_training_texts(counter: TruncationCounter, split, level: str, prompts: Mapping[str, Sequence[str]],
+                         short_level: Optional[str]) -> TruncationCounter:
+    """Count against the token budget every text the run encodes: the training captions of each level, the
+    validation class prompts and (--loss long_clip) the short captions."""
+    for lv in (T.LEVELS if level == "mixed" else (level,)):
+        counter.add(f"{lv} captions (train)", split_level_texts(split, lv) if level == "mixed" else split["caption"])
+    for name, texts in prompts.items():
+        counter.add(f"{name} prompts (validation)", texts)
+    if short_level:
+        counter.add(f"{short_level} short captions (long_clip)", split_level_texts(split, short_level))
+    return counter
 
 
 def wrap_method(m: ClipModelArguments, level: str, clip: nn.Module, processor, names: Sequence[str],
@@ -313,11 +412,11 @@ def wrap_method(m: ClipModelArguments, level: str, clip: nn.Module, processor, n
         if m.freeze_text_model:
             _freeze(getattr(clip, "text_model", None))
             _freeze(getattr(clip, "text_projection", None))
-        return ClipTrainModule(clip, "full", m.loss)
+        return ClipTrainModule(clip, "full", m.loss, pca_dim=m.long_clip_pca_dim)
     if m.method == "lora":
         peft_model = apply_clip_lora(clip, towers=m.lora_towers, r=m.lora_r, alpha=m.lora_alpha,
                                      dropout=m.lora_dropout)
-        return ClipTrainModule(peft_model, "lora", m.loss)
+        return ClipTrainModule(peft_model, "lora", m.loss, pca_dim=m.long_clip_pca_dim)
     adapter = ClipAdapter(clip_embed_dim(clip), reduction=m.adapter_reduction, alpha=m.adapter_alpha)
     model = ClipWithAdapter(clip, adapter)
     class_inputs = None
@@ -327,7 +426,7 @@ def wrap_method(m: ClipModelArguments, level: str, clip: nn.Module, processor, n
                  for i, n in enumerate(names)]
         enc = processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         class_inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    return ClipTrainModule(model, "adapter", m.loss, class_text_inputs=class_inputs)
+    return ClipTrainModule(model, "adapter", m.loss, class_text_inputs=class_inputs, pca_dim=m.long_clip_pca_dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -400,13 +499,36 @@ class ClipJob(Job):
         self.prompts = {"t0": t0_prompts, "t1": t1_prompts}
         self.names = class_names(ds)
         clip, self.processor, self.origin = build_clip(m, seed, splits["train"], ds)
-        return wrap_method(m, self.args.data.caption_level, clip, self.processor, self.names,
-                           dict(zip(self.class_ids, t1_prompts)))
+        self.lineage = model_lineage(clip)
+        self.max_seq_length = set_text_max_length(self.processor.tokenizer, clip, m.max_seq_length)
+        self.text_budget = self.report_text_budget(clip, splits["train"])
+        module = wrap_method(m, self.args.data.caption_level, clip, self.processor, self.names,
+                             dict(zip(self.class_ids, t1_prompts)))
+        self.held_positions = bool(m.stretch_positions) and hold_leading_positions(getattr(clip, "clip", clip))
+        return module
+
+    @property
+    def short_level(self) -> Optional[str]:
+        return self.args.model.long_clip_short_level if self.args.model.loss == "long_clip" else None
+
+    def report_text_budget(self, clip, train_split) -> dict[str, Any]:
+        """Count, print and (above --truncation_warning_share) warn about truncated texts; returns the summary."""
+        from accelerate import PartialState  # the process state make_accelerator set up
+
+        counter = TruncationCounter(self.processor.tokenizer, self.max_seq_length, text_positions(clip),
+                                    self.args.model.truncation_warning_share)
+        count_training_texts(counter, train_split, self.args.data.caption_level, self.prompts, self.short_level)
+        summary = counter.summary()
+        if PartialState().is_main_process:
+            print("\n".join(format_truncation(summary)), flush=True)
+            for message in truncation_warnings(summary):
+                logger.warning(message)
+        return summary
 
     def train_loader(self, split):
         d, t = self.args.data, self.args.training
         pixels = self.pixels.cache(split, self.processor.image_processor, "train images")
-        train_set = CaptionDataset(split, d.caption_level, t.seed, pixels)
+        train_set = CaptionDataset(split, d.caption_level, t.seed, pixels, short_level=self.short_level)
         return torch.utils.data.DataLoader(
             train_set, batch_size=t.per_device_train_batch_size, sampler=EpochShuffleSampler(train_set, t.seed),
             collate_fn=ClipCollator(self.processor), num_workers=t.dataloader_num_workers, drop_last=False)
@@ -436,10 +558,14 @@ class ClipJob(Job):
         history = summary.pop("history")
         return {**{k if k.startswith("train") else f"train_{k}": v for k, v in summary.items()},
                 "history": history, "caption_level": self.args.data.caption_level, "loss": self.args.model.loss,
-                "candidate_classes": [self.names[i] for i in self.class_ids]}
+                "candidate_classes": [self.names[i] for i in self.class_ids], "text_budget": self.text_budget,
+                "lineage": self.lineage}
 
     def save(self, model, out, results):
         clip = model.clip
+        if self.held_positions:
+            release_position_rows(clip)                        # a plain position table for every reader
+        self.processor.tokenizer.model_max_length = text_positions(clip)   # readers get every position
         if self.method == "lora":
             clip.save_pretrained(str(out / "lora"))          # the LoRA weights alone (peft format)
             clip = clip.merge_and_unload()                     # a plain CLIPModel for every reader
@@ -450,7 +576,9 @@ class ClipJob(Job):
     def metadata_fields(self):
         m = self.args.model
         return {"caption_level": self.args.data.caption_level, "loss": m.loss,
-                "details": {"lora_towers": m.lora_towers if m.method == "lora" else None, "frozen": self.frozen}}
+                "details": {"lora_towers": m.lora_towers if m.method == "lora" else None, "frozen": self.frozen,
+                            "max_seq_length": self.max_seq_length, "lineage": self.lineage,
+                            "held_positions": KEEP_POSITIONS if self.held_positions else 0}}
 
     @property
     def frozen(self) -> list[str]:
@@ -458,7 +586,9 @@ class ClipJob(Job):
         return [t for t, f in (("vision", m.freeze_vision_model), ("text", m.freeze_text_model)) if f]
 
     def model_card(self, results):
-        return clip_model_card(self.args, results, self.frozen)
+        card = clip_model_card(self.args, results, self.frozen)
+        card["extra_sections"]["Text length"] = text_budget_section(self.text_budget, self.lineage)
+        return card
 
 
 def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequence[str]) -> dict[str, Any]:
@@ -494,7 +624,7 @@ def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequ
 
 CARD_HYPERPARAMETERS = ("method", "caption_level", "loss", "recipe", "learning_rate", "optimizer", "num_train_epochs",
                         "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
-                        "eval_strategy", "seed")
+                        "eval_strategy", "seed", "max_seq_length", "stretch_positions")
 
 
 def run_clip_training(args: JobArguments, step_callback: Optional[Callable[[int], None]] = None) -> dict[str, Any]:

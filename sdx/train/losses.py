@@ -103,17 +103,18 @@ def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float,
                      labels: Optional[torch.Tensor] = None, kind: str = "class_aware", gather: bool = True,
-                     max_logit_scale: float = MAX_LOGIT_SCALE) -> torch.Tensor:
+                     max_logit_scale: float = MAX_LOGIT_SCALE, normalize_images: bool = True) -> torch.Tensor:
     """Symmetric (class-aware) InfoNCE over the global batch.
 
     image_embeds, text_embeds: (B, D), pair i = (image i, its caption i). labels: (B,) class ids; needed for
-    ``kind="class_aware"`` (without them the loss is plain InfoNCE). Returns the scalar global loss."""
+    ``kind="class_aware"`` (without them the loss is plain InfoNCE). ``normalize_images=False`` takes the image
+    side as given (Long-CLIP's reconstructed features). Returns the scalar global loss."""
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown loss kind {kind!r}: use one of {', '.join(LOSS_KINDS)}")
     if image_embeds.shape != text_embeds.shape or image_embeds.dim() != 2:
         raise ValueError(f"image_embeds {tuple(image_embeds.shape)} and text_embeds {tuple(text_embeds.shape)} "
                          "must both be (batch, dim)")
-    img = F.normalize(image_embeds.float(), dim=-1)
+    img = F.normalize(image_embeds.float(), dim=-1) if normalize_images else image_embeds.float()
     txt = F.normalize(text_embeds.float(), dim=-1)
     if gather:
         img, txt = gather_with_grad(img), gather_with_grad(txt)
@@ -153,3 +154,43 @@ def class_text_loss(image_embeds: torch.Tensor, class_text_embeds: torch.Tensor,
     t2i_logits = logits.t()[present]                              # (P, B): each present class over the images
     t2i = _soft_cross_entropy(t2i_logits, same_label_targets(present, labels))
     return 0.5 * (i2t + t2i)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Long-CLIP
+# ----------------------------------------------------------------------------------------------------------
+LONG_CLIP_PCA_DIM = 32
+
+
+def principal_reconstruction(features: torch.Tensor, dim: int = LONG_CLIP_PCA_DIM) -> torch.Tensor:
+    """Long-CLIP's short-text image feature: centre the (B, D) batch, keep its top ``dim`` principal components
+    (SVD), project back and add the mean (their training code's PCA, with its gradient through the SVD).
+
+    When ``dim`` covers every component (a centred batch has rank at most min(B - 1, D)) the reconstruction is the
+    input itself; it is returned as is: the same value and gradient, without an SVD whose gradient is unstable
+    for a rank-deficient batch."""
+    x = features.float()
+    if dim >= min(x.shape[0] - 1, x.shape[1]):
+        return x
+    mean = x.mean(dim=0, keepdim=True)
+    centred = x - mean
+    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
+    components = vt[:dim].t()
+    return centred @ components @ components.t() + mean
+
+
+def long_clip_loss(image_embeds: torch.Tensor, long_text_embeds: torch.Tensor, short_text_embeds: torch.Tensor,
+                   logit_scale: torch.Tensor | float, labels: Optional[torch.Tensor] = None,
+                   kind: str = "class_aware", pca_dim: int = LONG_CLIP_PCA_DIM, gather: bool = True,
+                   max_logit_scale: float = MAX_LOGIT_SCALE) -> torch.Tensor:
+    """Long-CLIP's objective: the long caption against the full (normalised) image feature, plus the short
+    caption against `principal_reconstruction` of the normalised image features of this process's batch (not
+    re-normalised, as in their code); the two contrastive losses add. Each term is `contrastive_loss` over the
+    global batch (``kind`` as there)."""
+    img = F.normalize(image_embeds.float(), dim=-1)
+    long_term = contrastive_loss(img, long_text_embeds, logit_scale, labels=labels, kind=kind, gather=gather,
+                                 max_logit_scale=max_logit_scale)
+    short_term = contrastive_loss(principal_reconstruction(img, pca_dim), short_text_embeds, logit_scale,
+                                  labels=labels, kind=kind, gather=gather, max_logit_scale=max_logit_scale,
+                                  normalize_images=False)
+    return long_term + short_term

@@ -125,3 +125,30 @@ def push_output_dir(output_dir: str | os.PathLike, repo_id: str | None = None, *
     api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(output_dir),
                              commit_message=commit_message, ignore_patterns=list(ignore_patterns))
+
+
+def text_budget_section(summary: Mapping[str, Any], lineage: Mapping[str, Any] | None = None) -> str:
+    """The model card's "Text length" section: the token budget, where the text positions came from, and per text
+    level the captions the budget truncated (a `sdx.models.clip.TruncationCounter` summary)."""
+    lines = [f"Token budget: **{summary['max_length']}** tokens per text; the model has "
+             f"{summary.get('text_positions') or 'an unknown number of'} text positions."]
+    lineage = dict(lineage or {})
+    if lineage.get("stretched"):
+        st = lineage["stretched"]
+        lines.append(f"Text positions stretched from {st['from']} to {st['to']} by Long-CLIP's rule (the first "
+                     f"{st['keep']} kept as trained and held fixed while training, the rest interpolated).")
+    if lineage.get("family"):
+        lines.append(f"Model family: {lineage['family']}"
+                     + (f" (converted from `{lineage['converted_from']}`)" if lineage.get("converted_from") else "")
+                     + ".")
+    lines += ["", "| texts | distinct | truncated | share | tokens lost, mean | tokens lost, max | longest (tokens) |",
+              "|---|---|---|---|---|---|---|"]
+    for level, s in summary["levels"].items():
+        share = f"{100 * s['truncated_share']:.1f} %" + (" **(above the warning share)**" if s["warning"] else "")
+        lines.append(f"| {level} | {s['texts']} | {s['truncated']} | {share} | {s['tokens_lost_mean']:.1f} | "
+                     f"{s['tokens_lost_max']} | {s['longest']} |")
+    warned = [level for level, s in summary["levels"].items() if s["warning"]]
+    if warned:
+        lines += ["", f"**Warning: more than {100 * summary['warning_share']:g} % of the texts of "
+                      f"{', '.join(warned)} were cut at the budget; the model never saw their ends.**"]
+    return "\n".join(lines)
