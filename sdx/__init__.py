@@ -10,8 +10,9 @@ sdx/data/           levels.py (classes, text levels T0-T4, aliases, fallbacks), 
 sdx/annotate/       T3 / T4 from an image and its mask: engine.py (statistics, rule fields), geometry.py
                     (Shape, Direction, Spatial Distribution), images.py (input reading), folder.py (annotate /
                     verify tools); describe.py, fields.py, llm.py, phrases.py (the language-model steps)
-sdx/models/         classifiers.py (image classifiers, LoRA), clip.py (CLIP load, encode, zero-shot, adapter),
-                    tokenizer.py (a CLIP BPE trained locally)
+sdx/models/         classifiers.py (image classifiers, LoRA), clip.py (CLIP load, encode, zero-shot, adapter,
+                    token budget, Long-CLIP stretch), tokenizer.py (a CLIP BPE trained locally), convert.py
+                    (OpenAI-layout CLIP checkpoints to transformers: convert-clip)
 sdx/train/          args.py, job.py (the one trainer skeleton), loop.py, checkpoints.py, outputs.py, pixels.py,
                     losses.py, runmeta.py (the run-metadata record), vit.py, clip.py
 sdx/bench/          tasks.py (orchestrator), vision/txty/fewshot/probe/transfer/retrieval/localize.py (one per

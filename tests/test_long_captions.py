@@ -554,3 +554,19 @@ def test_main_job_runs_a_248_position_checkpoint_from_a_local_folder(tmp_path, m
     assert results["text_budget"]["clip_t3"]["max_length"] == 248
     t3 = results["text_budget"]["clip_t3"]["levels"]["t3"]
     assert t3["truncated"] == 0 and t3["longest"] > 77
+
+
+@pytest.mark.slow
+def test_gpu_long_clip_script_runs_on_the_cpu_at_a_tiny_size(tmp_path):
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("gpu_long_clip", ROOT / "bench" / "gpu_long_clip.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    res = script.main(["--size", "tiny", "--device", "cpu", "--batch_size", "4", "--steps", "2", "--warmup", "1",
+                       "--modes", "eager", "--output", str(tmp_path / "gpu.json")])
+    rows = {r["positions"]: r for r in res["rows"]}
+    assert set(rows) == {77, 248} and rows[248]["gflop_per_step"] > rows[77]["gflop_per_step"] > 0
+    assert json.loads((tmp_path / "gpu.json").read_text())["rows"][0]["images_per_s"] > 0
