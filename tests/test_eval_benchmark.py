@@ -137,14 +137,25 @@ def models(tmp_path_factory, small_ds):
 
 @pytest.fixture(scope="module")
 def external(tmp_path_factory):
+    """Two classes of 4 images each; masks/<class>/<stem>.png inside the set folder for all but one image."""
     root = tmp_path_factory.mktemp("ext") / "aluminium"
     rng = np.random.default_rng(3)
     for cls in ("dent", "pinhole"):
         (root / cls).mkdir(parents=True)
+        (root / "masks" / cls).mkdir(parents=True)
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / cls / f"{i}.png")
+            if (cls, i) != ("pinhole", 3):
+                mask = np.zeros((40, 40), np.uint8)
+                mask[5:15 + 3 * i, 10:30] = 255
+                Image.fromarray(mask).save(root / "masks" / cls / f"{i}.png")
     (root / "class_descriptions.json").write_text(json.dumps({"dent": "a dent", "pinhole": "a pinhole"}))
     return root
+
+
+def loc_target(res: dict, name: str) -> dict:
+    """One target (SteelDefectX test or an external set) of the localization results."""
+    return next(t for t in res["localization"]["targets"] if t["name"] == name)
 
 
 def _argv(layout, hf_cache, models, out, *extra):
@@ -199,9 +210,13 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     ret = res["retrieval"]["clip_t1"]["t4"]
     assert ret["available"] and ret["i2t"]["queries"] == len(small_ds["test"])
     assert 0 <= ret["i2t"]["R@1"] <= ret["i2t"]["R@5"] <= ret["i2t"]["R@10"] <= 100
-    loc = res["localization"]["clip_t1"]
-    assert loc["images"] == len(small_ds["test"]) and loc["grid"] == [4, 4]
+    steel = loc_target(res, "SteelDefectX test")
+    loc = steel["models"]["clip_t1"]
+    assert steel["images"] == len(small_ds["test"]) and steel["baseline"]["pixels"] == len(small_ds["test"]) * 48 * 48
     assert 0 <= loc["t0"]["pixel_auroc"] <= 100 and loc["t0"]["pixels"] == len(small_ds["test"]) * 48 * 48
+    ext_loc = loc_target(res, "aluminium")  # masks/ inside the set folder; one image has no mask
+    assert ext_loc["external"] and ext_loc["images"] == 7 and ext_loc["images_without_mask"] == 1
+    assert ext_loc["models"]["clip_t1"]["t0"]["threshold"] == loc["t0"]["threshold"]  # from SteelDefectX validation
     # outputs
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["task2"]["rows"][0]["results"]["t0"]["acc"] == pytest.approx(rows["clip_t1"]["results"]["t0"]["acc"])
@@ -210,8 +225,44 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     md = (out / "report.md").read_text()
     assert "96.34" in md and "94.45 / 93.66" in md and "78.96" in md  # paper numbers beside ours
     assert "random-init" in md and "| T4 | adapter | 0 |" in md and "seeds [1, 2]" in md
-    assert res["localization"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
+    assert steel["models"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
+    assert_report_baselines(md, res)
     assert "SYNTHETIC DATA" not in md and "NOT SteelDefectX" not in md  # not the generator's data
+
+
+def assert_report_baselines(md: str, res: dict) -> None:
+    """What every report must show: chance rows, localization baselines and flags, paper-setting labels."""
+    chance = res["chance"]["test"]
+    chance_row = f"| chance: 1/{chance['classes']} classes; Acc: always the majority class"
+    if "task1" in res:
+        assert res["task1"]["chance"] == chance and chance_row in md.split("## Task 1")[1].split("## Task 2")[0]
+    t2 = md.split("## Task 2")[1].split("## Task 3")[0]
+    assert chance_row in t2 and "Paper rows' setting: pretrained weights + CLIP-Adapter" in t2
+    assert f"| {chance['majority_acc']:.2f} / {chance['uniform']:.2f} |" in t2
+    assert chance_row in md.split("## Task 3")[1].split("## Task 4")[0]
+    t4 = md.split("## Task 4")[1].split("## Retrieval")[0]
+    for model, r in res["task4"].items():
+        row = next(line for line in t4.splitlines() if line.startswith(f"| ours: {model} |"))
+        assert ("**NO: the model may have seen these classes" in row) != r["cross_class"]["model_excluded_unseen"]
+        assert "chance: 1/" in t4 or "skipped" in row
+    assert "Neither set is in this run" in t4
+    assert "chance: a random ranking" in md.split("## Retrieval")[1]
+    loc_md = md.split("## Text-guided localization")[1]
+    for target in res["localization"]["targets"]:
+        b = target["baseline"]
+        p = b["positive_pixels"] / b["pixels"]
+        assert b["f1"] == pytest.approx(200 * p / (1 + p)) and b["iou"] == pytest.approx(100 * p)
+        section = loc_md.split(f"### {target['name']} (")[1].split("\n### ")[0]
+        assert f"| trivial: every pixel a defect ({100 * p:.2f} % of pixels) | - | 50.00 | {b['f1']:.2f} |" in section
+        for model, r in target["models"].items():
+            for lv in ("t0", "t1"):
+                c = r[lv]
+                beats = c["pixel_auroc"] > 50 and (c["f1"] is None or c["f1"] > b["f1"])
+                assert (not c["below_baseline"]) == beats
+                row = next(line for line in section.splitlines() if line.startswith(f"| ours: {model} | T{lv[1]} |"))
+                assert ("**does not beat it**" in row) != beats
+        assert ("| paper: AnomalyCLIP" in section) != target["external"]  # paper rows on SteelDefectX only
+    assert "F1-max (oracle)" in loc_md and "Threshold**: F1-max threshold on the SteelDefectX validation" in loc_md
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """What the benchmark reads from the data: one split as an ImageSet (bytes, content hashes, labels, masks),
-external image sets for task 4, and text columns without the builder's fallbacks."""
+external image sets for task 4 and localization (class folders, optional masks), and text columns without the
+builder's fallbacks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
@@ -18,6 +19,7 @@ from sdx.bench.cache import sha1
 from sdx.data.levels import normalize_level, row_level_texts
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+MASKS_DIR = "masks"  # an external set's mask folder: masks/<class>/<image stem>.png
 
 
 def column(ds, name: str) -> list:
@@ -57,6 +59,7 @@ class ImageSet:
     keys: list[str] = field(default_factory=list)
     dataset: Any = None  # the datasets.Dataset it came from (for text columns and masks)
     patch_rows: set[int] = field(default_factory=set)  # rows whose patch tokens localization needs
+    mask_files: list[Path | None] | None = None  # an external set's mask file per row (None: no mask)
 
     def __post_init__(self):
         if not self.keys:
@@ -82,6 +85,8 @@ class ImageSet:
 
     def masks(self) -> list[np.ndarray | None]:
         """Binary masks (> 127) per row, None where the row has no mask."""
+        if self.mask_files is not None:
+            return [None if f is None else self._external_mask(i, f) for i, f in enumerate(self.mask_files)]
         if self.dataset is None or "mask" not in self.dataset.column_names:
             return [None] * len(self.blobs)
         out = []
@@ -91,6 +96,16 @@ class ImageSet:
             except Exception as err:
                 raise ValueError(f"{self.name}/{self.image_names[i]}: field 'mask': cannot decode ({err})") from err
         return out
+
+    def _external_mask(self, i: int, path: Path) -> np.ndarray:
+        try:
+            mask = Image.open(path).convert("L")
+        except Exception as err:
+            raise ValueError(f"{path}: cannot decode the mask ({err})") from err
+        if mask.size != self.pil(i).size:
+            raise ValueError(f"{path}: mask size {mask.size} differs from its image {self.image_names[i]} "
+                             f"({self.pil(i).size})")
+        return np.asarray(mask) > 127
 
 
 def _read_descriptions(desc_file: Path) -> dict[str, str]:
@@ -105,26 +120,53 @@ def _read_descriptions(desc_file: Path) -> dict[str, str]:
     return desc
 
 
-def external_image_set(folder: str | os.PathLike, descriptions: str | os.PathLike | None = None):
-    """(ImageSet, class names, {class: description}) of a folder with one sub-folder of images per class."""
+class ExternalSet(NamedTuple):
+    """An external image set: its images (with mask files where it has masks), class names and descriptions."""
+
+    iset: ImageSet
+    classes: list[str]
+    descriptions: dict[str, str]
+
+    @property
+    def masked_rows(self) -> list[int]:
+        return [i for i, f in enumerate(self.iset.mask_files or []) if f is not None]
+
+
+def mask_folder(root: Path) -> Path | None:
+    """An external set's mask folder: ``masks/`` inside the set folder beside the class folders, or ``masks/``
+    beside the set folder itself (the magnetic-tile layout: ``<set>/<class>/*.jpg`` and ``masks/<class>/*.png``)."""
+    for candidate in (root / MASKS_DIR, root.parent / MASKS_DIR):
+        if candidate.is_dir() and any((candidate / d.name).is_dir() for d in root.iterdir() if d.is_dir()):
+            return candidate
+    return None
+
+
+def external_image_set(folder: str | os.PathLike, descriptions: str | os.PathLike | None = None) -> ExternalSet:
+    """(ImageSet, class names, {class: description}) of a folder with one sub-folder of images per class; the
+    ImageSet's ``mask_files`` name each image's mask ``masks/<class>/<image stem>.png`` where one exists."""
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"{root}: external set folder not found")
     desc_file = Path(descriptions) if descriptions else root / "class_descriptions.json"
     desc = _read_descriptions(desc_file)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    masks = mask_folder(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and d != masks)
     if not classes:
         raise ValueError(f"{root}: no class sub-folders")
     missing = [c for c in classes if c not in desc]
     if missing:
         raise ValueError(f"{desc_file}: field {missing[0]!r}: no description for class folder(s) {missing}")
-    blobs, labels, names = [], [], []
+    blobs, labels, names, mask_files = [], [], [], []
     for ci, c in enumerate(classes):
         for f in sorted((root / c).iterdir()):
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 blobs.append(f.read_bytes())
                 labels.append(ci)
                 names.append(f"{c}/{f.name}")
+                m = masks / c / f"{f.stem}.png" if masks else None
+                mask_files.append(m if m and m.is_file() else None)
     if not blobs:
         raise ValueError(f"{root}: no images in the class folders")
-    return ImageSet(name=root.name, blobs=blobs, labels=np.asarray(labels), image_names=names), classes, desc
+    iset = ImageSet(name=root.name, blobs=blobs, labels=np.asarray(labels), image_names=names,
+                    mask_files=mask_files if masks else None)
+    return ExternalSet(iset, classes, desc)

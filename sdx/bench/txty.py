@@ -17,4 +17,5 @@ def run(bench: Benchmark) -> dict:
         img = bench.cache.images(enc, test)
         results = {y: bench.zero_shot.evaluate(enc, img, test.labels, y, cands) for y in bench.levels}
         rows.append({"model": enc.label, "train_level": enc.level or "unknown", "results": results})
-    return {"test_levels": list(bench.levels), "candidates": [bench.class_names[c] for c in cands], "rows": rows}
+    return {"test_levels": list(bench.levels), "candidates": [bench.class_names[c] for c in cands], "rows": rows,
+            "chance": bench.chance()}
