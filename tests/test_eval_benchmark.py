@@ -408,33 +408,50 @@ def test_synthetic_data_flagged(tmp_path):
     assert res["meta"]["data"]["synthetic"] is True
     assert res["task1"]["n"] == 40 and res["task2"]["rows"][0]["results"]["t2"]["available"]
     assert res["task4"]["clip"]["cross_class"]["levels"]["t0"]["n"] > 0
-    assert res["retrieval"]["clip"]["t2"]["available"] and res["localization"]["clip"]["t0"]["pixels"] > 0
+    steel = loc_target(res, "SteelDefectX test")
+    assert res["retrieval"]["clip"]["t2"]["available"] and steel["models"]["clip"]["t0"]["pixels"] > 0
+    assert res["localization"]["threshold"]["validation_images"] > 0  # the synthetic validation split has masks
     md = (tmp_path / "out" / "report.md").read_text()
     assert md.startswith("# SteelDefectX benchmark report (SYNTHETIC DATA)") and "NOT SteelDefectX" in md
     assert {h["selected_on"] for h in res["hyperparameters"]} == {"validation"}
+    assert_report_baselines(md, res)
 
 
 @pytest.mark.slow
-def test_real_fixture_subsampled(real_subset, tmp_path):
+def test_real_fixture_subsampled(real_subset, magnetic_tile, tmp_path):
     ds = load_steeldefectx(str(real_subset))  # default datasets cache (shared, keyed by the raw files' fingerprint)
     clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
     vit = tiny_vit(tmp_path / "vit", ds["train"].features["label"].names)
     res = eval_benchmark.main(["--data_dir", str(real_subset), "--vision_model_name_or_path", str(vit),
                                "--model_name_or_path", f"t4={clip}", "--tasks", "all",
                                "--shots", "1", "--seeds", "1", "--max_eval_samples", "60", "--no_progress",
-                               "--output_dir", str(tmp_path / "out")])
+                               "--external_data", str(magnetic_tile), "--output_dir", str(tmp_path / "out")])
     assert res["task1"]["n"] == 60 and res["task4"]["clip"]["cross_class"]["n_test"] > 0
     row = res["task2"]["rows"][0]["results"]
     # the fixture has no T2 text at all: reported unavailable, never silently equal to T1
     assert row["t2"]["available"] is False
     assert row["t4"]["available"] and row["t4"]["fallback_to_t1"]  # X-SDD classes have no T4
     assert res["retrieval"]["clip"]["t2"]["available"] is False
-    loc = res["localization"]["clip"]
-    assert 0 < loc["images"] <= 60 and loc["t0"]["positive_pixels"] > 0
+    steel = loc_target(res, "SteelDefectX test")
+    assert 0 < steel["images"] <= 60 and steel["models"]["clip"]["t0"]["positive_pixels"] > 0
+    assert res["localization"]["threshold"]["validation_images"] > 0  # NEU validation images have masks
     held = set(ds["validation"]["image_name"]) | set(ds["test"]["image_name"])
     assert not {n for s in res["support_sets"] for n in s["image_names"]} & held
     assert res["meta"]["data"]["synthetic"] is False
-    assert "subsampled" in (tmp_path / "out" / "report.md").read_text()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "subsampled" in md
+    # the magnetic-tile set: its own transfer table and localization target (masks/ beside the set folder)
+    ext = res["task4"]["clip"]["external"]["magnetic_tile"]
+    assert ext["n_images"] == 392 and ext["classes"] == ["Blowhole", "Break", "Crack", "Fray", "Uneven"]
+    assert ext["chance"]["uniform"] == pytest.approx(20.0)
+    assert ext["chance"]["majority_acc"] == pytest.approx(100 * 115 / 392)  # Blowhole
+    assert "### External set: magnetic_tile (392 images, 5 classes; not SteelDefectX" in md
+    tile = loc_target(res, "magnetic_tile")
+    assert tile["external"] and tile["images"] == 392 and tile["classes"] == 5
+    assert 0.05 < tile["baseline"]["positive_rate"] / 100 < 0.15  # the README: 8.7 % of pixels on average
+    cell = tile["models"]["clip"]["t0"]
+    assert cell["threshold"] == steel["models"]["clip"]["t0"]["threshold"]  # transferred from SteelDefectX
+    assert_report_baselines(md, res)
 
 
 # ---------------------------------------------------------------------------------------------------------------

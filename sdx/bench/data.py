@@ -4,11 +4,13 @@ builder's fallbacks."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import datasets
@@ -60,6 +62,7 @@ class ImageSet:
     dataset: Any = None  # the datasets.Dataset it came from (for text columns and masks)
     patch_rows: set[int] = field(default_factory=set)  # rows whose patch tokens localization needs
     mask_files: list[Path | None] | None = None  # an external set's mask file per row (None: no mask)
+    squash: bool = False  # pil() resizes a non-square image to a square (see square_view)
 
     def __post_init__(self):
         if not self.keys:
@@ -69,11 +72,34 @@ class ImageSet:
     def fingerprint(self) -> str:
         return sha1("".join(self.keys))
 
-    def pil(self, i: int) -> Image.Image:
+    def _open(self, i: int) -> Image.Image:
         try:
             return Image.open(io.BytesIO(self.blobs[i]))
         except Exception as err:
             raise ValueError(f"{self.name}/{self.image_names[i]}: cannot decode image ({err})") from err
+
+    def pil(self, i: int) -> Image.Image:
+        im = self._open(i)
+        w, h = im.size
+        return im.resize((max(w, h), max(w, h)), Image.BICUBIC) if self.squash and w != h else im
+
+    def size(self, i: int) -> tuple[int, int]:
+        """(width, height) of image ``i`` as stored (read from its header only)."""
+        return self._open(i).size
+
+    def square_rows(self, rows: Iterable[int]) -> set[int]:
+        """The rows among ``rows`` whose image is square."""
+        return {r for r in rows if len(set(self.size(r))) == 1}
+
+    def square_view(self) -> ImageSet:
+        """The set as localization feeds it to a model: each non-square image resized to a square first, so the
+        patch grid of a centre-cropping processor covers the whole image and maps back onto its whole mask.
+        Square images are unchanged and keep their cache keys; the others get keys of their own."""
+        sizes = [self.size(i) for i in range(len(self.blobs))]
+        if all(w == h for w, h in sizes):
+            return self
+        keys = [k if w == h else sha1(b"square\0" + b) for k, b, (w, h) in zip(self.keys, self.blobs, sizes)]
+        return dataclasses.replace(self, keys=keys, squash=True, patch_rows=set(self.patch_rows))
 
     @classmethod
     def from_dataset(cls, name: str, ds) -> ImageSet:
@@ -102,9 +128,9 @@ class ImageSet:
             mask = Image.open(path).convert("L")
         except Exception as err:
             raise ValueError(f"{path}: cannot decode the mask ({err})") from err
-        if mask.size != self.pil(i).size:
+        if mask.size != self.size(i):
             raise ValueError(f"{path}: mask size {mask.size} differs from its image {self.image_names[i]} "
-                             f"({self.pil(i).size})")
+                             f"({self.size(i)})")
         return np.asarray(mask) > 127
 
 

@@ -66,14 +66,21 @@ def upsampled(maps: torch.Tensor, masks: list[np.ndarray], rows: list[int]):
         yield js, up[:, 0].numpy()
 
 
+def _square(iset: ImageSet, rows: list[int]) -> ImageSet:
+    """The set as localization feeds it (ImageSet.square_view), its masked rows marked for patch tokens."""
+    view = iset.square_view()
+    view.patch_rows |= set(rows)
+    return view
+
+
 def steel_target(bench: Benchmark, split: str) -> Target:
-    iset = bench.split(split)
     masks = bench.masks(split)
+    rows = [i for i, m in enumerate(masks) if m is not None]
 
     def embed(enc: BenchClip, level: str):
         return bench.zero_shot.class_embeddings(enc, level, list(range(len(bench.class_names))))[0]
-    return Target(STEEL_TARGET if split == "test" else f"SteelDefectX {split}", iset,
-                  [i for i, m in enumerate(masks) if m is not None], masks, embed)
+    return Target(STEEL_TARGET if split == "test" else f"SteelDefectX {split}", _square(bench.split(split), rows),
+                  rows, masks, embed)
 
 
 def external_target(bench: Benchmark, ext: ExternalSet) -> Target:
@@ -81,7 +88,8 @@ def external_target(bench: Benchmark, ext: ExternalSet) -> Target:
 
     def embed(enc: BenchClip, level: str):
         return bench.cache.texts(enc, texts[level])
-    return Target(ext.iset.name, ext.iset, ext.masked_rows, ext.iset.masks(), embed, external=True)
+    return Target(ext.iset.name, _square(ext.iset, ext.masked_rows), ext.masked_rows, ext.iset.masks(), embed,
+                  external=True)
 
 
 def pixel_scores(bench: Benchmark, enc: BenchClip, target: Target, level: str, shown: set[int] = frozenset()):

@@ -117,11 +117,12 @@ class Benchmark:
         needs_clip = [t for t in tasks if t != "task1"]
         if needs_clip and not self.specs:
             raise ValueError(f"tasks {needs_clip} need --model_name_or_path (a CLIP-family checkpoint)")
-        if "localization" in tasks:  # patch tokens come out of the embedding pass of each set
-            for name in ("test", "validation"):
-                self.split(name).patch_rows = {i for i, m in enumerate(self.masks(name)) if m is not None}
+        if "localization" in tasks:  # patch tokens of square images come out of the embedding pass of each set
+            for name in ("test", "validation"):  # (non-square ones get a pass of their own: ImageSet.square_view)
+                iset = self.split(name)
+                iset.patch_rows = iset.square_rows(i for i, m in enumerate(self.masks(name)) if m is not None)
             for ext in self.external_sets():
-                ext.iset.patch_rows = set(ext.masked_rows)
+                ext.iset.patch_rows = ext.iset.square_rows(ext.masked_rows)
         results: dict[str, Any] = {}
         for t in tasks:
             start = time.perf_counter()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sdx.report.plots import plot_confusion, plot_kshot, plot_overlays, plot_txty
+from sdx.report.plots import SYNTHETIC_TAG, plot_confusion, plot_kshot, plot_overlays, plot_txty
 
 # The paper's numbers (reference section 3), each with the setting it measures (model, data, training); a paper
 # number is printed beside ours only where that setting is the one our row measures.
@@ -452,7 +452,7 @@ def write_report(results: dict, output_dir: str | Path, artifacts: dict | None =
     meta.setdefault("created", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     meta.setdefault("versions", _versions())
     synthetic = data_is_synthetic(meta.get("data", {}))
-    tag = " [SYNTHETIC DATA]" if synthetic else ""
+    tag = SYNTHETIC_TAG if synthetic else ""
     plots = []
     t1 = results.get("task1") or {}
     if t1.get("confusion"):
