@@ -25,6 +25,7 @@ from sdx.bench.models import VisionClassifier, parse_model_arg
 from sdx.bench.tasks import Benchmark
 from sdx.data.builder import load_steeldefectx
 from sdx.data.levels import T0_TEMPLATE, render_t4
+from test_report import assert_report_baselines, loc_target
 
 CLASSES = {"Bright scratch": "bs", "Crazing": "cracking", "Inclusion": "in"}
 DESC = {"Bright scratch": "A photo of bright scratch, thin bright lines caused by rolling.",
@@ -153,10 +154,6 @@ def external(tmp_path_factory):
     return root
 
 
-def loc_target(res: dict, name: str) -> dict:
-    """One target (SteelDefectX test or an external set) of the localization results."""
-    return next(t for t in res["localization"]["targets"] if t["name"] == name)
-
 
 def _argv(layout, hf_cache, models, out, *extra):
     return ["--data_dir", str(layout), "--cache_dir", hf_cache, "--validation_fraction", "0.25",
@@ -228,41 +225,6 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     assert steel["models"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
     assert_report_baselines(md, res)
     assert "SYNTHETIC DATA" not in md and "NOT SteelDefectX" not in md  # not the generator's data
-
-
-def assert_report_baselines(md: str, res: dict) -> None:
-    """What every report must show: chance rows, localization baselines and flags, paper-setting labels."""
-    chance = res["chance"]["test"]
-    chance_row = f"| chance: 1/{chance['classes']} classes; Acc: always the majority class"
-    if "task1" in res:
-        assert res["task1"]["chance"] == chance and chance_row in md.split("## Task 1")[1].split("## Task 2")[0]
-    t2 = md.split("## Task 2")[1].split("## Task 3")[0]
-    assert chance_row in t2 and "Paper rows' setting: pretrained weights + CLIP-Adapter" in t2
-    assert f"| {chance['majority_acc']:.2f} / {chance['uniform']:.2f} |" in t2
-    assert chance_row in md.split("## Task 3")[1].split("## Task 4")[0]
-    t4 = md.split("## Task 4")[1].split("## Retrieval")[0]
-    for model, r in res["task4"].items():
-        row = next(line for line in t4.splitlines() if line.startswith(f"| ours: {model} |"))
-        assert ("**NO: the model may have seen these classes" in row) != r["cross_class"]["model_excluded_unseen"]
-        assert "chance: 1/" in t4 or "skipped" in row
-    assert "Neither set is in this run" in t4
-    assert "chance: a random ranking" in md.split("## Retrieval")[1]
-    loc_md = md.split("## Text-guided localization")[1]
-    for target in res["localization"]["targets"]:
-        b = target["baseline"]
-        p = b["positive_pixels"] / b["pixels"]
-        assert b["f1"] == pytest.approx(200 * p / (1 + p)) and b["iou"] == pytest.approx(100 * p)
-        section = loc_md.split(f"### {target['name']} (")[1].split("\n### ")[0]
-        assert f"| trivial: every pixel a defect ({100 * p:.2f} % of pixels) | - | 50.00 | {b['f1']:.2f} |" in section
-        for model, r in target["models"].items():
-            for lv in ("t0", "t1"):
-                c = r[lv]
-                beats = c["pixel_auroc"] > 50 and (c["f1"] is None or c["f1"] > b["f1"])
-                assert (not c["below_baseline"]) == beats
-                row = next(line for line in section.splitlines() if line.startswith(f"| ours: {model} | T{lv[1]} |"))
-                assert ("**does not beat it**" in row) != beats
-        assert ("| paper: AnomalyCLIP" in section) != target["external"]  # paper rows on SteelDefectX only
-    assert "F1-max (oracle)" in loc_md and "Threshold**: F1-max threshold on the SteelDefectX validation" in loc_md
 
 
 @pytest.mark.slow
@@ -356,6 +318,60 @@ def test_cache_invalidated_by_new_weights(small_ds, models, tmp_path):
     third = Benchmark(small_ds, **kw)
     third.run(["task2"])
     assert third.cache.counts()["image"]["encoded"] == len(small_ds["test"])
+
+
+def test_localization_threshold_from_validation_never_from_test(small_ds, models):
+    """The threshold is the F1-max threshold of the validation pixels: replacing the test split leaves it
+    unchanged; F1 / IoU are that threshold's on the test pixels; F1-max (the oracle) is never below them."""
+    import datasets
+
+    from sdx.bench import localize
+
+    kw = {"clip_models": [str(models["clip_t1"])], "progress": False}
+    bench = Benchmark(small_ds, **kw)
+    cell = loc_target(bench.run(["localization"]), "SteelDefectX test")["models"]["clip_t1"]["t0"]
+    enc = bench.encoders()[0]
+    val_s, val_y, _ = localize.pixel_scores(bench, enc, localize.steel_target(bench, "validation"), "t0")
+    assert cell["threshold"] == M.f1_max(val_s, val_y)[1]
+    test_s, test_y, _ = localize.pixel_scores(bench, enc, localize.steel_target(bench, "test"), "t0")
+    assert (cell["f1"], cell["iou"]) == pytest.approx(M.f1_iou_at(test_s, test_y, cell["threshold"]))
+    assert cell["f1_max_oracle"] >= cell["f1"]
+    other = datasets.DatasetDict({"train": small_ds["train"], "validation": small_ds["validation"],
+                                  "test": small_ds["test"].select(range(4))})
+    again = loc_target(Benchmark(other, **kw).run(["localization"]), "SteelDefectX test")["models"]["clip_t1"]["t0"]
+    assert again["threshold"] == cell["threshold"] and again["pixels"] < cell["pixels"]
+
+
+def _tile_set(root: Path, sizes) -> Path:
+    """Class folders of images of the given (w, h) sizes; masks/ BESIDE the set folder (the magnetic-tile layout)."""
+    rng = np.random.default_rng(5)
+    for cls in ("crack", "fray"):
+        (root / "set" / cls).mkdir(parents=True)
+        (root / "masks" / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(root / "set" / cls / f"{i}.jpg")
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 4: h // 2, : w // 3] = 255
+            Image.fromarray(mask).save(root / "masks" / cls / f"{i}.png")
+    (root / "set" / "class_descriptions.json").write_text(json.dumps({"crack": "a crack", "fray": "a fray"}))
+    return root / "set"
+
+
+def test_external_masks_beside_the_set_and_non_square_images(tmp_path, small_ds, models):
+    folder = _tile_set(tmp_path, [(60, 30), (32, 32)])
+    ext = external_image_set(folder)
+    assert ext.classes == ["crack", "fray"] and ext.masked_rows == [0, 1, 2, 3]
+    view = ext.iset.square_view()  # the non-square image is squared (and keyed apart), the square one unchanged
+    assert view.pil(0).size == (60, 60) and view.size(0) == (60, 30) and view.pil(1).size == (32, 32)
+    assert view.keys[0] != ext.iset.keys[0] and view.keys[1] == ext.iset.keys[1]
+    bench = Benchmark(small_ds, clip_models=[str(models["clip_t1"])], external=[(str(folder), None)], progress=False)
+    target = loc_target(bench.run(["localization"]), "set")
+    # every pixel of every mask is scored: the score map covers the whole image, not the processor's centre crop
+    assert target["baseline"]["pixels"] == 2 * (60 * 30 + 32 * 32)
+    assert target["models"]["clip_t1"]["t0"]["pixels"] == target["baseline"]["pixels"]
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "fray" / "1.png")
+    with pytest.raises(ValueError, match=r"masks/fray/1.png: mask size \(10, 10\) differs"):
+        external_image_set(folder).iset.masks()
 
 
 def _probe_data(seed: int, n_per_class: int):

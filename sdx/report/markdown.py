@@ -22,9 +22,9 @@ PAPER = {
     "task1": {"rows": [("ShuffleNetV2", 96.34, 94.98), ("ViT-B/16", 44.84, 40.31)],  # (model, Acc, mAcc)
               "setting": ("trained on the full release's train split (SGD 0.9, lr 0.1 / 10 every 30 epochs, "
                           f"100 epochs); {PAPER_VAL}; paper v1"),
-              "left_out": ("The paper's ResNet-101 row is left out: the project's notes give 93.63 / 91.19 as a "
-                           "possible transcription error, and the value could not be checked against the paper's "
-                           "text (v1 or v2).")},
+              "left_out": ("The paper's ResNet-101 row is left out: the value in the project's notes was marked "
+                           "as a possible transcription error and could not be verified in the paper's text (v1 or "
+                           "v2).")},
     "task2": {"rows": [  # (model, train level, test level, Acc, mAcc, version)
         ("Long-CLIP ViT-L/14 + CLIP-Adapter", "t2", "t0", 93.63, 92.56, "v2"),
         ("Long-CLIP ViT-L/14 + CLIP-Adapter", "t3", "t0", 94.45, 93.66, "v2"),
