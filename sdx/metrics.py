@@ -93,8 +93,8 @@ def chance_levels(y_true, n_classes: int) -> dict:
         raise ValueError(f"n_classes must be >= 1, got {n_classes}")
     ids, counts = np.unique(t, return_counts=True)
     top = int(np.argmax(counts))
-    return {"classes": int(n_classes), "uniform": 100.0 / n_classes, "majority_acc": float(100.0 * counts[top] / t.size),
-            "majority_class": int(ids[top]), "n": int(t.size)}
+    return {"classes": int(n_classes), "uniform": 100.0 / n_classes,
+            "majority_acc": float(100.0 * counts[top] / t.size), "majority_class": int(ids[top]), "n": int(t.size)}
 
 
 def classification_metrics(y_true, y_pred) -> dict[str, float]:

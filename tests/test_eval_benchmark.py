@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_report import assert_report_baselines, loc_target
 
 import eval_benchmark
 from sdx import metrics as M
@@ -25,7 +26,6 @@ from sdx.bench.models import VisionClassifier, parse_model_arg
 from sdx.bench.tasks import Benchmark
 from sdx.data.builder import load_steeldefectx
 from sdx.data.levels import T0_TEMPLATE, render_t4
-from test_report import assert_report_baselines, loc_target
 
 CLASSES = {"Bright scratch": "bs", "Crazing": "cracking", "Inclusion": "in"}
 DESC = {"Bright scratch": "A photo of bright scratch, thin bright lines caused by rolling.",

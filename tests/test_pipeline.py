@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_report import assert_report_baselines, loc_target
 
 from sdx import pipeline
-from test_report import assert_report_baselines, loc_target
 
 SECTIONS = ("## Task 1", "## Task 2", "## Task 3", "## Task 4", "## Retrieval", "## Text-guided localization")
 

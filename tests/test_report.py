@@ -121,7 +121,8 @@ def _assert_localization_target(loc_md: str, target: dict) -> None:
 
 def test_models_table_shows_origin_and_training_data_from_the_run_record(results):
     md = markdown.render_markdown(results)
-    rows = {line.split(" | ")[0][2:]: line for line in _section(md, "## Models").splitlines() if line.startswith("| clip")}
+    rows = {line.split(" | ")[0][2:]: line for line in _section(md, "## Models").splitlines()
+            if line.startswith("| clip")}
     assert "| random-init | `../shared/data/real` without B |" in rows["clip_t1"]
     assert "| unknown (no sdx_run.json in the checkpoint) | unknown (no run record) |" in rows["clip_x"]
 
@@ -138,7 +139,8 @@ def test_paper_zero_shot_only_beside_a_model_that_may_be_untuned(results):
 
 def test_cross_class_rows_flag_a_model_that_may_have_seen_the_unseen_classes(results):
     t4 = _section(markdown.render_markdown(results), "## Task 4")
-    row = {m: next(line for line in t4.splitlines() if line.startswith(f"| ours: {m} |")) for m in ("clip_t1", "clip_x")}
+    row = {m: next(line for line in t4.splitlines() if line.startswith(f"| ours: {m} |"))
+           for m in ("clip_t1", "clip_x")}
     assert "**NO: the model may have seen these classes; not zero-shot transfer**" in row["clip_t1"]
     assert "| yes |" in row["clip_x"] and "**NO" not in row["clip_x"]
     assert "| chance: 1/2 classes; Acc: always the majority class (C) | B, D | - | 40.00 / 50.00 |" in t4
@@ -156,14 +158,16 @@ def test_external_set_is_its_own_target_never_in_the_paper_columns(results):
 def test_localization_tables_baseline_oracle_and_flags(results):
     loc = _section(markdown.render_markdown(results), "## Text-guided localization")
     steel, tile = loc.split("### magnetic_tile (", 1)
-    assert "| trivial: every pixel a defect (33.00 % of pixels) | - | 50.00 | 49.62 | 33.00 | 49.62 | 33.00 | - |" in steel
+    assert ("| trivial: every pixel a defect (33.00 % of pixels) | - | 50.00 | 49.62 | 33.00 | 49.62 | 33.00 | - |"
+            in steel)
     assert "| trivial: every pixel a defect (9.00 % of pixels) | - | 50.00 | 16.51 | 9.00 |" in tile
     flagged = next(line for line in steel.splitlines() if line.startswith("| ours: clip_t1 | T0 |"))
     assert "**does not beat it**: pixel AUROC 47.00 <= 50; F1 48.0 <= all-positive F1" in flagged
     assert next(line for line in steel.splitlines() if line.startswith("| ours: clip_t1 | T1 |")).endswith("beats it |")
     assert "| ours: clip_x | - | skipped:" in steel
     # paper rows only on SteelDefectX, in the oracle columns, with their setting
-    assert "| paper: AnomalyCLIP (pretrained, no mask training; full release val masks) | - | 88.21 | - | - | 53.36 |" in steel
+    assert ("| paper: AnomalyCLIP (pretrained, no mask training; full release val masks) | - | 88.21 | - | - | 53.36 |"
+            in steel)
     assert "paper:" not in tile and "threshold transferred from SteelDefectX validation" in tile
     assert "F1-max (oracle)" in steel and "compare them with the oracle columns" in steel
 
@@ -180,7 +184,8 @@ def test_paper_rows_name_their_setting_and_the_unverified_row_is_left_out():
     assert "| paper: ShuffleNetV2 (trained on the full release; its val split) | 96.34 | 94.98 |" in task1
     assert "Paper rows' setting: trained on the full release's train split" in task1
     assert "ResNet-101 row is left out" in task1 and "93.63" not in task1 and "| paper: ResNet" not in task1
-    assert "| paper: Long-CLIP ViT-L/14 + CLIP-Adapter (T3; trained on the full release; v2) | 94.45 / 93.66 |  |" in task2
+    assert ("| paper: Long-CLIP ViT-L/14 + CLIP-Adapter (T3; trained on the full release; v2) | 94.45 / 93.66 |  |"
+            in task2)
     assert "ours: clip_t1 (random-init, trained on `../shared/data/real` without B)" in task1
 
 

@@ -8,9 +8,9 @@ import dataclasses
 import io
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import datasets

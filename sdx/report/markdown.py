@@ -364,12 +364,21 @@ def _localization_lines(loc: dict, warn: list[str], results: dict) -> list[str]:
            "a mask); F1 and IoU use it. F1-max and its IoU take the best threshold on the target's own pixels: an "
            "oracle, shown apart. **Trivial baseline**: every pixel a defect (pixel AUROC 50, F1 = 2p / (1 + p), "
            "IoU = p, p the share of defect pixels); a row that does not beat it is flagged."), ""]
+    first = loc["targets"][0]["models"] if loc["targets"] else {}
+    chosen = [f"{m} " + ", ".join(f"T{lv[1]} {_threshold(r[lv]['threshold'])}" for lv in ("t0", "t1") if lv in r)
+              for m, r in first.items() if not r.get("skipped")]
+    if chosen:
+        L += [f"Thresholds selected on validation: {'; '.join(chosen)}.", ""]
     for target in loc["targets"]:
         L += _localization_target_lines(target, warn, results)
     if loc.get("targets_without_masks"):
         L += [(f"Left out, no mask with both defect and background pixels: "
                f"{', '.join(loc['targets_without_masks'])}."), ""]
     return L
+
+
+def _threshold(t: float | None) -> str:
+    return "none (no validation mask)" if t is None else f"{t:.4g}"
 
 
 def _localization_target_lines(target: dict, warn: list[str], results: dict) -> list[str]:
@@ -396,8 +405,8 @@ def _localization_target_lines(target: dict, warn: list[str], results: dict) -> 
         paper = PAPER["localization"]
         L += [f"| paper: {m} (pretrained, no mask training; full release val masks) | {'T0' if 'T0' in m else '-'} | "
               f"{a:.2f} | - | - | {f:.2f} | {i:.2f} | its baseline is not given |" for m, a, f, i in paper["rows"]]
-        L += ["", f"Paper rows' setting: {paper['setting']}. Their F1 / IoU are oracle values: compare them with "
-                  "the oracle columns, never with the validation-threshold F1 / IoU."]
+        L += ["", (f"Paper rows' setting: {paper['setting']}. Their F1 / IoU are oracle values: compare them with "
+                   "the oracle columns, never with the validation-threshold F1 / IoU.")]
     plots = set((results.get("meta") or {}).get("plots") or [])
     files = [overlay_file(m, target["name"] if external else None) for m in target["models"]]
     return L + [""] + [f"![overlays {f[13:-4]}]({f})" for f in files if f in plots] + [""]
