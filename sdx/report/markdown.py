@@ -144,8 +144,9 @@ def _header_lines(meta: dict, synthetic: bool) -> list[str]:
     flag = " (SYNTHETIC DATA)" if synthetic else ""
     return [f"# SteelDefectX benchmark report{flag}", "",
             (f"Generated {meta.get('created')} by eval_benchmark.py; tasks: {', '.join(meta.get('tasks', []))}. "
-             f"Few-shot seeds {meta.get('seeds')}, shots {meta.get('shots')}. Percentages throughout. Every table "
-             "has a chance row (or a trivial baseline) beside our rows. A paper row (reference section 3) names its "
+             f"Few-shot seeds {meta.get('seeds')}, shots {meta.get('shots')}. Percentages throughout. The tables of "
+             "tasks 1, 2 and 4, each zero-shot table, retrieval and localization put a chance row or a trivial "
+             "baseline beside our rows. A paper row (reference section 3) names its "
              "setting (model, data, training) and stands only where it measures the setting of the rows beside "
              "it; data and training still differ unless this run used the full release and the paper's models."),
             ""]
