@@ -222,6 +222,9 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     md = (out / "report.md").read_text()
     assert "96.34" in md and "94.45 / 93.66" in md and "78.96" in md  # paper numbers beside ours
     assert "random-init" in md and "| T4 | adapter | 0 |" in md and "seeds [1, 2]" in md
+    # origin from the run record; a checkpoint without one says so
+    assert "| clip_t1 | clip | unknown (no sdx_run.json in the checkpoint) | unknown (no run record) |" in md
+    assert "| clip_t4 | clip | random-init | `synthetic` without Inclusion, Crazing |" in md
     assert steel["models"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
     assert_report_baselines(md, res)
     assert "SYNTHETIC DATA" not in md and "NOT SteelDefectX" not in md  # not the generator's data

@@ -143,8 +143,8 @@ def test_chance_levels():
     # what the trivial classifiers really score
     assert M.accuracy(y, [2] * 6) == pytest.approx(ch["majority_acc"])
     rng = np.random.default_rng(0)
-    guesses = rng.choice([2, 5, 7, 9], size=(4000, 6))
-    assert np.mean([M.mean_class_accuracy(y, g) for g in guesses]) == pytest.approx(ch["uniform"], abs=1.0)
+    guesses = rng.choice([2, 5, 7, 9], size=(300, 6))  # the mean of 300 draws: standard error about 1 point
+    assert np.mean([M.mean_class_accuracy(y, g) for g in guesses]) == pytest.approx(ch["uniform"], abs=3.0)
     with pytest.raises(ValueError, match="n_classes"):
         M.chance_levels(y, 0)
 
