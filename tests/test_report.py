@@ -203,11 +203,12 @@ def test_vit_confusion_plot_is_tagged_on_synthetic_data(tmp_path, monkeypatch):
 def test_build_report_says_what_each_count_is():
     summary = {"splits": {"train": 324, "validation": 36, "test": 150}, "records_in": {"train": 360, "val": 150},
                "images_in": {"train": 360, "val": 150}, "rows_out": {"train": 360, "val": 150}}
-    text = format_report(summary)
-    assert text.splitlines()[0] == "SteelDefectX build, dataset splits: train 324, validation 36, test 150"
-    assert ("raw folder train/: 360 records and 360 images in, 360 rows built (the dataset's train and validation "
-            "splits are drawn from them)") in text
-    assert "raw folder val/: 150 records and 150 images in, 150 rows built (the dataset's test split)" in text
+    lines = format_report(summary).splitlines()
+    assert lines[0] == "SteelDefectX build, dataset splits: train 324, validation 36, test 150"
+    assert lines[1] == ("  raw folder train/: records in 360 = rows out 360 + skipped 0; images in 360 = rows out 360 "
+                        "+ skipped 0 (rows out: the dataset's train and validation splits are drawn from them)")
+    assert lines[2].startswith("  raw folder val/: records in 150 = rows out 150 + skipped 0;")
+    assert lines[2].endswith("(rows out: they are the dataset's test split)")
 
 
 def test_pipeline_passes_external_data_to_the_benchmark(tmp_path):

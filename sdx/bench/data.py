@@ -17,6 +17,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from sdx.annotate.images import load_mask_array
 from sdx.bench.cache import sha1
 from sdx.data.levels import normalize_level, row_level_texts
 
@@ -124,14 +125,12 @@ class ImageSet:
         return out
 
     def _external_mask(self, i: int, path: Path) -> np.ndarray:
-        try:
-            mask = Image.open(path).convert("L")
-        except Exception as err:
-            raise ValueError(f"{path}: cannot decode the mask ({err})") from err
-        if mask.size != self.size(i):
-            raise ValueError(f"{path}: mask size {mask.size} differs from its image {self.image_names[i]} "
-                             f"({self.size(i)})")
-        return np.asarray(mask) > 127
+        """An external set's mask file read by the project's one mask rule, checked against its image, > 127."""
+        mask = load_mask_array(path)  # a ValueError naming the file when it cannot be read
+        size = (mask.shape[1], mask.shape[0])
+        if size != self.size(i):
+            raise ValueError(f"{path}: mask size {size} differs from its image {self.image_names[i]} ({self.size(i)})")
+        return mask > 127
 
 
 def _read_descriptions(desc_file: Path) -> dict[str, str]:
