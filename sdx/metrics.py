@@ -84,6 +84,19 @@ def per_class_table(y_true, y_pred, labels: Sequence[int],
     return rows
 
 
+def chance_levels(y_true, n_classes: int) -> dict:
+    """What a classifier that learned nothing scores on ``y_true`` among ``n_classes`` candidates, in percent:
+    guessing uniformly (Acc and mAcc both 100 / n_classes in expectation) and always answering the most frequent
+    true class (Acc = its share of y_true; "majority_class" is its id)."""
+    t = _as_1d("y_true", y_true).astype(np.int64)
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    ids, counts = np.unique(t, return_counts=True)
+    top = int(np.argmax(counts))
+    return {"classes": int(n_classes), "uniform": 100.0 / n_classes,
+            "majority_acc": float(100.0 * counts[top] / t.size), "majority_class": int(ids[top]), "n": int(t.size)}
+
+
 def classification_metrics(y_true, y_pred) -> dict[str, float]:
     """{"acc", "macc", "macro_f1", "n"}: the three headline numbers in percent."""
     t, p = _check_pair(y_true, y_pred)
@@ -116,6 +129,26 @@ def retrieval_recall(sim, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[str,
     out = {f"R@{k}": float(100.0 * (first_hit < k).mean()) for k in ks}
     out["queries"] = int(has_rel.sum())
     out["skipped"] = int((~has_rel).sum())
+    return out
+
+
+def retrieval_chance(relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
+    """R@K (percent) of a random ranking, in expectation: a query with r relevant items among N hits at K with
+    probability 1 - C(N - r, K) / C(N, K); averaged over the queries that have a relevant item."""
+    rel = np.asarray(relevant, dtype=bool)
+    if rel.ndim != 2 or rel.size == 0:
+        raise ValueError(f"relevant must be a non-empty 2-D matrix, got shape {rel.shape}")
+    r = rel.sum(axis=1)
+    r = r[r > 0].astype(np.float64)
+    if r.size == 0:
+        raise ValueError("relevant: no query has a relevant item")
+    n = rel.shape[1]
+    out = {}
+    for k in ks:
+        miss = np.ones_like(r)
+        for i in range(min(k, n)):  # P(no relevant item in the top k) = prod_i (n - r - i) / (n - i)
+            miss *= np.clip(n - r - i, 0, None) / (n - i)
+        out[f"R@{k}"] = float(100.0 * np.mean(1.0 - miss))
     return out
 
 
@@ -189,6 +222,29 @@ def localization_metrics(scores, targets) -> dict[str, float]:
     f1, t, iou = _f1max(u, tp, fp, pos.size)
     return {"pixel_auroc": _auroc(pos, neg, count, below, equal), "f1_max": 100.0 * f1, "iou": 100.0 * iou,
             "threshold": t, "pixels": int(pos.size + neg.size), "positive_pixels": int(pos.size)}
+
+
+def f1_iou_at(scores, targets, threshold: float) -> tuple[float, float]:
+    """(F1, IoU) in percent of the prediction "score >= threshold", the threshold chosen elsewhere (on
+    validation): unlike F1-max, not tuned on these targets."""
+    s, y = _as_1d("scores", scores), _as_1d("targets", targets) > 0
+    if s.shape != y.shape:
+        raise ValueError(f"scores has {s.size} items but targets has {y.size}")
+    if not y.any():
+        raise ValueError("targets has no positive pixel")
+    pred = s >= threshold
+    tp = int(np.count_nonzero(pred & y))
+    n_pred, n_pos = int(np.count_nonzero(pred)), int(np.count_nonzero(y))
+    return 100.0 * 2 * tp / (n_pred + n_pos), 100.0 * tp / (n_pred + n_pos - tp)
+
+
+def all_positive_baseline(positive: int, total: int) -> dict[str, float]:
+    """The trivial localizer "every pixel is a defect": pixel AUROC 50 (a constant score), F1 = 2p / (1 + p) and
+    IoU = p, with p the positive share of the ``total`` pixels (percent, as every metric here)."""
+    if total <= 0 or not 0 < positive <= total:
+        raise ValueError(f"positive must be in 1..total, got positive={positive}, total={total}")
+    p = positive / total
+    return {"pixel_auroc": 50.0, "f1": 100.0 * 2 * p / (1 + p), "iou": 100.0 * p, "positive_rate": 100.0 * p}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

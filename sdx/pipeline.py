@@ -1,7 +1,8 @@
 """The main job: one offline command from data to report.
 
     python -m sdx pipeline                                   # embedded synthetic data, tiny random models
-    python -m sdx pipeline --data_dir ../shared/data/steeldefectx-real-subset --output_dir outputs/real
+    python -m sdx pipeline --data_dir ../shared/data/steeldefectx-real-subset --output_dir outputs/real \\
+        --external_data ../shared/data/transfer-magnetic-tile/magnetic_tile
     python -m sdx pipeline --data_dir /data/SteelDefectX \\
         --vit_model_name_or_path google/vit-base-patch16-224 --clip_model_name_or_path openai/clip-vit-base-patch16
     python -m sdx pipeline run.yaml                          # the same arguments from a YAML or JSON file
@@ -14,7 +15,8 @@ Steps (each one calls the `main(argv)` of the matching command line, so nothing 
 3. clip     train one CLIP per caption level in ``--clip_levels`` (``train_clip.py``), for the Tx-Ty matrix,
             and one more on the seen classes only (every 4th class with images, from the 2nd, held out), for
             the cross-class zero-shot transfer of task 4
-4. bench    run every benchmark task on them (``eval_benchmark.py``): ``OUT/bench/report.md`` and its plots
+4. bench    run every benchmark task on them (``eval_benchmark.py``), with any ``--external_data`` set as a
+            transfer (and localization) target: ``OUT/bench/report.md`` and its plots
 
 Every number in the report names its data (synthetic data is flagged as such, never passed off as real) and
 each model's origin (random initialisation or the pretrained checkpoint it started from).
@@ -93,6 +95,11 @@ class PipelineArguments:
     transfer_level: str = field(default="t1", metadata=_help(
         "caption level of the extra CLIP trained on seen classes only (task 4 cross-class); 'none' skips it"))
     tasks: str = field(default="all", metadata=_help("benchmark tasks (see eval_benchmark.py --help)"))
+    external_data: list[str] = field(default_factory=list, metadata={
+        "action": "extend", "metavar": "DIR[=DESCRIPTIONS.json]",
+        "help": "an external image set for zero-shot transfer (task 4) and, where it has masks, localization; "
+                "passed to eval_benchmark.py's --external_data (e.g. "
+                "../shared/data/transfer-magnetic-tile/magnetic_tile). Repeatable."})
     seed: int = 42
     overwrite_output_dir: bool = field(default=False, metadata=_help("replace an earlier run in --output_dir"))
     vit_epochs: int | None = field(default=None, metadata=_help("override the preset's vit_epochs"))
@@ -107,6 +114,10 @@ class PipelineArguments:
     def __post_init__(self):
         if self.synthetic_size is not None and len(self.synthetic_size) != 2:
             raise ValueError(f"--synthetic_size takes two numbers, TRAIN VAL; got {self.synthetic_size}")
+        for item in self.external_data:  # checked now, not after the training steps
+            folder = item.partition("=")[0]
+            if not Path(folder).is_dir():
+                raise ValueError(f"--external_data: folder {folder} not found")
 
     def settings(self) -> dict[str, Any]:
         """The preset's values with the flags given here (not None) in their place."""
@@ -183,6 +194,8 @@ def _bench_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, bench
             "--shots", str(s["shots"] if args.shots is None else args.shots),
             "--seeds", str(s["seeds"] if args.seeds is None else args.seeds),
             *_optional("--max_eval_samples", s["max_eval_samples"])]
+    for item in args.external_data:
+        argv += ["--external_data", item]
     for name, (level, path) in clip_dirs.items():
         argv += ["--model_name_or_path", f"{level}:{name}={path}"]
     return argv
@@ -242,9 +255,10 @@ def run_pipeline(args: PipelineArguments) -> dict:
 
     summary = {"output_dir": str(out), "gallery": str(gallery), "report": results["meta"]["outputs"]["report"],
                "vit": vit, "clip": clips, "timings_s": {k: round(v, 1) for k, v in timings.items()},
-               "settings": s, "data_dir": args.data_dir}
+               "settings": s, "data_dir": args.data_dir, "external_data": list(args.external_data)}
     (out / "pipeline.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"\nDone in {sum(timings.values()):.0f} s. Report: {summary['report']}")
+    print(f"\nDone in {sum(timings.values()):.0f} s.\n  report:   {summary['report']} (plots beside it)\n"
+          f"  gallery:  {summary['gallery']}\n  summary:  {out / 'pipeline.json'}")
     return summary
 
 

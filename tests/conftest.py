@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 REAL_SUBSET = SHARED_DATA / "steeldefectx-real-subset"
 ORACLE = SHARED_DATA / "attribute-oracle"
+MAGNETIC_TILE = SHARED_DATA / "transfer-magnetic-tile" / "magnetic_tile"
 
 
 def _require(path: Path) -> Path:
@@ -29,3 +30,9 @@ def real_subset() -> Path:
 def oracle_dir() -> Path:
     """The 300 image/mask pairs with the authors' exact T3 values."""
     return _require(ORACLE)
+
+
+@pytest.fixture(scope="session")
+def magnetic_tile() -> Path:
+    """The 392 real magnetic-tile images in 5 class folders, masks/ beside the folder (an external set)."""
+    return _require(MAGNETIC_TILE)

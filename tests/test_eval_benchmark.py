@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_report import assert_report_baselines, loc_target
 
 import eval_benchmark
 from sdx import metrics as M
@@ -137,14 +138,21 @@ def models(tmp_path_factory, small_ds):
 
 @pytest.fixture(scope="module")
 def external(tmp_path_factory):
+    """Two classes of 4 images each; masks/<class>/<stem>.png inside the set folder for all but one image."""
     root = tmp_path_factory.mktemp("ext") / "aluminium"
     rng = np.random.default_rng(3)
     for cls in ("dent", "pinhole"):
         (root / cls).mkdir(parents=True)
+        (root / "masks" / cls).mkdir(parents=True)
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / cls / f"{i}.png")
+            if (cls, i) != ("pinhole", 3):
+                mask = np.zeros((40, 40), np.uint8)
+                mask[5:15 + 3 * i, 10:30] = 255
+                Image.fromarray(mask).save(root / "masks" / cls / f"{i}.png")
     (root / "class_descriptions.json").write_text(json.dumps({"dent": "a dent", "pinhole": "a pinhole"}))
     return root
+
 
 
 def _argv(layout, hf_cache, models, out, *extra):
@@ -199,9 +207,13 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     ret = res["retrieval"]["clip_t1"]["t4"]
     assert ret["available"] and ret["i2t"]["queries"] == len(small_ds["test"])
     assert 0 <= ret["i2t"]["R@1"] <= ret["i2t"]["R@5"] <= ret["i2t"]["R@10"] <= 100
-    loc = res["localization"]["clip_t1"]
-    assert loc["images"] == len(small_ds["test"]) and loc["grid"] == [4, 4]
+    steel = loc_target(res, "SteelDefectX test")
+    loc = steel["models"]["clip_t1"]
+    assert steel["images"] == len(small_ds["test"]) and steel["baseline"]["pixels"] == len(small_ds["test"]) * 48 * 48
     assert 0 <= loc["t0"]["pixel_auroc"] <= 100 and loc["t0"]["pixels"] == len(small_ds["test"]) * 48 * 48
+    ext_loc = loc_target(res, "aluminium")  # masks/ inside the set folder; one image has no mask
+    assert ext_loc["external"] and ext_loc["images"] == 7 and ext_loc["images_without_mask"] == 1
+    assert ext_loc["models"]["clip_t1"]["t0"]["threshold"] == loc["t0"]["threshold"]  # from SteelDefectX validation
     # outputs
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["task2"]["rows"][0]["results"]["t0"]["acc"] == pytest.approx(rows["clip_t1"]["results"]["t0"]["acc"])
@@ -210,7 +222,11 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     md = (out / "report.md").read_text()
     assert "96.34" in md and "94.45 / 93.66" in md and "78.96" in md  # paper numbers beside ours
     assert "random-init" in md and "| T4 | adapter | 0 |" in md and "seeds [1, 2]" in md
-    assert res["localization"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
+    # origin from the run record; a checkpoint without one says so
+    assert "| clip_t1 | clip | unknown (no sdx_run.json in the checkpoint) | unknown (no run record) |" in md
+    assert "| clip_t4 | clip | random-init | `synthetic` without Inclusion, Crazing |" in md
+    assert steel["models"]["clip_t4"]["t0"]["pixels"] > 0  # patch tokens of the CLIP inside the adapter
+    assert_report_baselines(md, res)
     assert "SYNTHETIC DATA" not in md and "NOT SteelDefectX" not in md  # not the generator's data
 
 
@@ -307,6 +323,60 @@ def test_cache_invalidated_by_new_weights(small_ds, models, tmp_path):
     assert third.cache.counts()["image"]["encoded"] == len(small_ds["test"])
 
 
+def test_localization_threshold_from_validation_never_from_test(small_ds, models):
+    """The threshold is the F1-max threshold of the validation pixels: replacing the test split leaves it
+    unchanged; F1 / IoU are that threshold's on the test pixels; F1-max (the oracle) is never below them."""
+    import datasets
+
+    from sdx.bench import localize
+
+    kw = {"clip_models": [str(models["clip_t1"])], "progress": False}
+    bench = Benchmark(small_ds, **kw)
+    cell = loc_target(bench.run(["localization"]), "SteelDefectX test")["models"]["clip_t1"]["t0"]
+    enc = bench.encoders()[0]
+    val_s, val_y, _ = localize.pixel_scores(bench, enc, localize.steel_target(bench, "validation"), "t0")
+    assert cell["threshold"] == M.f1_max(val_s, val_y)[1]
+    test_s, test_y, _ = localize.pixel_scores(bench, enc, localize.steel_target(bench, "test"), "t0")
+    assert (cell["f1"], cell["iou"]) == pytest.approx(M.f1_iou_at(test_s, test_y, cell["threshold"]))
+    assert cell["f1_max_oracle"] >= cell["f1"]
+    other = datasets.DatasetDict({"train": small_ds["train"], "validation": small_ds["validation"],
+                                  "test": small_ds["test"].select(range(4))})
+    again = loc_target(Benchmark(other, **kw).run(["localization"]), "SteelDefectX test")["models"]["clip_t1"]["t0"]
+    assert again["threshold"] == cell["threshold"] and again["pixels"] < cell["pixels"]
+
+
+def _tile_set(root: Path, sizes) -> Path:
+    """Class folders of images of the given (w, h) sizes; masks/ BESIDE the set folder (the magnetic-tile layout)."""
+    rng = np.random.default_rng(5)
+    for cls in ("crack", "fray"):
+        (root / "set" / cls).mkdir(parents=True)
+        (root / "masks" / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(root / "set" / cls / f"{i}.jpg")
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 4: h // 2, : w // 3] = 255
+            Image.fromarray(mask).save(root / "masks" / cls / f"{i}.png")
+    (root / "set" / "class_descriptions.json").write_text(json.dumps({"crack": "a crack", "fray": "a fray"}))
+    return root / "set"
+
+
+def test_external_masks_beside_the_set_and_non_square_images(tmp_path, small_ds, models):
+    folder = _tile_set(tmp_path, [(60, 30), (32, 32)])
+    ext = external_image_set(folder)
+    assert ext.classes == ["crack", "fray"] and ext.masked_rows == [0, 1, 2, 3]
+    view = ext.iset.square_view()  # the non-square image is squared (and keyed apart), the square one unchanged
+    assert view.pil(0).size == (60, 60) and view.size(0) == (60, 30) and view.pil(1).size == (32, 32)
+    assert view.keys[0] != ext.iset.keys[0] and view.keys[1] == ext.iset.keys[1]
+    bench = Benchmark(small_ds, clip_models=[str(models["clip_t1"])], external=[(str(folder), None)], progress=False)
+    target = loc_target(bench.run(["localization"]), "set")
+    # every pixel of every mask is scored: the score map covers the whole image, not the processor's centre crop
+    assert target["baseline"]["pixels"] == 2 * (60 * 30 + 32 * 32)
+    assert target["models"]["clip_t1"]["t0"]["pixels"] == target["baseline"]["pixels"]
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "fray" / "1.png")
+    with pytest.raises(ValueError, match=r"masks/fray/1.png: mask size \(10, 10\) differs"):
+        external_image_set(folder).iset.masks()
+
+
 def _probe_data(seed: int, n_per_class: int):
     rng = np.random.default_rng(0)  # the same class centres for every draw
     centers = rng.normal(size=(4, 16))
@@ -357,33 +427,50 @@ def test_synthetic_data_flagged(tmp_path):
     assert res["meta"]["data"]["synthetic"] is True
     assert res["task1"]["n"] == 40 and res["task2"]["rows"][0]["results"]["t2"]["available"]
     assert res["task4"]["clip"]["cross_class"]["levels"]["t0"]["n"] > 0
-    assert res["retrieval"]["clip"]["t2"]["available"] and res["localization"]["clip"]["t0"]["pixels"] > 0
+    steel = loc_target(res, "SteelDefectX test")
+    assert res["retrieval"]["clip"]["t2"]["available"] and steel["models"]["clip"]["t0"]["pixels"] > 0
+    assert res["localization"]["threshold"]["validation_images"] > 0  # the synthetic validation split has masks
     md = (tmp_path / "out" / "report.md").read_text()
     assert md.startswith("# SteelDefectX benchmark report (SYNTHETIC DATA)") and "NOT SteelDefectX" in md
     assert {h["selected_on"] for h in res["hyperparameters"]} == {"validation"}
+    assert_report_baselines(md, res)
 
 
 @pytest.mark.slow
-def test_real_fixture_subsampled(real_subset, tmp_path):
+def test_real_fixture_subsampled(real_subset, magnetic_tile, tmp_path):
     ds = load_steeldefectx(str(real_subset))  # default datasets cache (shared, keyed by the raw files' fingerprint)
     clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))
     vit = tiny_vit(tmp_path / "vit", ds["train"].features["label"].names)
     res = eval_benchmark.main(["--data_dir", str(real_subset), "--vision_model_name_or_path", str(vit),
                                "--model_name_or_path", f"t4={clip}", "--tasks", "all",
                                "--shots", "1", "--seeds", "1", "--max_eval_samples", "60", "--no_progress",
-                               "--output_dir", str(tmp_path / "out")])
+                               "--external_data", str(magnetic_tile), "--output_dir", str(tmp_path / "out")])
     assert res["task1"]["n"] == 60 and res["task4"]["clip"]["cross_class"]["n_test"] > 0
     row = res["task2"]["rows"][0]["results"]
     # the fixture has no T2 text at all: reported unavailable, never silently equal to T1
     assert row["t2"]["available"] is False
     assert row["t4"]["available"] and row["t4"]["fallback_to_t1"]  # X-SDD classes have no T4
     assert res["retrieval"]["clip"]["t2"]["available"] is False
-    loc = res["localization"]["clip"]
-    assert 0 < loc["images"] <= 60 and loc["t0"]["positive_pixels"] > 0
+    steel = loc_target(res, "SteelDefectX test")
+    assert 0 < steel["images"] <= 60 and steel["models"]["clip"]["t0"]["positive_pixels"] > 0
+    assert res["localization"]["threshold"]["validation_images"] > 0  # NEU validation images have masks
     held = set(ds["validation"]["image_name"]) | set(ds["test"]["image_name"])
     assert not {n for s in res["support_sets"] for n in s["image_names"]} & held
     assert res["meta"]["data"]["synthetic"] is False
-    assert "subsampled" in (tmp_path / "out" / "report.md").read_text()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "subsampled" in md
+    # the magnetic-tile set: its own transfer table and localization target (masks/ beside the set folder)
+    ext = res["task4"]["clip"]["external"]["magnetic_tile"]
+    assert ext["n_images"] == 392 and ext["classes"] == ["Blowhole", "Break", "Crack", "Fray", "Uneven"]
+    assert ext["chance"]["uniform"] == pytest.approx(20.0)
+    assert ext["chance"]["majority_acc"] == pytest.approx(100 * 115 / 392)  # Blowhole
+    assert "### External set: magnetic_tile (392 images, 5 classes; not SteelDefectX" in md
+    tile = loc_target(res, "magnetic_tile")
+    assert tile["external"] and tile["images"] == 392 and tile["classes"] == 5
+    assert 0.05 < tile["baseline"]["positive_rate"] / 100 < 0.15  # the README: 8.7 % of pixels on average
+    cell = tile["models"]["clip"]["t0"]
+    assert cell["threshold"] == steel["models"]["clip"]["t0"]["threshold"]  # transferred from SteelDefectX
+    assert_report_baselines(md, res)
 
 
 # ---------------------------------------------------------------------------------------------------------------

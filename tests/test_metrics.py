@@ -133,3 +133,45 @@ def test_errors_name_argument():
 def test_mean_std():
     assert M.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
     assert M.mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_chance_levels():
+    y = [2, 2, 2, 5, 7, 7]
+    ch = M.chance_levels(y, 4)  # 4 candidate classes, one of them without test images
+    assert ch["uniform"] == pytest.approx(25.0) and ch["majority_acc"] == pytest.approx(50.0)
+    assert ch["majority_class"] == 2 and ch["classes"] == 4 and ch["n"] == 6
+    # what the trivial classifiers really score
+    assert M.accuracy(y, [2] * 6) == pytest.approx(ch["majority_acc"])
+    rng = np.random.default_rng(0)
+    guesses = rng.choice([2, 5, 7, 9], size=(300, 6))  # the mean of 300 draws: standard error about 1 point
+    assert np.mean([M.mean_class_accuracy(y, g) for g in guesses]) == pytest.approx(ch["uniform"], abs=3.0)
+    with pytest.raises(ValueError, match="n_classes"):
+        M.chance_levels(y, 0)
+
+
+def test_f1_iou_at_a_given_threshold_and_the_all_positive_baseline():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.5])
+    target = np.array([1, 0, 1, 0, 1, 0])
+    f1, iou = M.f1_iou_at(scores, target, 0.75)  # predicted: .9 .8 -> tp 1, fp 1, fn 2
+    assert f1 == pytest.approx(100 * 2 / 5) and iou == pytest.approx(100 * 1 / 4)
+    # the lowest threshold predicts every pixel: exactly the all-positive baseline
+    b = M.all_positive_baseline(int(target.sum()), target.size)
+    assert M.f1_iou_at(scores, target, scores.min()) == pytest.approx((b["f1"], b["iou"]))
+    assert b["pixel_auroc"] == 50.0 and b["positive_rate"] == pytest.approx(50.0)
+    assert M.pixel_auroc(np.zeros(6), target) == pytest.approx(b["pixel_auroc"])  # a constant score
+    # the real fixture's 32.58 % positive test pixels: F1 about 49.14 without looking at any image
+    b = M.all_positive_baseline(3258, 10000)
+    assert b["f1"] == pytest.approx(49.14, abs=0.01) and b["iou"] == pytest.approx(32.58)
+    with pytest.raises(ValueError, match="positive"):
+        M.all_positive_baseline(0, 10)
+
+
+def test_retrieval_chance_is_the_mean_recall_of_random_rankings():
+    rng = np.random.default_rng(3)
+    rel = rng.random((12, 9)) < 0.2
+    rel[0] = False  # a query without a relevant item is left out, as in retrieval_recall
+    ch = M.retrieval_chance(rel)
+    runs = [M.retrieval_recall(rng.random(rel.shape), rel) for _ in range(3000)]
+    for k in (1, 5, 10):
+        assert ch[f"R@{k}"] == pytest.approx(np.mean([r[f"R@{k}"] for r in runs]), abs=1.0)
+    assert ch["R@10"] == pytest.approx(100.0)  # 9 items: every query hits at 10

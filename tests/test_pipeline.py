@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_report import assert_report_baselines, loc_target
 
 from sdx import pipeline
 
@@ -15,13 +16,17 @@ def _run(tmp_path, *extra):
     out = tmp_path / "run"
     summary = pipeline.main(["--preset", "smoke", "--output_dir", str(out), "--clip_levels", "t0,t4", *extra])
     report = (out / "bench" / "report.md").read_text()
+    assert_report_baselines(report, json.loads((out / "bench" / "results.json").read_text()))
     return out, summary, report
 
 
 @pytest.mark.slow
-def test_demo_pipeline_on_synthetic_data(tmp_path, monkeypatch):
+def test_demo_pipeline_on_synthetic_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STEELDEFECTX_CACHE", str(tmp_path / "syn"))
     out, summary, report = _run(tmp_path)
+    last = capsys.readouterr().out.rsplit("Done in", 1)[1]  # the last message names every output
+    for path in (out / "bench" / "report.md", out / "gallery.png", out / "pipeline.json"):
+        assert str(path) in last
     for section in SECTIONS:
         assert section in report, section
     assert "SYNTHETIC" in report.splitlines()[0]
@@ -44,13 +49,19 @@ def test_pipeline_refuses_to_overwrite_a_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_pipeline_on_the_real_fixture(tmp_path, real_subset):
-    out, summary, report = _run(tmp_path, "--data_dir", str(real_subset), "--transfer_level", "none")
+def test_pipeline_on_the_real_fixture(tmp_path, real_subset, magnetic_tile):
+    """The README's real-data command (at the smoke preset): the magnetic-tile set is a target of its own."""
+    out, summary, report = _run(tmp_path, "--data_dir", str(real_subset), "--transfer_level", "none",
+                                "--external_data", str(magnetic_tile))
     assert "SYNTHETIC" not in report.splitlines()[0]
     assert "steeldefectx-real-subset" in report
     assert "random-init" in report and "subsampled" in report
-    for section in SECTIONS[:3]:
+    for section in SECTIONS:
         assert section in report
+    assert "### External set: magnetic_tile (392 images, 5 classes" in report
+    results = json.loads((out / "bench" / "results.json").read_text())
+    assert loc_target(results, "magnetic_tile")["images"] == 392
+    assert summary["external_data"] == [str(magnetic_tile)]
 
 
 def test_arguments_from_flags_yaml_and_json(tmp_path):

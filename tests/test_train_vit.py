@@ -163,6 +163,7 @@ def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):
                           "--max_train_steps", "3", "--hflip", "--random_resized_crop", "--class_balanced_sampling"])
     assert res["completed_steps"] == 3
     assert res["test_num_samples"] == 40 and res["validation_num_samples"] == 40
+    assert isinstance(res["validation_num_samples"], int)  # a count, also when it comes from the epoch history
     # NEU images are 1-channel, X-SDD RGB: both went through (classes of both sources in the test subset)
     present = {r["class"] for r in res["test_per_class"] if r["support"]}
     assert present & {"Crazing", "Patches", "Inclusion"} and present & {"Red iron sheet", "Iron sheet ash",

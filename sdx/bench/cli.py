@@ -84,7 +84,8 @@ class BenchmarkArguments:
     external_data: list[str] = field(default_factory=list, metadata={
         "action": "extend", "metavar": "DIR[=DESCRIPTIONS.json]",
         "help": "Task 4a external set: DIR holds one sub-folder of images per class; the JSON {class: description} "
-                "defaults to DIR/class_descriptions.json. Repeatable."})
+                "defaults to DIR/class_descriptions.json. Where the set has masks (masks/<class>/<image stem>.png "
+                "inside DIR or beside it), localization scores it too. Repeatable."})
     unseen_classes: str | None = field(default=None, metadata={
         "help": "Task 4b: comma list of classes held out in training; when unset, the checkpoint's run metadata, "
                 "else a flagged fallback"})

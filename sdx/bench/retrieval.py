@@ -1,4 +1,5 @@
-"""Retrieval: test images against their own sample-level captions (T2, T3, T4), R@1/5/10 both ways."""
+"""Retrieval: test images against their own sample-level captions (T2, T3, T4), R@1/5/10 both ways, beside the
+R@K of a random ranking."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _one_level(bench: Benchmark, enc, img: np.ndarray, caps: list[str], level: s
     rel = np.zeros(sim.shape, dtype=bool)
     rel[np.arange(len(rows)), [pos[caps[i]] for i in rows]] = True
     return {"available": True, "images": len(rows), "texts": len(uniq),
-            "i2t": M.retrieval_recall(sim, rel), "t2i": M.retrieval_recall(sim.T, rel.T)}
+            "i2t": M.retrieval_recall(sim, rel), "t2i": M.retrieval_recall(sim.T, rel.T),
+            "chance": {"i2t": M.retrieval_chance(rel), "t2i": M.retrieval_chance(rel.T)}}
 
 
 def run(bench: Benchmark) -> dict:

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from sdx import metrics as M
 from sdx.bench import fewshot, localize, retrieval, transfer, txty, vision
-from sdx.bench.data import ImageSet
+from sdx.bench.data import ExternalSet, ImageSet, external_image_set
 from sdx.bench.embeddings import EmbeddingCache
 from sdx.bench.models import BenchClip, ModelSpec, load_clip_models, parse_model_arg
 from sdx.bench.zeroshot import ZeroShot
@@ -60,7 +61,8 @@ class Benchmark:
         self.timings: dict[str, float] = {}
         self._sets: dict[str, ImageSet] = {}
         self._encoders: list[BenchClip] | None = None
-        self._masks: list | None = None
+        self._masks: dict[str, list] = {}
+        self._external_sets: list[ExternalSet] | None = None
         self._cands: list[int] | None = None
 
     def split(self, name: str) -> ImageSet:
@@ -84,10 +86,30 @@ class Benchmark:
                                               self.truncation_warning_share)
         return self._encoders
 
+    def masks(self, name: str) -> list[np.ndarray | None]:
+        """The binary masks of a split's rows (None where a row has none), read once."""
+        if name not in self._masks:
+            self._masks[name] = self.split(name).masks()
+        return self._masks[name]
+
     def test_masks(self) -> list[np.ndarray | None]:
-        if self._masks is None:
-            self._masks = self.split("test").masks()
-        return self._masks
+        return self.masks("test")
+
+    def external_sets(self) -> list[ExternalSet]:
+        """The --external_data sets, each read once (images, classes, descriptions, mask files)."""
+        if self._external_sets is None:
+            self._external_sets = [external_image_set(folder, desc) for folder, desc in self.external]
+        return self._external_sets
+
+    def chance(self) -> dict:
+        """Chance levels of a test-split classifier among the candidate classes (sdx.metrics.chance_levels)."""
+        return self.named_chance(self.split("test").labels, len(self.candidates()), self.class_names)
+
+    @staticmethod
+    def named_chance(labels: np.ndarray, n_classes: int, names: Sequence[str]) -> dict:
+        """sdx.metrics.chance_levels with the majority class's name (``names`` indexed by label id)."""
+        ch = M.chance_levels(labels, n_classes)
+        return dict(ch, majority_class_name=names[ch["majority_class"]])
 
     def select(self, **record) -> None:
         """Record one hyper-parameter selection (made on validation)."""
@@ -113,14 +135,18 @@ class Benchmark:
         needs_clip = [t for t in tasks if t != "task1"]
         if needs_clip and not self.specs:
             raise ValueError(f"tasks {needs_clip} need --model_name_or_path (a CLIP-family checkpoint)")
-        if "localization" in tasks:  # patch tokens come out of the test embedding pass
-            test = self.split("test")
-            test.patch_rows = {i for i, m in enumerate(self.test_masks()) if m is not None}
+        if "localization" in tasks:  # patch tokens of square images come out of the embedding pass of each set
+            for name in ("test", "validation"):  # (non-square ones get a pass of their own: ImageSet.square_view)
+                iset = self.split(name)
+                iset.patch_rows = iset.square_rows(i for i, m in enumerate(self.masks(name)) if m is not None)
+            for ext in self.external_sets():
+                ext.iset.patch_rows = ext.iset.square_rows(ext.masked_rows)
         results: dict[str, Any] = {}
         for t in tasks:
             start = time.perf_counter()
             results[t] = TASK_FUNCTIONS[t](self)
             self.timings[t] = time.perf_counter() - start
+        results["chance"] = {"test": self.chance()}
         results["models"] = [e.describe() for e in self._encoders] if self._encoders else []
         results["text_budget"] = self.text_budget()
         results["hyperparameters"] = self.hyperparameters

@@ -1,5 +1,6 @@
 """Task 4, zero-shot transfer: (a) external image sets with T0 and T1 prompts over their own classes;
-(b) cross-class on SteelDefectX: test images of the unseen classes classified among the unseen classes."""
+(b) cross-class on SteelDefectX: test images of the unseen classes classified among the unseen classes. Each
+result carries its chance levels (sdx.metrics.chance_levels)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sdx import metrics as M
-from sdx.bench.data import external_image_set
+from sdx.bench.data import ExternalSet
 from sdx.bench.models import BenchClip
 from sdx.data.levels import t0_prompt
 from sdx.models.clip import zero_shot_predict
@@ -56,16 +57,18 @@ def cross_class(bench: Benchmark, enc: BenchClip) -> dict:
                           "model_excluded_unseen": excluded, "n_test": len(rows)}
     if len(rows) and len(set(test.labels[rows].tolist())) >= 2:
         img, labels = bench.cache.images(enc, test)[rows], test.labels[rows]
+        cc["chance"] = bench.named_chance(labels, len(ids), bench.class_names)
         cc["levels"] = {lv: bench.zero_shot.evaluate(enc, img, labels, lv, ids) for lv in bench.levels}
     else:
         cc["skipped"] = "fewer than two unseen classes with test images"
     return cc
 
 
-def external_set(bench: Benchmark, enc: BenchClip, folder: str, desc_file: str | None) -> tuple[str, dict]:
-    iset, classes, desc = external_image_set(folder, desc_file)
+def external_set(bench: Benchmark, enc: BenchClip, ext: ExternalSet) -> tuple[str, dict]:
+    iset, classes, desc = ext
     img = bench.cache.images(enc, iset)
-    one = {"classes": classes, "n_images": len(iset.keys), "fingerprint": iset.fingerprint[:16]}
+    one = {"classes": classes, "n_images": len(iset.keys), "fingerprint": iset.fingerprint[:16],
+           "chance": bench.named_chance(iset.labels, len(classes), classes)}
     for lv, texts in (("t0", [t0_prompt(c) for c in classes]), ("t1", [desc[c] for c in classes])):
         pred = zero_shot_predict(img, bench.cache.texts(enc, texts), np.arange(len(classes)))
         one[lv] = M.classification_metrics(iset.labels, pred)
@@ -75,6 +78,6 @@ def external_set(bench: Benchmark, enc: BenchClip, folder: str, desc_file: str |
 def run(bench: Benchmark) -> dict:
     out: dict[str, Any] = {}
     for enc in bench.encoders():
-        external = dict(external_set(bench, enc, folder, desc) for folder, desc in bench.external)
+        external = dict(external_set(bench, enc, ext) for ext in bench.external_sets())
         out[enc.label] = {"cross_class": cross_class(bench, enc), "external": external}
     return out

@@ -19,4 +19,4 @@ def run(bench: Benchmark) -> dict:
         rows.append({"model": enc.label, "train_level": enc.level or "unknown", "results": results,
                      "setting": enc.setting()})
     return {"test_levels": list(bench.levels), "candidates": [bench.class_names[c] for c in cands], "rows": rows,
-            "n_test": len(test.labels)}
+            "n_test": len(test.labels), "chance": bench.chance()}

@@ -1,5 +1,5 @@
 """Task 1, vision-only classification: an image classifier's argmax over its labels, mapped to the dataset's
-classes by name; Acc, mAcc, macro-F1, a per-class table and the confusion matrix on test."""
+classes by name; Acc, mAcc, macro-F1, a per-class table, the confusion matrix and the chance levels on test."""
 
 from __future__ import annotations
 
@@ -29,4 +29,5 @@ def run(bench: Benchmark) -> dict:
     res["confusion"] = {"labels": [bench.class_names[i] for i in labels],
                         "matrix": M.confusion(test.labels, pred, labels).tolist()}
     res["model"] = clf.describe()
+    res["chance"] = bench.chance()
     return res

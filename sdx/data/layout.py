@@ -627,16 +627,23 @@ def _count_files(split: str, image_path: str, result, check: _Checker, *, with_m
     return True
 
 
+# what each raw folder's rows become in the built dataset (the build report names both, so say which is which)
+RAW_SPLIT_USE = {"train": "the dataset's train and validation splits are drawn from them",
+                 "val": "they are the dataset's test split"}
+
+
 def format_report(summary: dict) -> str:
-    lines = ["SteelDefectX build: " + ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items())]
+    lines = ["SteelDefectX build, dataset splits: "
+             + ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items())]
     if summary.get("empty_splits_left_out"):
         lines.append(f"  empty splits left out: {', '.join(summary['empty_splits_left_out'])}")
     for split in summary.get("records_in", {}):
         rows = summary.get("rows_out", {}).get(split, 0)
-        lines.append(f"  {split}: records in {summary['records_in'][split]} = rows out {rows} + skipped "
+        use = RAW_SPLIT_USE.get(split) if summary.get("splits") else None
+        lines.append(f"  raw folder {split}/: records in {summary['records_in'][split]} = rows out {rows} + skipped "
                      f"{summary.get('records_skipped', {}).get(split, 0)}; images in "
                      f"{summary.get('images_in', {}).get(split, 0)} = rows out {rows} + skipped "
-                     f"{summary.get('images_skipped', {}).get(split, 0)}")
+                     f"{summary.get('images_skipped', {}).get(split, 0)}" + (f" (rows out: {use})" if use else ""))
     for title in ("skipped", "notes", "fallbacks"):
         for split, counts in summary.get(title, {}).items():
             for reason, n in counts.items():

@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
+SYNTHETIC_TAG = " [SYNTHETIC DATA]"  # appended to the title of every plot drawn from synthetic data
+
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (imported on first use: heavy, and only for drawing)."""

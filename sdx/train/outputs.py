@@ -65,14 +65,15 @@ def write_all_results(output_dir: str | os.PathLike, results: Mapping[str, Any])
     return path
 
 
-def scalars(d: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric (non-bool) entries of `d` as floats; one-element tensors included."""
-    out = {}
+def scalars(d: Mapping[str, Any]) -> dict[str, float | int]:
+    """The numeric (non-bool) entries of `d`: ints stay ints (counts such as num_samples), the rest floats;
+    one-element tensors included."""
+    out: dict[str, float | int] = {}
     for k, v in d.items():
         if isinstance(v, bool):
             continue
         if isinstance(v, (int, float)):
-            out[k] = float(v)
+            out[k] = v
         elif hasattr(v, "numel") and v.numel() == 1:
             out[k] = float(v.item())
     return out

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from sdx import metrics as M
+from sdx.data.layout import is_synthetic_dir
 from sdx.models.classifiers import (
     apply_lora,
     build_image_classifier,
@@ -22,7 +23,7 @@ from sdx.models.classifiers import (
     load_or_build_image_processor,
     processor_image_size,
 )
-from sdx.report.plots import plot_confusion
+from sdx.report.plots import SYNTHETIC_TAG, plot_confusion
 from sdx.train.args import DataArguments, JobArguments, TrainingArguments, arg_help, parse_job_args, with_defaults
 from sdx.train.job import Job, run_job
 from sdx.train.pixels import CachedPixels, PixelBudget
@@ -385,7 +386,8 @@ class VitJob(Job):
     def save(self, model, out, results):
         results["saved"] = save_final(self.args.model, model, self.processor, out, self.origin)
         if self.test_predictions is not None:
-            write_test_report(out, *self.test_predictions, self.names, results)
+            write_test_report(out, *self.test_predictions, self.names, results,
+                              synthetic=is_synthetic_dir(self.args.data.data_dir))
 
     def metadata_fields(self):
         return {"dataset_config": self.args.data.dataset_config_name}
@@ -412,8 +414,10 @@ def save_final(m: VitModelArguments, model, processor, out: Path, origin: str) -
     return kind
 
 
-def write_test_report(out: Path, y: np.ndarray, p: np.ndarray, names: Sequence[str], results: dict) -> None:
-    """per_class_test.json / .md and confusion_matrix_test.png; the per-class rows go into `results` too."""
+def write_test_report(out: Path, y: np.ndarray, p: np.ndarray, names: Sequence[str], results: dict,
+                      synthetic: bool = False) -> None:
+    """per_class_test.json / .md and confusion_matrix_test.png (its title tagged on synthetic data); the per-class
+    rows go into `results` too."""
     shown = sorted(set(np.unique(y).tolist()) | set(np.unique(p).tolist()))
     rows = M.per_class_table(y, p, shown, names)
     results["test_per_class"] = rows
@@ -421,7 +425,7 @@ def write_test_report(out: Path, y: np.ndarray, p: np.ndarray, names: Sequence[s
     (out / "per_class_test.md").write_text(per_class_markdown(rows))
     plot_confusion({"labels": [names[i] for i in shown], "matrix": M.confusion(y, p, shown).tolist()},
                    out / "confusion_matrix_test.png", f"test confusion (Acc {results['test_accuracy']:.2f}, "
-                   f"mAcc {results['test_mean_class_accuracy']:.2f})")
+                   f"mAcc {results['test_mean_class_accuracy']:.2f}){SYNTHETIC_TAG if synthetic else ''}")
 
 
 def vit_model_card(args: JobArguments, results: Mapping[str, Any], origin: str) -> dict[str, Any]:
