@@ -19,11 +19,12 @@ sdx/bench/          tasks.py (orchestrator), vision/txty/fewshot/probe/transfer/
                     task), zeroshot.py, models.py, data.py, embeddings.py, cache.py, cli.py
 sdx/report/         results.json, report.md, plots, the data gallery
 sdx/metrics.py      accuracy, mAcc, macro-F1, retrieval recall, pixel AUROC / F1-max / IoU
+sdx/redact.py       the secrets rule: every recorded command line and argument dump goes through it
 sdx/pipeline.py     the main job: data -> ViT + CLIPs -> benchmark -> report
 sdx/cli.py          the steeldefectx data tools, ``python -m sdx COMMAND`` and the console scripts
 ==================  ==========================================================================================
 
-Layers (a module imports only from its own layer or below): 1 data/levels, models/, metrics; 2 annotate/;
+Layers (a module imports only from its own layer or below): 1 data/levels, models/, metrics, redact; 2 annotate/;
 3 data/ (layout, streaming, builder, export, synthetic); 4 report/, train/; 5 bench/; 6 pipeline, cli.
 """
 

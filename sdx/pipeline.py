@@ -40,9 +40,14 @@ from sdx.data import levels as T
 from sdx.data.builder import build_report, format_report, load_steeldefectx
 from sdx.data.layout import data_source
 from sdx.data.synthetic import default_dataset_dir
+from sdx.redact import redact
 from sdx.report.gallery import data_gallery
 from sdx.train import clip as train_clip
 from sdx.train import vit as train_vit
+from sdx.train.args import check_ranges
+from sdx.train.outputs import output_lock, refuse_foreign_folder
+
+PIPELINE_FILE = "pipeline.json"
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +123,11 @@ class PipelineArguments:
             folder = item.partition("=")[0]
             if not Path(folder).is_dir():
                 raise ValueError(f"--external_data: folder {folder} not found")
+        check_ranges(self, dict.fromkeys(("vit_epochs", "clip_epochs", "image_size", "batch_size", "max_train_samples",
+                                          "max_eval_samples"), ">= 1"))
+        for flag, value in (("--shots", self.shots), ("--seeds", self.seeds)):
+            if value is not None:
+                bench_cli.int_list(flag, value)
 
     def settings(self) -> dict[str, Any]:
         """The preset's values with the flags given here (not None) in their place."""
@@ -215,9 +225,9 @@ def _clip_runs(args: PipelineArguments, class_names: list[str]) -> tuple[list[tu
 def _prepare(args: PipelineArguments, s: dict[str, Any]) -> tuple[Path, str]:
     """(the output folder, emptied or new; the data folder every step reads)."""
     out = Path(args.output_dir)
-    if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
-        raise SystemExit(f"{out} already holds a run: pass --overwrite_output_dir or choose another --output_dir")
     out.mkdir(parents=True, exist_ok=True)
+    (out / PIPELINE_FILE).write_text(json.dumps(redact({"finished": False, "settings": s, "data_dir": args.data_dir}),
+                                                default=str))  # marks the folder as ours; replaced at the end
     if data_source(args.data_dir) == "synthetic":  # generated once per size, then cached
         n_train, n_val = s["synthetic_size"]
         return out, str(default_dataset_dir(train_per_class=n_train, val_per_class=n_val, progress=True))
@@ -225,6 +235,16 @@ def _prepare(args: PipelineArguments, s: dict[str, Any]) -> tuple[Path, str]:
 
 
 def run_pipeline(args: PipelineArguments) -> dict:
+    """The four steps into --output_dir: new, empty, or an earlier pipeline run with --overwrite_output_dir (a
+    user's folder is refused); one pipeline at a time writes into it (a lock)."""
+    out = Path(args.output_dir)
+    if refuse_foreign_folder(out, (PIPELINE_FILE,), tool="pipeline run") and not args.overwrite_output_dir:
+        raise SystemExit(f"{out} already holds a run: pass --overwrite_output_dir or choose another --output_dir")
+    with output_lock(out):
+        return _run_steps(args)
+
+
+def _run_steps(args: PipelineArguments) -> dict:
     s = args.settings()
     out, data_dir = _prepare(args, s)
     timings: dict[str, float] = {}
@@ -256,9 +276,9 @@ def run_pipeline(args: PipelineArguments) -> dict:
     summary = {"output_dir": str(out), "gallery": str(gallery), "report": results["meta"]["outputs"]["report"],
                "vit": vit, "clip": clips, "timings_s": {k: round(v, 1) for k, v in timings.items()},
                "settings": s, "data_dir": args.data_dir, "external_data": list(args.external_data)}
-    (out / "pipeline.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / PIPELINE_FILE).write_text(json.dumps(redact(summary), indent=2, default=str))
     print(f"\nDone in {sum(timings.values()):.0f} s.\n  report:   {summary['report']} (plots beside it)\n"
-          f"  gallery:  {summary['gallery']}\n  summary:  {out / 'pipeline.json'}")
+          f"  gallery:  {summary['gallery']}\n  summary:  {out / PIPELINE_FILE}")
     return summary
 
 

@@ -316,7 +316,7 @@ def test_cache_invalidated_by_new_weights(small_ds, models, tmp_path):
     assert first.cache.counts()["image"]["encoded"] == len(small_ds["test"])
     second = Benchmark(small_ds, **kw)
     second.run(["task2"])
-    assert second.cache.counts()["image"] == {"encoded": 0, "reused": len(small_ds["test"])}
+    assert second.cache.counts()["image"] == {"encoded": 0, "reused": len(small_ds["test"]), "discarded": 0}
     tiny_clip(ckpt, _vocab_texts(small_ds), seed=5)  # new weights in the same folder
     third = Benchmark(small_ds, **kw)
     third.run(["task2"])

@@ -43,9 +43,13 @@ def test_demo_pipeline_on_synthetic_data(tmp_path, monkeypatch, capsys):
 
 def test_pipeline_refuses_to_overwrite_a_run(tmp_path):
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "something").write_text("x")
+    (tmp_path / "run" / "pipeline.json").write_text("{}")
     with pytest.raises(SystemExit, match="already holds a run"):
         pipeline.main(["--preset", "smoke", "--output_dir", str(tmp_path / "run")])
+    (tmp_path / "run" / "pipeline.json").unlink()
+    (tmp_path / "run" / "something").write_text("x")  # a user's folder: refused even with the flag
+    with pytest.raises(FileExistsError, match="holds no pipeline run"):
+        pipeline.main(["--preset", "smoke", "--output_dir", str(tmp_path / "run"), "--overwrite_output_dir"])
 
 
 @pytest.mark.slow

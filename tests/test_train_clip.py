@@ -354,6 +354,7 @@ def test_bad_inputs_name_the_problem(tmp_path, data_dir, cache_dir, tiny_clip):
         _run(tmp_path, "nomodel", data_dir, cache_dir, tmp_path)
     occupied = tmp_path / "occupied"
     occupied.mkdir()
+    (occupied / "run_args.json").write_text("{}")
     (occupied / "all_results.json").write_text("{}")
     with pytest.raises(FileExistsError, match="already holds a run"):
         _run(tmp_path, "occupied", data_dir, cache_dir, tiny_clip)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -11,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
 CONFIG_SUFFIXES = (".json", ".txt")
@@ -38,25 +41,50 @@ def model_fingerprint(name_or_path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def read_chunk(keys_file: Path, arr_file: Path) -> dict[str, np.ndarray]:
+    """{key: row} of one cache chunk; ValueError naming the file when it is truncated or inconsistent."""
+    try:
+        keys = json.loads(keys_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{keys_file}: unreadable key list ({err})") from None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"{keys_file}: not a list of keys")
+    try:
+        arr = np.load(arr_file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{arr_file}: unreadable array ({err})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim == 0 or len(keys) != len(arr):
+        raise ValueError(f"{keys_file}: {len(keys)} keys for an array of shape {getattr(arr, 'shape', '?')} in "
+                         f"{arr_file.name}")
+    return dict(zip(keys, arr))
+
+
 class ArrayStore:
-    """Append-only key -> array cache (one per model and kind), in memory when ``directory`` is None."""
+    """Append-only key -> array cache (one per model and kind), in memory when ``directory`` is None.
+
+    Each chunk is a ``chunk_*.npy`` and its ``chunk_*.json`` key list, each written under a temporary name and
+    renamed. A chunk that cannot be read (truncated, not JSON, lengths that differ) is discarded with a warning
+    naming its file, counted in ``discarded``, and its rows are encoded again."""
 
     def __init__(self, directory: Path | None):
         self.dir = directory
         self.rows: dict[str, np.ndarray] = {}
-        self.encoded = 0   # items computed by the encoder in this process
-        self.reused = 0    # items served from the cache
+        self.encoded = 0    # items computed by the encoder in this process
+        self.reused = 0     # items served from the cache
+        self.discarded = 0  # damaged chunks removed when the store was opened
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
+            # a chunk is found by its key list, renamed in after its array: an .npy alone is a write in progress
+            # (or an interrupted one) and is left alone
             for keys_file in sorted(directory.glob("chunk_*.json")):
                 arr_file = keys_file.with_suffix(".npy")
-                if not arr_file.exists():
-                    continue
-                keys = json.loads(keys_file.read_text())
-                arr = np.load(arr_file)
-                if len(keys) != len(arr):
-                    continue  # a torn write: ignore it, the rows are recomputed
-                self.rows.update(zip(keys, arr))
+                try:
+                    self.rows.update(read_chunk(keys_file, arr_file))
+                except ValueError as err:
+                    logger.warning("embedding cache: discarding a damaged chunk, its rows are encoded again: %s", err)
+                    keys_file.unlink(missing_ok=True)
+                    arr_file.unlink(missing_ok=True)
+                    self.discarded += 1
 
     def put(self, keys: Sequence[str], arr: np.ndarray) -> None:
         """Store rows computed elsewhere (e.g. patch tokens from the embedding pass)."""
@@ -76,7 +104,9 @@ class ArrayStore:
         tmp = stem.with_suffix(".tmp.npy")
         np.save(tmp, arr)
         os.replace(tmp, stem.with_suffix(".npy"))
-        stem.with_suffix(".json").write_text(json.dumps(keys))
+        tmp_keys = stem.with_suffix(".json.tmp")
+        tmp_keys.write_text(json.dumps(keys))
+        os.replace(tmp_keys, stem.with_suffix(".json"))
 
     def get(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> np.ndarray:
         """Rows for ``keys``; ``compute(positions)`` encodes the missing ones (positions index ``keys``)."""

@@ -20,7 +20,12 @@ from sdx.data.layout import data_source
 from sdx.data.levels import LEVELS, normalize_level
 from sdx.data.layout import is_synthetic_dir
 from sdx.models.clip import TRUNCATION_WARNING_SHARE
+from sdx.redact import redact_argv
 from sdx.report.markdown import write_report
+from sdx.train.outputs import output_lock, refuse_foreign_folder
+
+EVAL_ARGS = "eval_args.json"
+EVAL_MARKERS = (EVAL_ARGS, "results.json")  # written at the start / the end of an evaluation
 
 CLI_DESCRIPTION = """SteelDefectX benchmark: the paper's four tasks plus retrieval and text-guided localization, in one
 report.
@@ -38,7 +43,8 @@ protocols, every rule and every grid are documented in docs/benchmark.md.
 """
 
 
-def _ints(flag: str, text: str) -> list[int]:
+def int_list(flag: str, text: str) -> list[int]:
+    """Comma-separated integers >= 1 of `flag`; ValueError naming the flag otherwise."""
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
@@ -135,11 +141,11 @@ class BenchmarkArguments:
 
     @property
     def shot_list(self) -> list[int]:
-        return _ints("--shots", self.shots)
+        return int_list("--shots", self.shots)
 
     @property
     def seed_list(self) -> list[int]:
-        return _ints("--seeds", self.seeds)
+        return int_list("--seeds", self.seeds)
 
     @property
     def model_specs(self) -> list[ModelSpec]:
@@ -198,12 +204,35 @@ def describe_data(data_dir: str, ds) -> dict:
     return info
 
 
+def prepare_output_dir(out: Path, argv: list[str]) -> None:
+    """Record the (redacted) command in ``eval_args.json``, the mark of an evaluator folder, and remove the plots
+    the previous evaluation in this folder listed, so none of them outlives its task."""
+    try:
+        previous = json.loads((out / "results.json").read_text()).get("meta", {}).get("plots", [])
+    except (OSError, ValueError, AttributeError):
+        previous = []
+    for name in previous:
+        if isinstance(name, str) and Path(name).name == name and name.endswith(".png"):
+            (out / name).unlink(missing_ok=True)
+    (out / EVAL_ARGS).write_text(json.dumps({"argv": argv}, indent=1) + "\n")
+
+
 def run_benchmark(args: BenchmarkArguments, argv: Sequence[str] | None = None) -> dict:
-    """Everything eval_benchmark.py does after parsing: data, models, tasks, report; returns the results."""
+    """Everything eval_benchmark.py does after parsing: data, models, tasks, report; returns the results.
+
+    The output folder must be new, empty or an earlier evaluator folder (a user's folder is refused, nothing of it
+    overwritten); one evaluation at a time writes into it (a lock)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.output_dir)
+    refuse_foreign_folder(out, EVAL_MARKERS, tool="evaluation", overwrite_flag=None)
+    with output_lock(out):
+        return _run(args, out, redact_argv(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _run(args: BenchmarkArguments, out: Path, argv: list[str]) -> dict:
+    prepare_output_dir(out, argv)
     overrides = {} if args.validation_fraction is None else {"validation_fraction": args.validation_fraction}
     ds = load_steeldefectx(args.data_dir, args.dataset_config_name, cache_dir=args.cache_dir, **overrides)
-    out = Path(args.output_dir)
     bench = Benchmark(
         ds, clip_models=args.model_specs, vision_model=args.vision_model_name_or_path,
         cache_dir=args.embedding_cache_dir or out / "cache", batch_size=args.batch_size, shots=args.shot_list,
@@ -214,7 +243,7 @@ def run_benchmark(args: BenchmarkArguments, argv: Sequence[str] | None = None) -
     results["meta"] = {"data": describe_data(args.data_dir, ds), "tasks": args.task_list, "levels": args.level_list,
                        "shots": args.shot_list, "seeds": args.seed_list, "max_eval_samples": args.max_eval_samples,
                        "splits": results.pop("splits"), "dataset_config": args.dataset_config_name,
-                       "argv": list(sys.argv[1:] if argv is None else argv)}
+                       "argv": argv}
     results["meta"]["data"]["config"] = args.dataset_config_name
     paths = write_report(results, out, bench.artifacts)
     results["meta"]["outputs"] = paths

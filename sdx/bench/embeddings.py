@@ -38,12 +38,13 @@ class EmbeddingCache:
         return self._stores[key]
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """{kind: {"encoded": n, "reused": n}} over every store used in this process."""
+        """{kind: {"encoded": n, "reused": n, "discarded": damaged chunks}} over every store used in this process."""
         out: dict[str, dict[str, int]] = {}
         for (kind, _), st in self._stores.items():
-            d = out.setdefault(kind, {"encoded": 0, "reused": 0})
+            d = out.setdefault(kind, {"encoded": 0, "reused": 0, "discarded": 0})
             d["encoded"] += st.encoded
             d["reused"] += st.reused
+            d["discarded"] += st.discarded
         return out
 
     def _loop(self, n: int, size: int, desc: str, step: Callable[[slice], np.ndarray], quiet: bool = False):

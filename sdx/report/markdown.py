@@ -69,6 +69,12 @@ def _f(x, nd: int = 2) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+def md_cell(value: Any) -> str:
+    """A Markdown table cell of any value: backslashes and `|` escaped, line breaks as spaces, so no class, model or
+    parameter name can split a row (used by every table writer: this report, the model cards, per_class_test.md)."""
+    return " ".join(str(value).replace("\\", "\\\\").replace("|", "\\|").splitlines())
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
 
@@ -106,8 +112,8 @@ def _model_lines(results: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for m in _all_models(results):
         lvl = m.get("train_level")
-        lines.append(f"| {m['name']} | {m['kind']} | {m.get('origin') or 'unknown'} | {_trained_on(m)} | "
-                     f"{lvl.upper() if lvl else '-'} | {m.get('method') or '-'} | "
+        lines.append(f"| {md_cell(m['name'])} | {m['kind']} | {md_cell(m.get('origin') or 'unknown')} | "
+                     f"{md_cell(_trained_on(m))} | {lvl.upper() if lvl else '-'} | {md_cell(m.get('method') or '-')} | "
                      f"{'-' if m.get('seed') is None else m['seed']} | {m.get('fingerprint')} |")
     lines.append("")
     return lines
@@ -166,21 +172,40 @@ def _task1_lines(t1: dict, warn: list[str], results: dict) -> list[str]:
     L = ["## Task 1: vision-only classification", ""] + warn
     if t1.get("skipped"):
         return L + [f"Skipped: {t1['skipped']}.", ""]
-    m = t1["model"]
+    m, restricted = t1["model"], t1.get("restricted")
+    ours = md_cell(f"{m['name']} ({_setting(m)})")
     L += ["| row | Acc | mAcc | macro-F1 | n |", "|---|---|---|---|---|",
-          (f"| ours: {m['name']} ({_setting(m)}) | {_f(t1['acc'])} | {_f(t1['macc'])} | {_f(t1['macro_f1'])} | "
-           f"{t1['n']} |")]
+          f"| ours: {ours} | {_f(t1['acc'])} | {_f(t1['macc'])} | {_f(t1['macro_f1'])} | {t1['n']} |"]
+    if restricted and t1.get("labels_not_present"):
+        L.append(f"| ours: {md_cell(m['name'])}, argmax restricted to the {restricted['classes']} classes present | "
+                 f"{_f(restricted['acc'])} | {_f(restricted['macc'])} | {_f(restricted['macro_f1'])} | "
+                 f"{restricted['n']} |")
     if t1.get("chance"):
         acc, macc = _chance_cells(t1["chance"])
         L.append(f"| {_chance_label(t1['chance'])} | {acc} | {macc} | - | {t1['chance']['n']} |")
     paper = PAPER["task1"]
     L += [f"| paper: {name} (trained on the full release; its val split) | {a:.2f} | {b:.2f} | - | 2324 |"
           for name, a, b in paper["rows"]]
-    L += ["", f"Paper rows' setting: {paper['setting']}. {paper['left_out']}"]
+    L += ["", f"Paper rows' setting: {paper['setting']}. {paper['left_out']}"] + _task1_argmax_lines(t1)
     L += ["", "Per class (test):", "", "| class | support | recall | precision | F1 |", "|---|---|---|---|---|"]
-    L += [f"| {r['class']} | {r['support']} | {_f(r['recall'])} | {_f(r['precision'])} | {_f(r['f1'])} |"
+    L += [f"| {md_cell(r['class'])} | {r['support']} | {_f(r['recall'])} | {_f(r['precision'])} | {_f(r['f1'])} |"
           for r in t1["per_class"]]
     return L + ["", "![confusion matrix](confusion_task1.png)", ""]
+
+
+def _task1_argmax_lines(t1: dict) -> list[str]:
+    """Which argmax the task-1 rows take: the model's own labels, and the restricted row when some are not classes
+    with images in the data (docs/benchmark.md, Task 1)."""
+    r, absent = t1.get("restricted"), t1.get("labels_not_present")
+    if not r:
+        return []
+    if not absent:
+        return ["", f"Argmax over the model's {t1['model_labels']} labels, all of them classes present in the data."]
+    return ["", (f"The first row is the model's own answer, the argmax over its {t1['model_labels']} labels; "
+                 f"{t1['predicted_not_present']} of {t1['n']} test images got a label that is not a class with "
+                 f"images in the data ({', '.join(map(md_cell, absent[:10]))}{', ...' if len(absent) > 10 else ''}). "
+                 f"The restricted row takes the argmax over the {r['classes']} classes present only (the candidates "
+                 "of the CLIP tasks); it is higher by construction.")]
 
 
 def _txty_cell(row: dict, lv: str, notes: list[str]) -> str:
@@ -205,7 +230,7 @@ def _task2_lines(t2: dict, warn: list[str], results: dict) -> list[str]:
     notes: list[str] = []
     for r in t2["rows"]:
         cells = [_txty_cell(r, lv, notes) for lv in levels]
-        L.append(f"| ours: {r['model']} ({r['train_level'].upper()}) | " + " | ".join(cells) + " |")
+        L.append(f"| ours: {md_cell(r['model'])} ({r['train_level'].upper()}) | " + " | ".join(cells) + " |")
     if t2.get("chance"):
         acc, macc = _chance_cells(t2["chance"])
         L.append(f"| {_chance_label(t2['chance'])} | " + " | ".join(f"{acc} / {macc}" for _ in levels) + " |")
@@ -257,7 +282,7 @@ def _long_clip_lines(t2: dict, synthetic: bool) -> list[str]:
         ref = (f"{paper[level][0]:.2f} / {paper[level][1]:.2f}" if level in paper
                else f"none (the paper reports {', '.join(x.upper() + '-T0' for x in paper)})")
         diff = "; ".join(_setting_differences(r, t2.get("n_test"), synthetic)) or "none known"
-        L.append(f"| {r['model']} ({level.upper()}) | {ours} | {ref} | {diff} |")
+        L.append(f"| {md_cell(r['model'])} ({level.upper()}) | {ours} | {ref} | {md_cell(diff)} |")
     return L + [""]
 
 
@@ -275,7 +300,8 @@ def _text_budget_lines(budgets: dict | None) -> list[str]:
             share = f"{100 * s['truncated_share']:.1f} %"
             if s.get("warning"):
                 share = f"**{share} (above {100 * b['warning_share']:g} %)**"
-            L.append(f"| {model} | {b['max_length']} / {b.get('text_positions') or '?'} | {level} | {s['texts']} | "
+            L.append(f"| {md_cell(model)} | {b['max_length']} / {b.get('text_positions') or '?'} | {level} | "
+                     f"{s['texts']} | "
                      f"{s['truncated']} | {share} | {s['tokens_lost_mean']:.1f} / {s['tokens_lost_max']} | "
                      f"{s['longest']} |")
     return L + [""]
@@ -306,7 +332,7 @@ def _few_shot_lines(fs: dict) -> list[str]:
               "selected on validation):"), "", "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
          "|---" * (len(ks) + 1) + "|"]
     for method, per_k in fs.items():
-        L.append(f"| ours: {method} | " + " | ".join(
+        L.append(f"| ours: {md_cell(method)} | " + " | ".join(
             f"{_f(per_k[str(k)]['acc_mean'])} +- {_f(per_k[str(k)]['acc_std'])}" if str(k) in per_k
             else "-" for k in ks) + " |")
     for method, vals in PAPER["few_shot"].items():
@@ -353,12 +379,14 @@ def _cross_class_lines(t4: dict) -> list[str]:
         else:
             cells = [f"{_f(c.get('acc'))} / {_f(c.get('macc'))}" if c.get("available") else "n/a"
                      for c in (cc["levels"].get(lv, {}) for lv in levels)]
-        L.append(f"| ours: {model} | {unseen} ({cc.get('source')}) | {held} | " + " | ".join(cells) + " |")
+        L.append(f"| ours: {md_cell(model)} | {md_cell(unseen)} ({md_cell(cc.get('source'))}) | {held} | "
+                 + " | ".join(md_cell(c) for c in cells) + " |")
         if cc.get("chance"):
             chances.setdefault(unseen, cc["chance"])
     for unseen, ch in chances.items():
         acc, macc = _chance_cells(ch)
-        L.append(f"| {_chance_label(ch)} | {unseen} | - | " + " | ".join(f"{acc} / {macc}" for _ in levels) + " |")
+        L.append(f"| {_chance_label(ch)} | {md_cell(unseen)} | - | "
+                 + " | ".join(f"{acc} / {macc}" for _ in levels) + " |")
     return L + [""]
 
 
@@ -374,7 +402,7 @@ def _external_lines(t4: dict) -> list[str]:
                "SteelDefectX: zero-shot transfer to another data set)"), "",
               f"Classes: {', '.join(first['classes'])}. T0 = the class-name template, T1 = the set's descriptions.", "",
               "| model | T0 Acc | T0 mAcc | T1 Acc | T1 mAcc |", "|---|---|---|---|---|"]
-        L += [f"| ours: {model} | {_f(e['t0']['acc'])} | {_f(e['t0']['macc'])} | {_f(e['t1']['acc'])} | "
+        L += [f"| ours: {md_cell(model)} | {_f(e['t0']['acc'])} | {_f(e['t0']['macc'])} | {_f(e['t1']['acc'])} | "
               f"{_f(e['t1']['macc'])} |" for model, e in rows.items()]
         if first.get("chance"):
             acc, macc = _chance_cells(first["chance"])
@@ -399,9 +427,10 @@ def _retrieval_lines(rt: dict, warn: list[str], results: dict) -> list[str]:
     for model, res in rt.items():
         for lv, c in res.items():
             if not c.get("available"):
-                L.append(f"| {model} | T{lv[1]} | n/a: {c.get('reason')} |||||||| ")
+                L.append(f"| {md_cell(model)} | T{lv[1]} | n/a: {md_cell(c.get('reason'))} |||||||| ")
                 continue
-            L.append(f"| {model} | T{lv[1]} | {c['images']} | {c['texts']} | " + _recall_cells(c["i2t"], c["t2i"]))
+            L.append(f"| {md_cell(model)} | T{lv[1]} | {c['images']} | {c['texts']} | "
+                     + _recall_cells(c["i2t"], c["t2i"]))
             if c.get("chance"):
                 chance.setdefault(lv, dict(c["chance"], images=c["images"], texts=c["texts"]))
     for lv, c in chance.items():
@@ -457,15 +486,15 @@ def _localization_target_lines(target: dict, warn: list[str], results: dict) -> 
           f"{_f(b['f1'])} | {_f(b['iou'])} | {_f(b['f1'])} | {_f(b['iou'])} | - |")]
     for model, res in target["models"].items():
         if res.get("skipped"):
-            L.append(f"| ours: {model} | - | skipped: {res['skipped']} ||||||")
+            L.append(f"| ours: {md_cell(model)} | - | skipped: {md_cell(res['skipped'])} ||||||")
             continue
         for lv in ("t0", "t1"):
             c = res.get(lv)
             if c:
                 flag = ("beats it" if not c["below_baseline"] else
                         "**does not beat it**: " + "; ".join(c["below_baseline"]))
-                L.append(f"| ours: {model} | T{lv[1]} | {_f(c['pixel_auroc'])} | {_f(c['f1'])} | {_f(c['iou'])} | "
-                         f"{_f(c['f1_max_oracle'])} | {_f(c['iou_oracle'])} | {flag} |")
+                L.append(f"| ours: {md_cell(model)} | T{lv[1]} | {_f(c['pixel_auroc'])} | {_f(c['f1'])} | "
+                         f"{_f(c['iou'])} | {_f(c['f1_max_oracle'])} | {_f(c['iou_oracle'])} | {flag} |")
     if not external:
         paper = PAPER["localization"]
         L += [f"| paper: {m} (pretrained, no mask training; full release val masks) | {'T0' if 'T0' in m else '-'} | "
@@ -485,7 +514,8 @@ def _hyperparameter_lines(hp: list[dict], shown: int = 60) -> list[str]:
          (f"{len(hp)} selections, all on split(s): {', '.join(splits)} (grid order breaks ties). "
           "Full list with grids and validation scores in results.json."), "",
          "| model | method | k | seed | name | value | val Acc | selected on |", "|---|---|---|---|---|---|---|---|"]
-    L += [f"| {h['model']} | {h['method']} | {h['k']} | {h['seed']} | {h['name']} | {h['value']} | "
+    L += [f"| {md_cell(h['model'])} | {md_cell(h['method'])} | {h['k']} | {h['seed']} | {md_cell(h['name'])} | "
+          f"{md_cell(h['value'])} | "
           f"{_f(h['score'])} | {h['selected_on']} |" for h in hp[:shown]]
     if len(hp) > shown:
         L.append(f"| ... {len(hp) - shown} more in results.json |||||||")
@@ -495,6 +525,8 @@ def _hyperparameter_lines(hp: list[dict], shown: int = 60) -> list[str]:
 def _run_lines(results: dict, meta: dict) -> list[str]:
     cache = results.get("cache") or {}
     return ["## Run", "", "- encoder cache: " + ", ".join(f"{k}: {v['encoded']} encoded / {v['reused']} reused"
+                                                          + (f" ({v['discarded']} damaged cache chunk(s) discarded "
+                                                             "and re-encoded)" if v.get("discarded") else "")
                                                           for k, v in cache.items()),
             "- time per task (s): " + ", ".join(f"{k} {v:.1f}" for k, v in (results.get("timings_s") or {}).items()),
             f"- software: {meta.get('versions')}", ""]

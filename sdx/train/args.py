@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shlex
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 from transformers import HfArgumentParser
+
+from sdx.redact import redact, redact_argv
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "step")
@@ -26,6 +29,20 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "step")
 def arg_help(text: str, **more: Any) -> dict[str, Any]:
     """Field metadata for HfArgumentParser: the help text and any other add_argument keyword."""
     return {"help": text, **more}
+
+
+RANGES: dict[str, Callable[[float], bool]] = {
+    ">= 1": lambda v: v >= 1, ">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1}
+
+
+def check_ranges(obj: Any, rules: Mapping[str, str]) -> None:
+    """Raise ValueError naming the flag when a field of `obj` breaks its rule (a key of RANGES) or is NaN or
+    infinite; an unset optional (None) passes. Called by the argument dataclasses, so a bad value stops the parse
+    before anything is written."""
+    for name, rule in rules.items():
+        value = getattr(obj, name)
+        if value is not None and not (math.isfinite(value) and RANGES[rule](value)):
+            raise ValueError(f"--{name} must be {rule}, got {value!r}")
 
 
 @dataclass
@@ -100,12 +117,14 @@ class TrainingArguments:
         steps = self.checkpointing_steps
         if steps is not None and steps != "epoch" and (not str(steps).isdigit() or int(steps) <= 0):
             raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {steps!r}")
-        for name in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1")
-        for name in ("max_train_samples", "max_eval_samples", "max_train_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        check_ranges(self, {
+            **dict.fromkeys(("num_train_epochs", "max_train_steps", "per_device_train_batch_size",
+                             "per_device_eval_batch_size", "gradient_accumulation_steps", "lr_step_epochs",
+                             "checkpoints_total_limit", "max_train_samples", "max_eval_samples"), ">= 1"),
+            **dict.fromkeys(("warmup_steps", "logging_steps", "dataloader_num_workers", "weight_decay", "momentum"),
+                            ">= 0"),
+            **dict.fromkeys(("learning_rate", "lr_gamma", "max_grad_norm"), "> 0"),
+            **dict.fromkeys(("adam_beta1", "adam_beta2"), "in [0, 1)")})
 
 
 @dataclass
@@ -130,6 +149,9 @@ class DataArguments:
         "and keep them in memory when they fit in this many MB (0: process every batch on the fly; identical "
         "pixel values either way)"))
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {"shots": ">= 1", "validation_fraction": "in [0, 1)", "pixel_cache_mb": ">= 0"})
+
 
 def with_defaults(cls: type, name: str = "", **defaults: Any) -> type:
     """A subclass of dataclass `cls` whose fields take other defaults (help texts kept): per-trainer defaults."""
@@ -152,18 +174,16 @@ class JobArguments:
     training: TrainingArguments
 
     def flat(self) -> dict[str, Any]:
-        """Every argument by name, JSON-able, the Hub token left out (run_args.json, trackers)."""
+        """Every argument by name, JSON-able, secrets redacted (run_args.json, trackers, model cards)."""
         out: dict[str, Any] = {}
         for part in (self.data, self.model):
             out.update(dataclasses.asdict(part))
-        return {**out, **training_hparams(self.training)}
+        return redact({**out, **training_hparams(self.training)})
 
 
 def training_hparams(training: TrainingArguments) -> dict[str, Any]:
-    """The training arguments as a dict, the Hub token left out."""
-    out = dataclasses.asdict(training)
-    out.pop("hub_token", None)
-    return out
+    """The training arguments as a dict, secrets redacted (sdx.redact: the Hub token, token-like values)."""
+    return redact(dataclasses.asdict(training))
 
 
 def tracker_config(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,7 +301,7 @@ def parse_job_args(dataclass_types: Sequence[type], argv: Sequence[str] | None, 
     if not training.output_dir:
         parser.error("--output_dir is required (on the command line or in --config)")
     training.recipe = recipe
-    training.command_line = " ".join(shlex.quote(a) for a in [prog, *argv])
+    training.command_line = shlex.join(redact_argv([prog, *argv]))
     return tuple(parsed)
 
 

@@ -41,7 +41,15 @@ from sdx.models.clip import (
     update_lineage,
     zero_shot_predict,
 )
-from sdx.train.args import DataArguments, JobArguments, TrainingArguments, arg_help, parse_job_args, with_defaults
+from sdx.train.args import (
+    DataArguments,
+    JobArguments,
+    TrainingArguments,
+    arg_help,
+    check_ranges,
+    parse_job_args,
+    with_defaults,
+)
 from sdx.train.job import Job, run_job
 from sdx.train.outputs import text_budget_section
 from sdx.train.losses import LONG_CLIP_PCA_DIM, class_text_loss, contrastive_loss, long_clip_loss
@@ -79,6 +87,7 @@ class ClipDataArguments(DataArguments):
         "compute missing T3/T4 from masks (sdx.annotate.engine) instead of falling back to T1"))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             self.caption_level = caption_level(self.caption_level)
         except ValueError as err:
@@ -142,9 +151,7 @@ class ClipModelArguments:
             raise ValueError("--freeze_vision_model / --freeze_text_model apply to --method full only")
         if self.freeze_vision_model and self.freeze_text_model:
             raise ValueError("--freeze_vision_model and --freeze_text_model together leave nothing to train")
-        for name in ("lora_r", "adapter_reduction", "tokenizer_vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1")
+        check_ranges(self, dict.fromkeys(("lora_r", "adapter_reduction", "tokenizer_vocab_size", "image_size"), ">= 1"))
         if not 0.0 <= self.adapter_alpha <= 1.0:
             raise ValueError("--adapter_alpha must lie in [0, 1]")
         if self.long_clip_pca_dim < 1:

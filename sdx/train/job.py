@@ -1,24 +1,28 @@
 """The one skeleton of a training run; train_vit.py and train_clip.py each supply a `Job` with what differs.
 
-`run_job`: check the output dir and the checkpoint, make the accelerator, load the data, select the splits, build
-the model, start the output dir, make the loaders and the optimizer, run the shared loop, load the best weights,
-evaluate at the end, then (main process) save the model, the run metadata, all_results.json and the model card,
-and push to the Hub.
+`run_job`: check the output dir and the checkpoint, make the accelerator, lock the output dir, load the data, select
+the splits, build the model and the loaders, check a resume's settings, start the output dir, run the shared loop,
+load the best weights, evaluate at the end, then (main process) save the model, the run metadata, all_results.json
+and the model card, and push to the Hub.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
+from accelerate.utils import broadcast_object_list
 
 from sdx.data.layout import is_synthetic_dir
 from sdx.models.classifiers import count_parameters
 from sdx.train import outputs
 from sdx.train.args import JobArguments, tracker_config
-from sdx.train.checkpoints import load_best, resolve_checkpoint
-from sdx.train.loop import TrainingResult, create_optimizer, make_accelerator, run_training
+from sdx.train.checkpoints import check_order_settings, load_best, read_training_state, resolve_checkpoint
+from sdx.train.loop import TrainingResult, create_optimizer, make_accelerator, order_settings, run_training
 from sdx.train.runmeta import RunMetadata
 
 
@@ -133,14 +137,43 @@ def write_outputs(job: Job, model: torch.nn.Module, out: Path, results: dict[str
         outputs.push_output_dir(out, t.hub_model_id, token=t.hub_token, private=t.hub_private)
 
 
+def train_fingerprint(split) -> str:
+    """SHA-1 of the training rows in order (image names and labels): what a resume must find unchanged."""
+    rows = json.dumps([list(split["image_name"]), [int(v) for v in split["label"]]])
+    return hashlib.sha1(rows.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def locked_output_dir(accelerator, out: Path) -> Iterator[None]:
+    """The main process holds the output dir's lock (outputs.output_lock) while the block runs; when another run
+    holds it, every process raises the same RuntimeError (so no process waits at a barrier for a failed one)."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if accelerator.is_main_process:
+            try:
+                stack.enter_context(outputs.output_lock(out))
+            except RuntimeError as exc:
+                error = str(exc)
+        error = broadcast_object_list([error])[0]
+        if error:
+            raise RuntimeError(error)
+        yield
+
+
 def run_job(job: Job, step_callback: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """Train as the job's arguments say and return the results written to all_results.json."""
+    t = job.args.training
+    out = outputs.check_output_dir(t)
+    resolve_checkpoint(t.resume_from_checkpoint, out, warn=False)  # a bad checkpoint fails before the data is read
+    accelerator = make_accelerator(t)
+    with locked_output_dir(accelerator, out):
+        return _run_locked(job, accelerator, out, step_callback)
+
+
+def _run_locked(job: Job, accelerator, out: Path, step_callback) -> dict[str, Any]:
     from sdx.data.builder import class_names  # heavy (datasets, ~1 s): a run only, not --help
 
     t = job.args.training
-    out = outputs.check_output_dir(t)
-    resolve_checkpoint(t.resume_from_checkpoint, out)  # a bad checkpoint fails before the data is read
-    accelerator = make_accelerator(t)
     with accelerator.main_process_first():
         ds = job.load_data()
     splits = select_splits(ds, job)
@@ -148,14 +181,20 @@ def run_job(job: Job, step_callback: Optional[Callable[[int], None]] = None) -> 
     trainable, total = count_parameters(model)
     if not trainable:
         raise ValueError(f"method {job.method}: no trainable parameter")
-    outputs.start_output_dir(t, accelerator, job.args.flat())
     train_loader = job.train_loader(splits["train"])
     loaders = {"validation": accelerator.prepare(job.eval_loader(splits["validation"], "validation"))}
+    fingerprint = train_fingerprint(splits["train"])
+    resume = resolve_checkpoint(t.resume_from_checkpoint, out, warn=False)
+    if resume is not None:  # refused before run_args.json is rewritten
+        check_order_settings(resume, read_training_state(resume),
+                             order_settings(t, accelerator.num_processes, train_loader, fingerprint))
+    outputs.start_output_dir(t, accelerator, job.args.flat())
     evaluate = None if t.eval_strategy == "no" else (
         lambda prepared: job.evaluate(accelerator, prepared, loaders["validation"]))
     result = run_training(t, accelerator, model, create_optimizer(t, model), train_loader,
                           compute_loss=job.compute_loss, evaluate=evaluate, select_metric=job.select_metric,
-                          step_callback=step_callback, hparams=tracker_config(job.args.flat()))
+                          step_callback=step_callback, hparams=tracker_config(job.args.flat()),
+                          data_fingerprint=fingerprint)
     model = load_best(accelerator, result.model, result.best_dir) if result.best_dir else \
         accelerator.unwrap_model(result.model)
     if "test" in splits:
@@ -167,6 +206,7 @@ def run_job(job: Job, step_callback: Optional[Callable[[int], None]] = None) -> 
                    splits={k: len(v) for k, v in splits.items()})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_outputs(job, model, out, results, run_metadata(job, splits["train"], class_names(ds)))
+        with outputs.disk_full_named(out, "model and results"):
+            write_outputs(job, model, out, results, run_metadata(job, splits["train"], class_names(ds)))
     accelerator.wait_for_everyone()
     return results

@@ -20,6 +20,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from sdx.redact import redact
 from sdx.train import checkpoints as C
 from sdx.train.args import tracker_config, training_hparams
 from sdx.train.outputs import json_default, scalars
@@ -43,14 +44,11 @@ def forget_accelerator_settings() -> None:
 
 
 def make_accelerator(training, **kwargs: Any):
-    """An `Accelerator` for the training arguments: grad accumulation, precision, trackers, automatic checkpoint
-    naming under ``output_dir`` (numbered past existing checkpoints when resuming), seedable samplers; seeds every
-    RNG with ``--seed``."""
+    """An `Accelerator` for the training arguments: grad accumulation, precision, trackers (logs under
+    ``output_dir/logs``), seedable samplers; seeds every RNG with ``--seed``. Checkpoints are named and pruned by
+    sdx.train.checkpoints (accelerate's automatic naming deletes the oldest before the new one is written)."""
     out = Path(training.output_dir)
-    project = ProjectConfiguration(
-        project_dir=str(out), logging_dir=str(out / "logs"), automatic_checkpoint_naming=True,
-        total_limit=training.checkpoints_total_limit,
-        iteration=C.next_checkpoint_index(out) if training.resume_from_checkpoint else 0)
+    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"))
     acc_kwargs: dict[str, Any] = dict(gradient_accumulation_steps=training.gradient_accumulation_steps,
                                       project_config=project,
                                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
@@ -163,6 +161,17 @@ def _batch_size(batch: Any) -> int:
     return 0
 
 
+def order_settings(training, num_processes: int, train_dataloader, data_fingerprint: str | None) -> dict[str, Any]:
+    """What fixes the examples of each step (a checkpoint records it; a resume must not change it): batch size,
+    processes, accumulation, seed, the training examples (count and fingerprint) and the sampler's kind."""
+    dataset = getattr(train_dataloader, "dataset", None)
+    return {"per_device_train_batch_size": training.per_device_train_batch_size, "num_processes": num_processes,
+            "gradient_accumulation_steps": training.gradient_accumulation_steps, "seed": training.seed,
+            "train_examples": len(dataset) if hasattr(dataset, "__len__") else None,
+            "data_fingerprint": data_fingerprint,
+            "sampler": type(getattr(train_dataloader, "sampler", None)).__name__}
+
+
 @dataclass
 class LoopState:
     """Where the loop stands; what a checkpoint's training_state.json holds (plus the step plan)."""
@@ -178,13 +187,15 @@ class TrainingLoop:
     """`run_training`'s parts: prepare, resume, one epoch of steps, evaluate and keep the best, checkpoint."""
 
     def __init__(self, training, accelerator, model, optimizer, train_dataloader, compute_loss, evaluate,
-                 scheduler, select_metric, greater_is_better, step_callback, hparams):
+                 scheduler, select_metric, greater_is_better, step_callback, hparams, data_fingerprint=None):
         self.args, self.acc, self.hparams = training, accelerator, hparams
         self.compute_loss, self.evaluate, self.step_callback = compute_loss, evaluate, step_callback
         self.select_metric = select_metric if evaluate is not None else None
         self.greater_is_better = greater_is_better
         self.out = Path(training.output_dir)
         self.best_dir = self.out / "best"
+        self.settings = order_settings(training, accelerator.num_processes, train_dataloader, data_fingerprint)
+        self.next_checkpoint = C.next_checkpoint_index(self.out)
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, train_dataloader)
         self.n_batches = len(self.loader)
         if self.n_batches == 0:
@@ -204,7 +215,9 @@ class TrainingLoop:
 
     # -- resume ------------------------------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
-        """Load a checkpoint; keep its best record only when ``best/`` on disk still holds that epoch."""
+        """Load a checkpoint made with the same data-order settings; keep its best record only when ``best/`` on
+        disk still holds that epoch."""
+        C.check_order_settings(path, C.read_training_state(path), self.settings)
         saved = C.load_training_state(self.acc, path)
         s = self.state
         s.completed_steps, s.epoch = int(saved["completed_steps"]), int(saved["epoch"])
@@ -323,10 +336,13 @@ class TrainingLoop:
 
     def checkpoint(self) -> Path:
         s = self.state
-        return C.save_checkpoint(self.acc, {
+        path = C.save_checkpoint(self.acc, self.out, self.next_checkpoint, {
             "completed_steps": s.completed_steps, "epoch": s.epoch, "batches_done_in_epoch": s.batches_done_in_epoch,
             "max_train_steps": self.max_train_steps, "steps_per_epoch": self.steps_per_epoch, "best": s.best,
-            "history": s.history, "select_metric": self.select_metric})
+            "history": s.history, "select_metric": self.select_metric, "order_settings": self.settings},
+            self.args.checkpoints_total_limit)
+        self.next_checkpoint += 1
+        return path
 
     # -- the run -----------------------------------------------------------------------------------------------
     def run(self, resume_path: Path | None) -> TrainingResult:
@@ -375,7 +391,7 @@ def run_training(training, accelerator, model: torch.nn.Module, optimizer: torch
                  evaluate: Callable[[torch.nn.Module], Mapping[str, Any]] | None = None, *,
                  scheduler: Any = None, select_metric: str | None = "accuracy", greater_is_better: bool = True,
                  step_callback: Callable[[int], None] | None = None,
-                 hparams: Mapping[str, Any] | None = None) -> TrainingResult:
+                 hparams: Mapping[str, Any] | None = None, data_fingerprint: str | None = None) -> TrainingResult:
     """Train `model` and return a `TrainingResult` (docs/training.md, "The shared loop").
 
     - `training`: the `TrainingArguments`; `accelerator` from `make_accelerator`.
@@ -386,10 +402,13 @@ def run_training(training, accelerator, model: torch.nn.Module, optimizer: torch
     - `scheduler`: None builds `create_scheduler` from the step counts.
     - `select_metric` / `greater_is_better`: the validation metric that picks the best epoch.
     - `step_callback(completed_steps)`: called after each optimizer step (tests use it to simulate a crash).
-    - `hparams`: what the trackers record (default: the training arguments, without the Hub token).
+    - `hparams`: what the trackers record (default: the training arguments; redacted either way, sdx.redact).
+    - `data_fingerprint`: of the training examples in order, recorded in checkpoints; a resume on other data is
+      refused (with the batch size, processes, accumulation and seed: `order_settings`).
     """
     resume_path = C.resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
     loop = TrainingLoop(training, accelerator, model, optimizer, train_dataloader, compute_loss, evaluate,
                         scheduler, select_metric, greater_is_better, step_callback,
-                        hparams if hparams is not None else training_hparams(training))
+                        redact(dict(hparams if hparams is not None else training_hparams(training))),
+                        data_fingerprint)
     return loop.run(resume_path)

@@ -23,8 +23,17 @@ from sdx.models.classifiers import (
     load_or_build_image_processor,
     processor_image_size,
 )
+from sdx.report.markdown import md_cell
 from sdx.report.plots import SYNTHETIC_TAG, plot_confusion
-from sdx.train.args import DataArguments, JobArguments, TrainingArguments, arg_help, parse_job_args, with_defaults
+from sdx.train.args import (
+    DataArguments,
+    JobArguments,
+    TrainingArguments,
+    arg_help,
+    check_ranges,
+    parse_job_args,
+    with_defaults,
+)
 from sdx.train.job import Job, run_job
 from sdx.train.pixels import CachedPixels, PixelBudget
 
@@ -68,6 +77,7 @@ class VitDataArguments(DataArguments):
         "sample training images with probability 1/class count (long-tailed classes)"))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"--crop_scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {self.crop_scale}")
 
@@ -105,8 +115,7 @@ class VitModelArguments:
     skip_test: bool = field(default=False, metadata=arg_help("do not evaluate the test split at the end"))
 
     def __post_init__(self) -> None:
-        if self.lora_r < 1:
-            raise ValueError("--lora_r must be >= 1")
+        check_ranges(self, {"image_size": ">= 1", "patch_size": ">= 1", "lora_r": ">= 1", "lora_dropout": "in [0, 1)"})
 
 
 VitTrainingArguments = with_defaults(TrainingArguments, "VitTrainingArguments", learning_rate=5e-4,
@@ -290,7 +299,7 @@ def per_class_markdown(rows: list[dict]) -> str:
     lines = ["| class | support | correct | recall % | precision % | F1 % |", "|---|---|---|---|---|---|"]
     for r in rows:
         rec = "-" if r["recall"] is None else f"{r['recall']:.2f}"
-        lines.append(f"| {r['class']} | {r['support']} | {r['correct']} | {rec} | {r['precision']:.2f} | "
+        lines.append(f"| {md_cell(r['class'])} | {r['support']} | {r['correct']} | {rec} | {r['precision']:.2f} | "
                      f"{r['f1']:.2f} |")
     return "\n".join(lines) + "\n"
 
