@@ -73,7 +73,9 @@ def test_redaction_rules():
     argv = ["train_vit.py", "--hub_token", FAKE_TOKEN, "--api-key=abc", "--OPENAI_API_KEY", "sk-proj-12345abcdef",
             "--tokenizer_vocab_size", "300", "--max_tokens", "64", "--output_dir", "runs/hf_cache",
             "--data_dir", "https://user:p4ssw0rd@example.com/data", "--learning_rate", "-1e-3",
-            "--model_name_or_path", "t3:name=ghp_abcdefghijklmnopqrstuvwx12", "--note", "Xk9mQ2vL7pR4tY8wZ3nB6cF1hJ5sD0gA", "--seed", "aB3" * 12]
+            "--model_name_or_path", "t3:name=ghp_abcdefghijklmnopqrstuvwx12",
+            "--note", "Xk9mQ2vL7pR4tY8wZ3nB6cF1hJ5sD0gA",
+            "--seed", "aB3" * 12]  # a random-looking run is redacted, a repetitive one is not
     red = R.redact_argv(argv)
     assert red == ["train_vit.py", "--hub_token", R.REDACTED, f"--api-key={R.REDACTED}", "--OPENAI_API_KEY",
                    R.REDACTED, "--tokenizer_vocab_size", "300", "--max_tokens", "64", "--output_dir", "runs/hf_cache",
