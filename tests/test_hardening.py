@@ -11,7 +11,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +344,18 @@ def test_bad_crop_scale_and_pipeline_flags(tmp_path, capsys):
         with pytest.raises(ValueError, match=name):
             pipeline.main(["--output_dir", str(tmp_path / "p"), *flags])
     assert not (tmp_path / "v").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("flags,name", [(["--batch_size", "0"], "--batch_size"),
+                                        (["--max_eval_samples", "0"], "--max_eval_samples"),
+                                        (["--validation_fraction", "1.5"], "--validation_fraction"),
+                                        (["--validation_fraction", "nan"], "--validation_fraction"),
+                                        (["--shots", "0"], "--shots")])
+def test_bad_evaluator_flags_fail_before_anything_is_written(tmp_path, flags, name):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=f"eval_benchmark.py: error: {name}"):
+        eval_benchmark.main(["--output_dir", str(out), "--tasks", "task1", "--vision_model_name_or_path", "x", *flags])
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sdx.data.layout import is_synthetic_dir
 from sdx.models.clip import TRUNCATION_WARNING_SHARE
 from sdx.redact import redact_argv
 from sdx.report.markdown import write_report
+from sdx.train.args import check_ranges
 from sdx.train.outputs import output_lock, refuse_foreign_folder
 
 EVAL_ARGS = "eval_args.json"
@@ -110,7 +111,9 @@ class BenchmarkArguments:
     no_progress: bool = field(default=False, metadata={"help": "hide progress bars"})
 
     def __post_init__(self):
-        """Check the list arguments now, at parse time (each property raises a ValueError naming its flag)."""
+        """Check the arguments now, at parse time, before anything is written (each check raises a ValueError
+        naming its flag)."""
+        check_ranges(self, {"batch_size": ">= 1", "max_eval_samples": ">= 1", "validation_fraction": "in [0, 1)"})
         tasks = self.task_list
         _ = self.level_list, self.shot_list, self.seed_list
         if not self.model_name_or_path and [t for t in tasks if t != "task1"]:
