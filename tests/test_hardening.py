@@ -514,3 +514,38 @@ def test_pipes_in_names_are_escaped_in_every_table(tmp_path):
                               hyperparameters={"classes": ["a|b", "c"], "recipe": "x|y"}, command_line="t.py")
     _tables_are_rectangular(card.read_text().split("---", 2)[2])
     assert md_cell("a|b\nc") == "a\\|b c"
+
+
+def test_pipes_in_names_are_escaped_in_every_report_section():
+    """Every section of report.md, with `|` in model, class and set names (shapes as in tests/test_report.py)."""
+    from test_report import CHANCE, TRAINED, _cross, _target, _zero_shot
+
+    name = "clip|t1"
+    model = dict(TRAINED, name=name, metadata=dict(TRAINED["metadata"], exclude_classes=["B|b"]))
+    target = _target("Steel|X", False, 33)
+    target["models"] = {name: target["models"]["clip_t1"], "clip|x": target["models"]["clip_x"]}
+    cross = dict(_cross(True), unseen_classes=["B|b", "D"])
+    ext = {"classes": ["Blow|hole", "Crack"], "n_images": 6, "fingerprint": "x", "chance": dict(CHANCE, classes=2),
+           "t0": {"acc": 50.0, "macc": 50.0}, "t1": {"acc": 60.0, "macc": 55.0}}
+    long_clip = {"lineage": {"family": "Long-CLIP"}, "architecture": "ViT|B", "train_method": "lo|ra"}
+    budget = {"max_length": 77, "text_positions": 77, "warning_share": 0.2,
+              "levels": {"t3": {"texts": 5, "truncated": 1, "truncated_share": 0.2, "warning": False,
+                                "tokens_lost_mean": 1.0, "tokens_lost_max": 3, "longest": 80}}}
+    results = {
+        "meta": {"data": {"data_dir": "real", "synthetic": False}, "tasks": ["task2", "task3", "task4"]},
+        "models": [model], "chance": {"test": CHANCE}, "text_budget": {name: budget},
+        "task2": {"test_levels": ["t0", "t1"], "candidates": ["A", "B|b"], "chance": CHANCE, "n_test": 10,
+                  "rows": [{"model": name, "train_level": "t3", "results": _zero_shot(30.0), "setting": long_clip}]},
+        "task3": {name: {"zero_shot": _zero_shot(30.0)}},
+        "task4": {name: {"cross_class": cross, "external": {"mag|tile": ext}}},
+        "retrieval": {name: {"t1": {"available": True, "images": 4, "texts": 4, "chance": None,
+                                    **{d: {"R@1": 1.0, "R@5": 2.0, "R@10": 3.0} for d in ("i2t", "t2i")}},
+                             "t3": {"available": False, "reason": "no t3|captions"}}},
+        "localization": {"threshold": {"rule": "F1-max on validation", "validation_images": 5},
+                         "normal_prompt": "flawless", "targets_without_masks": [], "targets": [target]},
+    }
+    md = render_markdown(results)
+    for title in ("## Models", "## Text length", "## Task 2", "### Long-CLIP rows", "## Task 3", "## Task 4",
+                  "## Retrieval", "## Text-guided localization"):
+        assert title in md, title
+    _tables_are_rectangular(md)
