@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_long_captions import openai_state_dict, openai_tok_dir, tokenizer  # noqa: F401 (fixtures)
 from test_training import Toy, _toy_data, _weights  # the toy model and data of the loop tests
 
 import eval_benchmark
@@ -149,6 +150,25 @@ def test_user_folder_is_refused_by_every_tool(user_project, monkeypatch):
     with pytest.raises(FileExistsError, match="holds no evaluation"):
         eval_benchmark.main(["--output_dir", ".", "--tasks", "task1", "--vision_model_name_or_path", "x"])
     assert _tree(user_project) == before and sorted(p.name for p in user_project.iterdir()) == ["README.md", "src"]
+
+
+def test_convert_clip_refuses_a_folder_that_is_not_empty(user_project, tmp_path, monkeypatch, openai_tok_dir):
+    from transformers import AutoTokenizer
+
+    from sdx.models import convert
+
+    (user_project / "config.json").write_text("{}")
+    before = _tree(user_project)
+    src = tmp_path / "longclip.pt"
+    torch.save(openai_state_dict(len(AutoTokenizer.from_pretrained(openai_tok_dir)), 77), src)
+    with pytest.raises(FileExistsError, match=r"project is not empty .*README\.md, config\.json, src"):
+        convert.convert_clip(src, user_project, tokenizer_dir=str(openai_tok_dir))
+    monkeypatch.setattr(sys, "argv", ["convert-clip", str(src), str(user_project), "--tokenizer", str(openai_tok_dir)])
+    with pytest.raises(SystemExit, match="convert-clip: error: .*project is not empty"):
+        convert.main()  # the command line: the error as one line
+    assert _tree(user_project) == before
+    (tmp_path / "empty").mkdir()
+    assert (convert.convert_clip(src, tmp_path / "empty", tokenizer_dir=str(openai_tok_dir)) / "config.json").is_file()
 
 
 def test_overwrite_removes_only_what_our_runs_write(tmp_path, caplog):

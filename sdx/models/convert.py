@@ -177,7 +177,8 @@ def convert_clip(src: str | Path, out: str | Path, tokenizer_dir: Optional[str] 
     tables. Returns the output folder."""
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
-    src = Path(src)
+    src, out = Path(src), Path(out)
+    refuse_nonempty(out)
     state = load_state_dict(src)
     state = {k: v for k, v in state.items() if k not in DROPPED_KEYS}
     kwargs = infer_config(state, str(src), vision_heads, text_heads)
@@ -199,17 +200,25 @@ def convert_clip(src: str | Path, out: str | Path, tokenizer_dir: Optional[str] 
     tokenizer.model_max_length = positions
     processor = CLIPProcessor(image_processor=_clip_image_processor(kwargs["vision_config"]["image_size"]),
                               tokenizer=tokenizer)
-    out = Path(out)
     model.save_pretrained(str(out))
     processor.save_pretrained(str(out))
     return out
+
+
+def refuse_nonempty(out: Path) -> None:
+    """The output folder must be new or empty: a conversion never writes over a user's files (config.json,
+    tokenizer files, a README of the same names)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        names = sorted(p.name for p in out.iterdir())[:5] if out.is_dir() else []
+        raise FileExistsError(f"{out} is not empty ({', '.join(names) or 'a file'}): convert-clip writes into a new "
+                              "or empty folder only; name another one or empty it")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sdx convert-clip", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="checkpoint in the OpenAI CLIP layout (.pt / .pth state dict, or .safetensors)")
-    p.add_argument("out", help="output folder (transformers CLIP + processor)")
+    p.add_argument("out", help="output folder, new or empty (transformers CLIP + processor)")
     p.add_argument("--tokenizer", default=None, metavar="DIR",
                    help="folder with the checkpoint's CLIP tokenizer (default: tokenizer files beside SRC)")
     p.add_argument("--family", default=None,
@@ -225,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
     try:
         out = convert_clip(args.src, args.out, args.tokenizer, args.family, args.vision_heads, args.text_heads)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         if argv is not None:
             raise
         raise SystemExit(f"convert-clip: error: {err}") from None
