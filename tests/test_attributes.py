@@ -462,7 +462,7 @@ def test_hull_matches_brute_force_pixel_corner_hull():
         ys, xs = np.nonzero(sub)
         pts = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
         ref = ConvexHull(pts)
-        area, perim = geometry._hull(sub)
+        area, perim = geometry._hull(geometry.merge(sub)[0])
         assert area == pytest.approx(ref.volume) and perim == pytest.approx(ref.area)
 
 
@@ -637,11 +637,42 @@ def test_rectangle_shortcuts_equal_general_features():
     # compute_geometry uses closed forms for a component that is exactly its bounding rectangle
     for h, w in [(1, 1), (1, 7), (5, 3), (40, 80), (100, 33)]:
         sub = np.ones((h, w), bool)
-        area, perim = geometry._hull(sub)
+        grid = geometry.merge(sub)[0]
+        area, perim = geometry._hull(grid)
         assert area == pytest.approx(h * w) and perim == pytest.approx(2 * (h + w))
-        assert geometry._runs_and_euler(sub) == (h, w, 1)
+        assert geometry._runs_and_euler(grid) == (h, w, 1)
         m = np.zeros((120, 120), np.uint8)
         m[7:7 + h, 9:9 + w] = 255
         f = geometry.compute_geometry(m, full=True)["features"]
         assert f["solidity"] == 1.0 and f["roundness"] == pytest.approx(4 * np.pi * h * w / (2 * (h + w)) ** 2)
         assert f["holes"] == 0 and f["thickness"] == min(w, h)
+
+
+def test_merged_grid_keeps_labels_runs_and_holes():
+    # labels, sizes, runs and the Euler number are computed on the merged grid: equal to their pixel definitions
+    from scipy import ndimage
+    rng = np.random.default_rng(5)
+    for k in range(60):
+        m = rng.random(tuple(rng.integers(3, 40, 2))) < rng.choice([0.1, 0.4, 0.7])
+        if k % 2:
+            m = np.kron(m, np.ones((int(rng.integers(1, 5)), int(rng.integers(1, 5))), bool))
+        comps = geometry.label_components(m)
+        ref, n = ndimage.label(m, np.ones((3, 3)))
+        assert comps.count == n
+        if n == 0:
+            continue
+        y0, y1, x0, x1 = comps.bbox
+        assert np.array_equal(comps.labels, ref[y0:y1, x0:x1]) and not m[:y0].any() and not m[y1:].any()
+        assert comps.area == m.sum()
+        if n > 1:
+            assert np.array_equal(comps.sizes[1:], np.bincount(ref.ravel(), minlength=n + 1)[1:])
+        grid = comps.component(1)
+        sub = ref[y0:y1, x0:x1] == 1
+        rows, cols = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+        sub = sub[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert np.array_equal(grid.expand(), sub)
+        padded = np.pad(sub, 1)
+        holes = ndimage.label(~padded)[1] - 1   # 4-connected background regions other than the outside
+        h_runs = int(np.count_nonzero(padded[:, 1:] > padded[:, :-1]))
+        v_runs = int(np.count_nonzero(padded[1:] > padded[:-1]))
+        assert geometry._runs_and_euler(grid) == (h_runs, v_runs, 1 - holes)

@@ -95,7 +95,7 @@ def _statistics(gray: np.ndarray, comps: Components) -> dict[str, Any]:
     """The authors' statistics (keys = STAT_KEYS) from the gray image and the mask's components."""
     binary = comps.binary
     n = binary.size
-    area = int(np.count_nonzero(binary))
+    area = comps.area
     if area:
         largest = float(comps.sizes[1:].max()) / area if comps.count > 1 else 1.0
         total_sum = float(gray.sum(dtype=np.int64))
