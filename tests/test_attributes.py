@@ -591,6 +591,31 @@ def test_cli_annotate_labels_csv_descriptions_missing_masks_and_workers(tmp_path
         _cli(base + ["--missing_mask", "error"])
 
 
+
+def test_cli_annotate_refuses_masks_sharing_a_stem(tmp_path):
+    # the builder's rule (images.masks_by_stem): two files with an image's stem are refused, never one picked
+    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
+    _write_pair(imgs / "ps_1.png", masks / "ps_1.png")
+    _write_pair(imgs / "Patches" / "ps_2.png", masks / "Patches" / "ps_2.png")
+    out = tmp_path / "out.json"
+    base = ["annotate", "--image_dir", str(imgs), "--mask_dir", str(masks), "--output", str(out), "--quiet"]
+    Image.new("L", (64, 64)).save(masks / "ps_1.bmp")
+    with pytest.raises(ValueError, match=r"ps_1.bmp and .*ps_1.png share the stem 'ps_1'"):
+        _cli(base + ["--on_error", "skip"])
+    (masks / "ps_1.bmp").unlink()
+    assert _cli(base)["annotated"] == 1 and json.loads(out.read_text())[0]["structured_attributes"]
+    (masks / "ps_1.png").rename(masks / "ps_1.bmp")   # any extension, as the builder reads it
+    assert _cli(base)["annotated"] == 1
+    # sub-folder mode: the class folder is looked in first, by the same rule
+    (imgs / "ps_1.png").rename(imgs / "Patches" / "ps_1.png")
+    (masks / "ps_1.bmp").unlink()
+    Image.new("L", (64, 64)).save(masks / "Patches" / "ps_2.PNG")
+    with pytest.raises(ValueError, match=r"ps_2.PNG and .*ps_2.png share the stem"):
+        _cli(base)
+    (masks / "Patches" / "ps_2.PNG").unlink()
+    summary = _cli(base)
+    assert summary["annotated"] == 1 and summary["no_mask"] == 1 and summary["labels_from"] == "folders"
+
 def test_cli_annotate_class_folders_prefixes_and_bad_input(tmp_path):
     imgs, masks = tmp_path / "imgs", tmp_path / "masks"
     _write_pair(imgs / "Patches" / "x1.png", masks / "x1.png")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from sdx.annotate.engine import RULE_FIELDS, analyze
 from sdx.annotate.geometry import FALLBACK_DIRECTION, FALLBACK_DISTRIBUTION, FALLBACK_SHAPE
+from sdx.annotate.images import list_files, masks_by_stem
 from sdx.data.levels import CLASS_NAMES, PREFIX_TO_CLASS, render_t4
 
 __all__ = ["annotate_folder", "verify_release", "format_verify", "register_cli", "annotate_main", "verify_main",
@@ -119,17 +120,30 @@ def read_descriptions(path: str | os.PathLike) -> dict[str, str]:
     raise ValueError(f"descriptions file {path}: expected a list of records or an object, got {type(data).__name__}")
 
 
-def _find_mask(mask_dir: Path, stem: str, sub: str | None) -> Path | None:
-    for folder in ([mask_dir / sub] if sub else []) + [mask_dir]:
-        cand = folder / f"{stem}.png"
-        if cand.is_file():
-            return cand
-        for ext in IMAGE_EXTENSIONS:
-            for e in (ext, ext.upper()):
-                cand = folder / f"{stem}{e}"
-                if cand.is_file():
-                    return cand
-    return None
+class _MaskFinder:
+    """Finds an image's mask by the rule the builder uses (sdx.annotate.images.masks_by_stem: any file with the
+    image's stem, a stem two files share refused); each mask folder is listed once."""
+
+    def __init__(self, mask_dir: Path):
+        self.mask_dir = mask_dir
+        self.folders: dict[Path, tuple[dict[str, str], dict[str, list[str]]]] = {}
+
+    def _index(self, folder: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+        if folder not in self.folders:
+            self.folders[folder] = masks_by_stem(list_files(folder)) if folder.is_dir() else ({}, {})
+        return self.folders[folder]
+
+    def find(self, image: Path, sub: str | None) -> Path | None:
+        """``<mask_dir>/<sub>/<stem>.*`` first in sub-folder mode, then ``<mask_dir>/<stem>.*``; None when absent."""
+        for folder in ([self.mask_dir / sub] if sub else []) + [self.mask_dir]:
+            masks, ambiguous = self._index(folder)
+            if image.stem in ambiguous:
+                raise ValueError(f"masks {' and '.join(str(folder / n) for n in ambiguous[image.stem])} share the "
+                                 f"stem {image.stem!r} of image {image}: remove all but one (a mask is matched to "
+                                 f"its image by stem)")
+            if image.stem in masks:
+                return folder / masks[image.stem]
+        return None
 
 
 def scan_folder(image_dir: Path, mask_dir: Path | None, labels: dict[str, str] | None) -> tuple[list[dict], str]:
@@ -149,6 +163,7 @@ def scan_folder(image_dir: Path, mask_dir: Path | None, labels: dict[str, str] |
     mode = "csv" if labels is not None else ("folders" if entries[0][1] is not None else "prefix")
     seen: dict[str, Path] = {}
     items = []
+    finder = None if mask_dir is None else _MaskFinder(mask_dir)
     for path, sub in entries:
         if path.name in seen:
             raise ValueError(f"image name {path.name} occurs twice: {seen[path.name]} and {path} "
@@ -166,7 +181,7 @@ def scan_folder(image_dir: Path, mask_dir: Path | None, labels: dict[str, str] |
                 raise ValueError(f"image {path}: no class -- the file name starts with no known prefix "
                                  f"(<prefix>_<n>, case-sensitive); give --labels CSV or class sub-folders")
         items.append({"image": path, "name": path.name, "class_name": cls,
-                      "mask": None if mask_dir is None else _find_mask(mask_dir, path.stem, sub)})
+                      "mask": None if finder is None else finder.find(path, sub)})
     if labels is not None:
         extra = sorted(set(labels) - set(seen))
         if extra:

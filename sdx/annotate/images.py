@@ -8,16 +8,18 @@ The rules per mode and format: docs/annotation.md ("Inputs").
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import struct
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["READ_ERRORS", "WIDE_MODES", "Decoded", "decode_gray", "exif_orientation", "load_gray", "load_mask_array",
-           "load_pair", "oriented", "read_error", "to_8bit"]
+__all__ = ["READ_ERRORS", "WIDE_MODES", "Decoded", "decode_gray", "exif_orientation", "list_files", "load_gray",
+           "load_mask_array", "load_pair", "masks_by_stem", "oriented", "read_error", "to_8bit"]
 
 EXIF_ORIENTATION = 0x0112
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # more than 8 bits per pixel
@@ -37,6 +39,28 @@ def _name_of(obj: Any) -> str:
     if isinstance(obj, np.ndarray):
         return "<array>"
     return f"<{type(obj).__name__}>"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# which file is whose mask (the builder and the folder annotator match masks to images by this one rule)
+# ----------------------------------------------------------------------------------------------------------
+def list_files(folder: str | os.PathLike) -> set[str]:
+    """Names of the entries of ``folder`` that are not folders or hidden (dangling links included: they are
+    reported as unreadable, not dropped)."""
+    with os.scandir(folder) as it:
+        return {e.name for e in it if not e.name.startswith(".") and not e.is_dir()}
+
+
+def masks_by_stem(names: Iterable[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({stem: mask file name}, {stem: [names]} for stems that more than one file shares) of a mask folder's file
+    names. A mask belongs to the image with its stem (the name less its last extension); a stem that two files
+    share (``bs_1.png`` and ``bs_1.bmp``) is ambiguous and refused by every reader, never settled by directory
+    order."""
+    by_stem: dict[str, list[str]] = collections.defaultdict(list)
+    for name in names:
+        by_stem[os.path.splitext(name)[0]].append(name)
+    ambiguous = {stem: sorted(found) for stem, found in by_stem.items() if len(found) > 1}
+    return {stem: found[0] for stem, found in by_stem.items() if len(found) == 1}, ambiguous
 
 
 # ----------------------------------------------------------------------------------------------------------

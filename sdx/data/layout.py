@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdx.annotate.images import READ_ERRORS, WIDE_MODES, decode_gray, exif_orientation, oriented, read_error, to_8bit
+from sdx.annotate.images import (READ_ERRORS, WIDE_MODES, decode_gray, exif_orientation, list_files, masks_by_stem,
+                                 oriented, read_error, to_8bit)
 from sdx.data import levels as T
 from sdx.data.streaming import JsonListError, NotAList, Spill, SpillEntry, iter_json_list
 
@@ -528,22 +529,6 @@ def scan_layout(data_dir: Path, *, on_error: str = "raise", with_masks: bool = T
     return scan
 
 
-def _list_names(folder: Path) -> set[str]:
-    """Names of the entries of ``folder`` that are not folders or hidden (dangling links included: they are
-    reported as unreadable, not dropped)."""
-    with os.scandir(folder) as it:
-        return {e.name for e in it if not e.name.startswith(".") and not e.is_dir()}
-
-
-def _list_masks(folder: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """({stem: mask file name}, {stem: [names]} for stems that more than one file shares)."""
-    by_stem: dict[str, list[str]] = collections.defaultdict(list)
-    for name in _list_names(folder):
-        by_stem[os.path.splitext(name)[0]].append(name)
-    ambiguous = {stem: sorted(names) for stem, names in by_stem.items() if len(names) > 1}
-    return {stem: names[0] for stem, names in by_stem.items() if len(names) == 1}, ambiguous
-
-
 def _scan_split(scan: Scan, split: str, check: _Checker, pool: ThreadPoolExecutor, window: int, *,
                 with_masks: bool, progress: bool) -> None:
     """Check one official split into ``scan.items``; every skip counted once in ``check.report``."""
@@ -551,9 +536,9 @@ def _scan_split(scan: Scan, split: str, check: _Checker, pool: ThreadPoolExecuto
     text_path, image_root, mask_root = scan.root / text_file, scan.root / image_dir, scan.root / mask_dir
     if not image_root.is_dir():
         raise DataError(image_root, "<folder>", f"image folder for split '{split}' not found")
-    images = _list_names(image_root)
+    images = list_files(image_root)
     check.report.images_in[split] = len(images)
-    masks, ambiguous = _list_masks(mask_root) if with_masks and mask_root.is_dir() else ({}, {})
+    masks, ambiguous = masks_by_stem(list_files(mask_root)) if with_masks and mask_root.is_dir() else ({}, {})
     candidates = _match_records(split, text_path, image_root, scan.classes, images, masks, ambiguous, check)
     results = _ordered_map(pool, lambda job: _check_files(job[1], job[2]), candidates, window)
     if progress:
