@@ -31,6 +31,7 @@ STAT_KEYS: tuple[str, ...] = ("scale_ratio", "mean_defect", "mean_background", "
                               "component_count", "largest_component_ratio")
 # The T3 fields computed by fixed rules (reproducible exactly from image + mask).
 RULE_FIELDS: tuple[str, ...] = ("Number of Defects", "Position", "Scale", "Polarity", "Saliency")
+_U32_EXACT_PIXELS = (2 ** 32 - 1) // 255
 POSITION_THRESHOLD = 0          # mask > 0 counts for Position (the authors' script; the statistics use > 127)
 
 
@@ -91,6 +92,12 @@ def compute_position(mask: Any) -> list[list[Any]]:
     return [[GRID_CELLS[i], shares[i]] for i in order if shares[i] > 0]
 
 
+def _pixel_sum(a: np.ndarray) -> int:
+    """Exact sum of a uint8 array: accumulated in uint32 (exact up to 2**32 / 255 pixels), 3x faster than in int64
+    (23 vs 78 us on 256x256; the int64 sum was a tenth of the engine's compute)."""
+    return int(a.sum(dtype=np.uint32 if a.size <= _U32_EXACT_PIXELS else np.uint64))
+
+
 def _statistics(gray: np.ndarray, comps: Components) -> dict[str, Any]:
     """The authors' statistics (keys = STAT_KEYS) from the gray image and the mask's components."""
     binary = comps.binary
@@ -98,8 +105,9 @@ def _statistics(gray: np.ndarray, comps: Components) -> dict[str, Any]:
     area = comps.area
     if area:
         largest = float(comps.sizes[1:].max()) / area if comps.count > 1 else 1.0
-        total_sum = float(gray.sum(dtype=np.int64))
-        in_sum = float(gray[binary].sum(dtype=np.int64))
+        total_sum = float(_pixel_sum(gray))
+        y0, y1, x0, x1 = comps.bbox
+        in_sum = float(_pixel_sum(gray[y0:y1, x0:x1] * binary[y0:y1, x0:x1]))
         mean_defect = in_sum / area
         mean_background = (total_sum - in_sum) / (n - area) if area < n else math.nan
     else:

@@ -145,24 +145,26 @@ def label_components(binary: np.ndarray) -> Components:
 # ----------------------------------------------------------------------------------------------------------
 # features (vectorised: no per-pixel Python loop)
 # ----------------------------------------------------------------------------------------------------------
-def _moments(grid: Grid, sub: np.ndarray) -> tuple[float, float, float, float, float]:
-    """(area, cy, cx, elongation, orientation_deg) of a bool crop (``sub``, merged: ``grid``) from projections.
+def _moments(grid: Grid) -> tuple[float, float, float, float, float]:
+    """(area, cy, cx, elongation, orientation_deg) of a merged bool crop, from its projections and its cells.
 
     Each pixel is a unit square, so 1/12 is added to both variances (a one-pixel-wide line is not degenerate).
     Orientation: angle of the major axis from the horizontal, in [0, 90] degrees (sign is dropped: the
     Direction value set does not distinguish the two diagonals).
     """
-    h, w = sub.shape
-    ys = np.arange(h, dtype=np.float64)
-    xs = np.arange(w, dtype=np.float64)
-    row = np.repeat(grid.cells @ grid.cols, grid.rows).astype(np.float64)
-    col = np.repeat(grid.rows @ grid.cells, grid.cols).astype(np.float64)
-    area = float(row.sum())
-    cy, cx = float(row @ ys) / area, float(col @ xs) / area
-    vyy = float(row @ (ys - cy) ** 2) / area + 1 / 12
-    vxx = float(col @ (xs - cx) ** 2) / area + 1 / 12
-    rx = sub.astype(np.float32) @ (xs - cx).astype(np.float32)       # per-row sum of (x - cx)
-    vxy = float(rx.astype(np.float64) @ (ys - cy)) / area
+    cells = grid.cells.astype(np.float64)
+    row_px = np.repeat(cells @ grid.cols, grid.rows)        # pixels per crop row
+    col_px = np.repeat(grid.rows @ cells, grid.cols)        # pixels per crop column
+    ys = np.arange(len(row_px), dtype=np.float64)
+    xs = np.arange(len(col_px), dtype=np.float64)
+    area = float(row_px.sum())
+    cy, cx = float(row_px @ ys) / area, float(col_px @ xs) / area
+    vyy = float(row_px @ (ys - cy) ** 2) / area + 1 / 12
+    vxx = float(col_px @ (xs - cx) ** 2) / area + 1 / 12
+    # sum of (y - cy)(x - cx): per cell, the sum of (y - cy) over its rows times that of (x - cx) over its columns
+    dy = grid.rows * (np.cumsum(grid.rows) - grid.rows + (grid.rows - 1) / 2 - cy)
+    dx = grid.cols * (np.cumsum(grid.cols) - grid.cols + (grid.cols - 1) / 2 - cx)
+    vxy = float(dy @ cells @ dx) / area
     tr, det = vxx + vyy, vxx * vyy - vxy * vxy
     disc = math.sqrt(max(tr * tr / 4 - det, 0.0))
     l1, l2 = tr / 2 + disc, max(tr / 2 - disc, 1e-12)
@@ -259,14 +261,15 @@ class _Features:
     """The features of a mask and of its dominant (largest) component D; the costlier ones (hull, runs and
     holes, whole-mask moments) are computed on first use, all of them with ``full=True``."""
 
-    def __init__(self, comps: Components, grid: Grid, sub: np.ndarray, total: float, full: bool):
+    def __init__(self, comps: Components, grid: Grid, total: float, full: bool):
         y0, y1, x0, x1 = comps.bbox
         h, w = comps.binary.shape
         n = comps.binary.size
-        area, _, _, self.elong, self.angle = _moments(grid, sub)
-        self.comps, self.grid, self.sub, self.area = comps, grid, sub, area
+        area, _, _, self.elong, self.angle = _moments(grid)
+        self.comps, self.grid, self.area = comps, grid, area
+        self.height, self.width = int(grid.rows.sum()), int(grid.cols.sum())   # of D's bounding box
         self.min_side = min(h, w)
-        self.rect = area == sub.size   # D is exactly its bounding rectangle (NEU-DET box masks): closed forms
+        self.rect = area == self.height * self.width   # D is its bounding rectangle (NEU-DET box masks): closed forms
         self.f: dict[str, Any] = {
             "scale_ratio": total / n,
             "component_count": comps.count,
@@ -275,7 +278,7 @@ class _Features:
             "area_ratio": area / n,
             "elongation": self.elong,
             "angle": self.angle,
-            "fill": area / float(sub.shape[0] * sub.shape[1]),
+            "fill": area / float(self.height * self.width),
             "union_fill": total / float((y1 - y0) * (x1 - x0)),
         }
         if full:
@@ -286,17 +289,15 @@ class _Features:
     def hull(self) -> None:
         """solidity and roundness (of D's convex hull)."""
         if "solidity" not in self.f:
-            sub = self.sub
-            hull_area, hull_perim = (float(sub.size), 2.0 * (sub.shape[0] + sub.shape[1])) if self.rect \
-                else _hull(self.grid)
+            hull_area, hull_perim = (float(self.height * self.width), 2.0 * (self.height + self.width)) \
+                if self.rect else _hull(self.grid)
             self.f["solidity"] = min(self.area / hull_area, 1.0)
             self.f["roundness"] = 4 * math.pi * hull_area / (hull_perim * hull_perim)
 
     def runs(self) -> None:
         """thickness, slenderness and holes (of D)."""
         if "holes" not in self.f:
-            h_runs, v_runs, euler = (self.sub.shape[0], self.sub.shape[1], 1) if self.rect \
-                else _runs_and_euler(self.grid)
+            h_runs, v_runs, euler = (self.height, self.width, 1) if self.rect else _runs_and_euler(self.grid)
             thickness = min(self.area / max(h_runs, 1), self.area / max(v_runs, 1))
             self.f["thickness"] = thickness
             self.f["slenderness"] = self.area / (thickness * thickness)
@@ -308,19 +309,12 @@ class _Features:
             if self.comps.count == 1:
                 self.f["mask_elongation"], self.f["mask_angle"] = self.elong, self.angle
             else:
-                y0, y1, x0, x1 = self.comps.bbox
-                _, _, _, self.f["mask_elongation"], self.f["mask_angle"] = _moments(
-                    self.comps.grid, self.comps.binary[y0:y1, x0:x1])
+                _, _, _, self.f["mask_elongation"], self.f["mask_angle"] = _moments(self.comps.grid)
 
 
-def _dominant(comps: Components) -> tuple[Grid, np.ndarray]:
-    """The dominant component D (largest; the first in raster order on a tie) cropped to its bounding box:
-    (merged, pixels)."""
-    if comps.count == 1:
-        y0, y1, x0, x1 = comps.bbox
-        return comps.grid, comps.binary[y0:y1, x0:x1]
-    grid = comps.component(int(comps.sizes.argmax()))
-    return grid, grid.expand()
+def _dominant(comps: Components) -> Grid:
+    """The dominant component D (largest; the first in raster order on a tie), merged, cropped to its bounding box."""
+    return comps.grid if comps.count == 1 else comps.component(int(comps.sizes.argmax()))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -439,7 +433,7 @@ def compute_geometry(mask: Any, *, full: bool = False, components: Components | 
              "extent": max((y1 - y0) / h, (x1 - x0) / w), "union_fill": total / float((y1 - y0) * (x1 - x0))}
         return {"Shape": "diffuse", "Direction": "none", "Spatial Distribution": _distribution(comps.count, f),
                 "features": f}
-    ft = _Features(comps, *_dominant(comps), total, full)
+    ft = _Features(comps, _dominant(comps), total, full)
     shape = _shape(ft)
     direction = _direction(ft, shape)
     return {"Shape": shape, "Direction": direction, "Spatial Distribution": _distribution(comps.count, ft.f),
