@@ -462,7 +462,7 @@ def test_hull_matches_brute_force_pixel_corner_hull():
         ys, xs = np.nonzero(sub)
         pts = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
         ref = ConvexHull(pts)
-        area, perim = geometry._hull(geometry.merge(sub)[0])
+        area, perim = geometry._hull(geometry.merge(sub))
         assert area == pytest.approx(ref.volume) and perim == pytest.approx(ref.area)
 
 
@@ -662,7 +662,7 @@ def test_rectangle_shortcuts_equal_general_features():
     # compute_geometry uses closed forms for a component that is exactly its bounding rectangle
     for h, w in [(1, 1), (1, 7), (5, 3), (40, 80), (100, 33)]:
         sub = np.ones((h, w), bool)
-        grid = geometry.merge(sub)[0]
+        grid = geometry.merge(sub)
         area, perim = geometry._hull(grid)
         assert area == pytest.approx(h * w) and perim == pytest.approx(2 * (h + w))
         assert geometry._runs_and_euler(grid) == (h, w, 1)

@@ -76,8 +76,8 @@ class Grid(NamedTuple):
         return int(self.rows @ self.cells @ self.cols)
 
 
-def merge(binary: np.ndarray) -> tuple[Grid, np.ndarray, np.ndarray]:
-    """(the merged ``Grid`` of a bool array, row edges, column edges): cell row i is rows edges[i]:edges[i + 1]."""
+def merge(binary: np.ndarray) -> Grid:
+    """The merged ``Grid`` of a bool array."""
     h, w = binary.shape
     new_row = np.empty(h, bool)
     new_row[0] = True
@@ -87,7 +87,7 @@ def merge(binary: np.ndarray) -> tuple[Grid, np.ndarray, np.ndarray]:
     new_col[0] = True
     np.any(rows[:, 1:] != rows[:, :-1], axis=0, out=new_col[1:])
     row_edges, col_edges = np.append(np.flatnonzero(new_row), h), np.append(np.flatnonzero(new_col), w)
-    return Grid(rows[:, new_col], np.diff(row_edges), np.diff(col_edges)), row_edges, col_edges
+    return Grid(rows[:, new_col], np.diff(row_edges), np.diff(col_edges))
 
 
 class Components:
@@ -130,15 +130,13 @@ def label_components(binary: np.ndarray) -> Components:
     """8-connected components of a bool mask (scipy.ndimage.label with a 3x3 structure of ones) on the merged
     grid of its union bounding box: same labels and numbering as on the pixels, with scipy labelling a few
     hundred cells instead of up to every pixel (labelling the pixels was a quarter of the engine's time)."""
-    grid, row_edges, col_edges = merge(binary)
-    r = np.flatnonzero(grid.cells.any(axis=1))
+    r = np.flatnonzero(binary.any(axis=1))
     if not len(r):
         return Components(binary)
-    c = np.flatnonzero(grid.cells.any(axis=0))
-    r0, r1, c0, c1 = r[0], r[-1] + 1, c[0], c[-1] + 1
-    grid = Grid(grid.cells[r0:r1, c0:c1], grid.rows[r0:r1], grid.cols[c0:c1])
+    c = np.flatnonzero(binary[r[0]:r[-1] + 1].any(axis=0))
+    bbox = (int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1)
+    grid = merge(binary[bbox[0]:bbox[1], bbox[2]:bbox[3]])   # merged after cropping: the passes see only the box
     cell_labels, count = ndimage.label(grid.cells, structure=EIGHT_CONNECTED)
-    bbox = (int(row_edges[r0]), int(row_edges[r1]), int(col_edges[c0]), int(col_edges[c1]))
     return Components(binary, grid, cell_labels, int(count), bbox)
 
 
