@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -15,7 +15,7 @@ from sdx import metrics as M
 from sdx.bench import probe
 from sdx.bench.data import column
 from sdx.bench.models import BenchClip
-from sdx.data.builder import draw_shots
+from sdx.data.builder import shot_indices
 
 if TYPE_CHECKING:
     from sdx.bench.tasks import Benchmark
@@ -27,18 +27,11 @@ TIP_BETA_GRID = (1.0, 2.0, 3.5, 5.5, 7.0, 10.0)
 ZS_SCALE = 100.0  # CLIP's logit scale on the zero-shot term of Tip-Adapter
 
 
-class _Row(NamedTuple):  # what draw_shots reads of a builder item, plus the row in the loaded split
-    label: int
-    record: dict
-    row: int
-
-
 def support_sets(train_ds, shots: Sequence[int], seeds: Sequence[int]) -> dict[tuple[int, int], list[int]]:
-    """{(k, seed): rows of ``train_ds``} of the builder's k-shot draw (sdx.data.builder.draw_shots, the rule of
+    """{(k, seed): rows of ``train_ds``} of the builder's k-shot draw (sdx.data.builder.shot_indices, the rule of
     load_steeldefectx(shots=k, seed=seed); nested across k for one seed)."""
-    names, labels = column(train_ds, "image_name"), column(train_ds, "label")
-    items = [_Row(int(lab), {"image_name": n}, i) for i, (n, lab) in enumerate(zip(names, labels))]
-    return {(k, seed): sorted(it.row for it in draw_shots(items, k, seed)) for seed in seeds for k in shots}
+    names, labels = column(train_ds, "image_name"), [int(x) for x in column(train_ds, "label")]
+    return {(k, seed): sorted(shot_indices(labels, names, k, seed)[0]) for seed in seeds for k in shots}
 
 
 def checked_supports(bench: Benchmark) -> dict[tuple[int, int], list[int]]:

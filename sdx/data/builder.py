@@ -77,19 +77,22 @@ def make_features(class_names: Sequence[str]) -> datasets.Features:
 # --------------------------------------------------------------------------------------------------------
 # Splits: stratified carve-out, k-shot subsets, class subsets
 
-def _per_class(items: Iterable[Item]) -> dict[int, list[Item]]:
-    groups: dict[int, list[Item]] = collections.defaultdict(list)
-    for it in sorted(items, key=lambda it: it.record["image_name"]):
-        groups[it.label].append(it)
+def _per_class(labels: Sequence[int], names: Sequence[str]) -> dict[int, list[int]]:
+    """Row indices per label, each group in name order (the order the seeded draws below permute)."""
+    groups: dict[int, list[int]] = collections.defaultdict(list)
+    for i in sorted(range(len(labels)), key=lambda i: (names[i], i)):
+        groups[int(labels[i])].append(i)
     return groups
 
 
-def carve_validation(train: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """Stratified, seeded carve-out: per class round(fraction * n) images (at least one, never all)."""
+def carve_indices(labels: Sequence[int], names: Sequence[str], fraction: float, seed: int
+                  ) -> tuple[list[int], list[int]]:
+    """(kept, held out): a stratified, seeded carve-out of rows given by label and name; per class
+    round(fraction * n) rows (at least one, never all). The one rule of the builder and of --dataset_name data."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
     keep, held = [], []
-    for label, group in _per_class(train).items():
+    for label, group in _per_class(labels, names).items():
         n = len(group)
         n_val = int(round(fraction * n))
         if fraction > 0 and n >= 2:
@@ -100,17 +103,31 @@ def carve_validation(train: list[Item], fraction: float, seed: int) -> tuple[lis
     return keep, held
 
 
-def draw_shots(train: list[Item], shots: int, seed: int, report: ScanReport | None = None) -> list[Item]:
-    """k images per class (CoOp style); for one seed a smaller k is a prefix, so a subset, of a larger one."""
+def shot_indices(labels: Sequence[int], names: Sequence[str], shots: int, seed: int) -> tuple[list[int], int]:
+    """(rows, classes with fewer than `shots` rows): k rows per class (CoOp style); for one seed a smaller k is a
+    prefix, so a subset, of a larger one."""
     if shots < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
-    out = []
-    for label, group in _per_class(train).items():
+    out, short = [], 0
+    for label, group in _per_class(labels, names).items():
         order = np.random.default_rng([seed, label, 7919]).permutation(len(group))
         out += [group[i] for i in order[:shots]]
-        if report is not None and len(group) < shots:
-            report.notes["train"][f"classes with fewer than {shots} images (all taken)"] += 1
-    return out
+        short += len(group) < shots
+    return out, short
+
+
+def carve_validation(train: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """`carve_indices` over scanned items."""
+    keep, held = carve_indices([it.label for it in train], [it.image_name for it in train], fraction, seed)
+    return [train[i] for i in keep], [train[i] for i in held]
+
+
+def draw_shots(train: list[Item], shots: int, seed: int, report: ScanReport | None = None) -> list[Item]:
+    """`shot_indices` over scanned items; classes with fewer images are counted in the report."""
+    rows, short = shot_indices([it.label for it in train], [it.image_name for it in train], shots, seed)
+    if report is not None and short:
+        report.notes["train"][f"classes with fewer than {shots} images (all taken)"] += short
+    return [train[i] for i in rows]
 
 
 def select_classes(all_classes: Sequence[str], classes: Sequence[str] | None,

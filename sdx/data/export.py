@@ -25,6 +25,7 @@ from huggingface_hub import DatasetCard, HfApi, get_token
 from sdx.data import levels as T
 from sdx.data.builder import build_report, load_steeldefectx
 from sdx.data.layout import HUB_REPO, data_source, format_report, is_synthetic_dir, resolve_data_dir
+from sdx.data.naming import LICENCE_NOTE
 
 DEFAULT_EXPORT_DIR = "steeldefectx"   # so load_dataset("steeldefectx", cfg) works from the folder holding it
 EXPORT_MARKER = "<!-- written by steeldefectx export -->"
@@ -32,9 +33,7 @@ CONTENTS_MARKER = "<!-- sdx:export-contents -->"
 RAW_CARD_MARKER = "<!-- steeldefectx raw layout card -->"
 SYNTHETIC_CARD_NOTE = ("\n> **SYNTHETIC demo data, not SteelDefectX.** These files were drawn by the project's "
                        "synthetic generator; nothing measured on them is a result about steel.\n")
-LICENCE_NOTE = ("Code: MIT. Data: the SteelDefectX release states no global licence; each image keeps the terms of "
-                "its source set (NEU: academic use; X-SDD: Apache-2.0; GC10-DET and S3D: their own terms). Several "
-                "users report the data as CC-BY-4.0; check the sources before commercial use.")
+SYNTHETIC_MARKER = "SYNTHETIC.md"   # the generator's marker file (sdx.data.layout.is_synthetic_dir)
 SYNTHETIC_LICENCE_NOTE = "Code and these generated files: MIT (no source set: the project's generator drew them)."
 IMAGE_COLUMNS = ("image", "mask")
 
@@ -60,6 +59,7 @@ def _prepare_out_dir(out: Path) -> Path:
     if readme.is_file() and EXPORT_MARKER in readme.read_text(encoding="utf-8", errors="replace"):
         shutil.rmtree(out / "data", ignore_errors=True)
         readme.unlink()
+        (out / SYNTHETIC_MARKER).unlink(missing_ok=True)
     if out.is_dir() and any(out.iterdir()):
         raise FileExistsError(f"export folder {out} is not empty and holds no previous export: choose another folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,8 @@ def export_dataset(out_dir: str | os.PathLike = DEFAULT_EXPORT_DIR, data_dir: st
             position == 0 and "default" not in built)))
     card = _export_card(card_template, built, written, data_dir, yaml_configs)
     card.save(str(out / "README.md"))
+    if is_synthetic_dir(data_dir):  # the marker sdx.data.naming.describe_data looks for, here or on the Hub
+        (out / SYNTHETIC_MARKER).write_text(SYNTHETIC_CARD_NOTE.strip() + "\n", encoding="utf-8")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"out_dir": str(out), "rows": {f"{cfg}/{split}": len(d) for cfg, ds in built.items() for split, d in ds.items()},
             "image_bytes": sum(w["bytes"] for w in written.values()), "export_bytes": size}
