@@ -4,6 +4,7 @@ and loaded back via --model_name_or_path; every caption level and method for a f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,13 +277,23 @@ def test_full_with_frozen_text_tower_tracking_and_push(tmp_path, data_dir, cache
 
     pushed = {}
 
-    def fake_push(output_dir, repo_id=None, **kw):
-        pushed.update(dir=str(output_dir), repo=repo_id, files=sorted(p.name for p in output_dir.iterdir()), **kw)
+    class FakeApi:  # the huggingface_hub boundary
+        def __init__(self, token=None):
+            pushed["token"] = token
 
-    monkeypatch.setattr(sdx.train.outputs, "push_output_dir", fake_push)
+        def create_repo(self, repo_id, **kw):
+            pushed["repo"] = repo_id
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, **kw):
+            pushed.update(dir=folder_path, files=sorted(p.name for p in Path(folder_path).iterdir()))
+
+    monkeypatch.setattr(sdx.train.outputs, "HfApi", FakeApi)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     res, out = _run(tmp_path, "frozen", data_dir, cache_dir, tiny_clip, "--freeze_text_model", "--loss", "infonce",
-                    "--with_tracking", "--logging_steps", "1", "--push_to_hub", "--hub_model_id", "me/clip-test")
-    assert pushed["dir"] == str(out) and pushed["repo"] == "me/clip-test"
+                    "--with_tracking", "--logging_steps", "1", "--push_to_hub", "--hub_model_id", "me/clip-test",
+                    "--hub_token", "hf_test")
+    assert pushed["dir"] == str(out) and pushed["repo"] == "me/clip-test" and pushed["token"] == "hf_test"
     assert {"README.md", "all_results.json", "model.safetensors", "sdx_run.json"} <= set(pushed["files"])
     assert any((out / "logs").rglob("events.out.tfevents.*"))          # tensorboard tracking
     before, after = _weights(tiny_clip), _weights(out)

@@ -181,6 +181,8 @@ def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_name
     monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kw: sent.setdefault(
         "files", sorted(op.path_in_repo for op in operations)))
     monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)   # the Hub is the mocked HfApi
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
 
     base = ["--max_train_samples", "32", "--max_train_steps", "3", "--max_eval_samples", "24", "--use_lora",
             "--lora_r", "4", "--learning_rate", "1e-2", "--gradient_checkpointing"]
@@ -191,7 +193,11 @@ def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_name
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json",
             "confusion_matrix_test.png"} <= set(sent["files"])
     assert not any(f.startswith(("best/", "checkpoints/", "logs/")) for f in sent["files"])
-    assert "test_accuracy" in sent["yaml"]
+    # synthetic data from a local "pretrained" base: licence other with LICENSE.md (the base keeps its terms), no
+    # base_model (a local path), no dataset named and no model-index (the data is not on the Hub)
+    assert "license: other" in sent["yaml"] and "LICENSE.md" in sent["files"] and "base_model" not in sent["yaml"]
+    assert "model-index" not in sent["yaml"] and "datasets:" not in sent["yaml"]
+    assert "library_name: peft" in (tmp_path / "adapter" / "README.md").read_text()
     assert adapter["saved"] == "lora-adapter" and merged["saved"] == "lora-merged"
     assert adapter["trainable_parameters"] < adapter["total_parameters"] / 2
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -198,14 +199,20 @@ def test_loop_trains_checkpoints_and_keeps_best(tmp_path):
     best_acc = max(h["eval_accuracy"] for h in res.history)
     assert res.best_metric == best_acc
     assert res.history[res.best_epoch]["eval_accuracy"] == best_acc
-    # load_best restores exactly what was saved for the best epoch
-    fresh = Toy()
-    C.load_best(acc, fresh, res.best_dir)
+    # best/ is an accelerate state beside the numbered checkpoints (their numbering untouched above); load_best
+    # restores exactly what was saved for the best epoch into the prepared model, through Accelerator.load_state
     from safetensors.torch import load_file
 
+    assert json.loads((res.best_dir / C.BEST_RECORD).read_text())["epoch"] == res.best_epoch
     saved = load_file(str(res.best_dir / "model.safetensors"))
-    for k, v in fresh.state_dict().items():
+    with torch.no_grad():
+        for p in res.model.parameters():
+            p.add_(1.0)
+    C.load_best(acc, res.best_dir)
+    for k, v in res.model.state_dict().items():
         assert torch.equal(v, saved[k])
+    with pytest.raises(FileNotFoundError, match="best_record"):
+        C.load_best(acc, tmp_path / "a" / "checkpoints" / "checkpoint_0")
 
 
 @pytest.mark.slow
@@ -292,7 +299,9 @@ def test_model_card_and_push_are_built_offline(tmp_path, monkeypatch):
     (out / "checkpoints" / "checkpoint_0" / "optimizer.bin").write_bytes(b"x")
     O.write_all_results(out, {"test_accuracy": 0.5})
     card = O.write_model_card(out, model_name="vit-sdx", task="image-classification", base_model=None,
-                              init="random", dataset={"name": "SteelDefectX", "config": "default"},
+                              init="random", dataset={"label": "Zhaosxian/SteelDefectX", "hub_id":
+                                                      "Zhaosxian/SteelDefectX", "synthetic": False,
+                                                      "kind": "hub release", "config": "default"},
                               metrics={"test_accuracy": 0.5, "test_mean_class_accuracy": 0.25},
                               hyperparameters={"learning_rate": 0.1}, command_line="train_vit.py --x 1")
     text = card.read_text()
@@ -322,8 +331,12 @@ def test_model_card_and_push_are_built_offline(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
-    O.push_output_dir(out, "me/vit-sdx", token="hf_x", private=True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    args = SimpleNamespace(hub_strategy="end", hub_private=True, hub_model_id="me/vit-sdx", hub_token="hf_x")
+    push = O.HubPush(args, out)
+    push.create_repo()
+    push.at_end()
     assert sent["repo"] == ("me/vit-sdx", True, True)
     assert sent["commit"][0] == "me/vit-sdx"
-    assert sent["commit"][1] == ["README.md", "all_results.json", "config.json", "model.safetensors"]
+    assert sent["commit"][1] == ["LICENSE.md", "README.md", "all_results.json", "config.json", "model.safetensors"]
     assert "model-index" in sent["yaml"] and "test_accuracy" in sent["yaml"]

@@ -15,10 +15,11 @@ from transformers import HfArgumentParser
 from sdx.bench.fewshot import DEFAULT_SEEDS, DEFAULT_SHOTS
 from sdx.bench.models import ModelSpec, parse_model_arg
 from sdx.bench.tasks import TASKS, Benchmark
-from sdx.data.builder import build_report, load_steeldefectx
-from sdx.data.layout import data_source
+from sdx.data import naming
+from sdx.data.builder import build_report
 from sdx.data.levels import LEVELS, normalize_level
-from sdx.data.layout import is_synthetic_dir
+from sdx.data.naming import DatasetArguments, choose_data
+from sdx.data.source import level_presence_line, load_rows, text_level_report
 from sdx.models.clip import TRUNCATION_WARNING_SHARE
 from sdx.redact import redact_argv
 from sdx.report.markdown import write_report
@@ -60,8 +61,9 @@ def _join(values: Sequence) -> str:
 
 
 @dataclass
-class BenchmarkArguments:
-    """The evaluator's arguments (python eval_benchmark.py --help)."""
+class BenchmarkArguments(DatasetArguments):
+    """The evaluator's arguments (python eval_benchmark.py --help); --dataset_name and its column / split flags
+    come from sdx.data.naming.DatasetArguments."""
 
     output_dir: str = field(metadata={"help": "where results.json, report.md and the plots go"})
     model_name_or_path: list[str] = field(default_factory=list, metadata={
@@ -73,12 +75,12 @@ class BenchmarkArguments:
     vision_model_name_or_path: str | None = field(default=None, metadata={
         "metavar": "PATH",
         "help": "image-classification checkpoint for Task 1 (config.id2label must name the dataset classes)"})
-    data_dir: str = field(default="synthetic", metadata={
+    data_dir: str | None = field(default=None, metadata={
         "help": "SteelDefectX folder in the official layout, 'synthetic' for the embedded demo data, or 'hub' for "
-                "the Hub release (needs network)"})
+                "the Hub release (needs network); default: synthetic, unless --dataset_name is given"})
     dataset_config_name: str = field(default="default", metadata={
-        "help": "builder config: default, t0, coarse, fine, attributes, structured (caption column only; all "
-                "levels are read from their own columns)"})
+        "help": "builder config (default, t0, coarse, fine, attributes, structured), or with --dataset_name the "
+                "dataset's config (caption column only; all levels are read from their own columns)"})
     cache_dir: str | None = field(default=None, metadata={"help": "cache folder of the datasets builder"})
     validation_fraction: float | None = field(default=None, metadata={
         "help": "carve-out of official train used for every selection (builder default 0.1)"})
@@ -114,6 +116,8 @@ class BenchmarkArguments:
         """Check the arguments now, at parse time, before anything is written (each check raises a ValueError
         naming its flag)."""
         check_ranges(self, {"batch_size": ">= 1", "max_eval_samples": ">= 1", "validation_fraction": "in [0, 1)"})
+        super().__post_init__()
+        self.data_dir = choose_data(self.data_dir, self.dataset_name)
         tasks = self.task_list
         _ = self.level_list, self.shot_list, self.seed_list
         if not self.model_name_or_path and [t for t in tasks if t != "task1"]:
@@ -186,24 +190,34 @@ def parse_benchmark_args(argv: Sequence[str] | None = None) -> BenchmarkArgument
         raise SystemExit(f"eval_benchmark.py: error: {err}") from None
 
 
-def describe_data(data_dir: str, ds) -> dict:
-    """What the data is, for the report: synthetic sets are flagged."""
-    info = {"data_dir": data_dir}
-    synthetic = is_synthetic_dir(data_dir)
-    if synthetic:
+def describe_data(args: BenchmarkArguments, ds) -> dict:
+    """What the data is, for the report: synthetic sets are flagged; text levels missing from the data counted."""
+    data = naming.describe_data(args.data_dir, args.dataset_name)
+    info = {"data_dir": args.dataset_name or args.data_dir}
+    if data["synthetic"]:
         desc = "synthetic images from sdx.data.synthetic (NOT SteelDefectX)"
-    elif data_source(data_dir) == "hub":
+    elif data["kind"] == "hub release":
         desc = "the SteelDefectX release from the Hub"
-    else:
-        desc = (f"images in the SteelDefectX layout from {Path(data_dir).name} (no SYNTHETIC.md marker: not "
+    elif data["kind"] == "raw folder":
+        desc = (f"images in the SteelDefectX layout from {Path(args.data_dir).name} (no SYNTHETIC.md marker: not "
                 "generated data)")
+    else:
+        desc = f"the {data['kind']} {data['label']} (read with datasets.load_dataset, mapped onto the rows)"
     build = build_report(ds)
     if build.get("splits"):
-        desc += "; builder splits " + ", ".join(f"{k} {v}" for k, v in build["splits"].items())
+        desc += "; splits " + ", ".join(f"{k} {v}" for k, v in build["splits"].items())
+    if build.get("source", {}).get("validation_carved_from_train"):
+        desc += "; validation carved from train (the builder's stratified rule)"
     fallbacks = build.get("fallbacks") or {}
     if any(fallbacks.values()):
         desc += "; caption fallbacks " + json.dumps(fallbacks)
-    info.update(synthetic=synthetic, description=desc, classes_with_images=sorted(set(ds["train"]["class_name"])))
+    levels = text_level_report(ds, None)
+    lines = [level_presence_line(levels, split) for split in levels["splits"]]
+    if levels["source_caption_level"] == naming.UNKNOWN_LEVEL:
+        lines.append("- the dataset's caption column states no level: the level-keyed tasks do not use it")
+    info.update(synthetic=data["synthetic"], description=desc,
+                classes_with_images=sorted(set(ds["train"]["class_name"])), text_levels=levels,
+                text_levels_text="\n".join(lines))
     return info
 
 
@@ -235,7 +249,7 @@ def run_benchmark(args: BenchmarkArguments, argv: Sequence[str] | None = None) -
 def _run(args: BenchmarkArguments, out: Path, argv: list[str]) -> dict:
     prepare_output_dir(out, argv)
     overrides = {} if args.validation_fraction is None else {"validation_fraction": args.validation_fraction}
-    ds = load_steeldefectx(args.data_dir, args.dataset_config_name, cache_dir=args.cache_dir, **overrides)
+    ds = load_rows(args.data_dir, args, args.dataset_config_name, cache_dir=args.cache_dir, **overrides)
     bench = Benchmark(
         ds, clip_models=args.model_specs, vision_model=args.vision_model_name_or_path,
         cache_dir=args.embedding_cache_dir or out / "cache", batch_size=args.batch_size, shots=args.shot_list,
@@ -243,7 +257,7 @@ def _run(args: BenchmarkArguments, out: Path, argv: list[str]) -> dict:
         max_eval_samples=args.max_eval_samples, progress=not args.no_progress, device=args.device,
         max_seq_length=args.max_seq_length, truncation_warning_share=args.truncation_warning_share)
     results = bench.run(args.task_list)
-    results["meta"] = {"data": describe_data(args.data_dir, ds), "tasks": args.task_list, "levels": args.level_list,
+    results["meta"] = {"data": describe_data(args, ds), "tasks": args.task_list, "levels": args.level_list,
                        "shots": args.shot_list, "seeds": args.seed_list, "max_eval_samples": args.max_eval_samples,
                        "splits": results.pop("splits"), "dataset_config": args.dataset_config_name,
                        "argv": argv}

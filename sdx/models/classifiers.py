@@ -184,7 +184,16 @@ def load_or_build_image_processor(model_name_or_path: str | None, image_size: in
             logger.warning("no image processor in %s (%s); building one for %d px", model_name_or_path, exc,
                            image_size)
     return ViTImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5],
-                                image_std=[0.5, 0.5, 0.5]), False
+                                image_std=[0.5, 0.5, 0.5], do_convert_rgb=True), False
+
+
+def convert_to_rgb(image_processor, config) -> None:
+    """Make `image_processor` turn grayscale (and RGBA, CMYK) images into RGB when the model takes 3 channels, so
+    the processor saved beside the model works on an `L` image (without it: "mean must have 1 elements")."""
+    channels = getattr(config, "num_channels", None) or getattr(getattr(config, "vision_config", None),
+                                                                 "num_channels", 3)
+    if channels == 3 and hasattr(image_processor, "do_convert_rgb") and not image_processor.do_convert_rgb:
+        image_processor.do_convert_rgb = True
 
 
 def processor_image_size(processor) -> tuple[int, int]:

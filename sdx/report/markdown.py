@@ -98,6 +98,8 @@ def _data_lines(meta: dict) -> list[str]:
               "(a carve-out of official train)")]
     for name, s in (meta.get("splits") or {}).items():
         lines.append(f"- split `{name}`: {s['images']} images used (fingerprint {s['fingerprint']})")
+    if data.get("text_levels_text"):
+        lines.append(data["text_levels_text"])
     if meta.get("max_eval_samples"):
         lines.append(f"- **subsampled**: validation and test limited to {meta['max_eval_samples']} images "
                      "(seeded); numbers are not comparable to full-split numbers")

@@ -20,10 +20,26 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 from transformers import HfArgumentParser
 
+from sdx.data.naming import DatasetArguments, choose_data
 from sdx.redact import redact, redact_argv
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "step")
+
+
+TRACKERS = ("tensorboard", "wandb")
+
+
+def report_targets(value: str) -> list[str]:
+    """--report_to as a list: each of TRACKERS, "all" or "none" (alone), or a comma list of TRACKERS."""
+    names = [v.strip().lower() for v in str(value).split(",") if v.strip()]
+    if names in (["all"], ["none"]):
+        return names
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown or not names:
+        raise ValueError(f"--report_to: {', '.join(unknown) or 'nothing'} is not one of {', '.join(TRACKERS)}, "
+                         "'all' or 'none'")
+    return names
 
 
 def arg_help(text: str, **more: Any) -> dict[str, Any]:
@@ -98,7 +114,8 @@ class TrainingArguments:
     logging_steps: int = field(default=10, metadata=arg_help("log the training loss every N steps (--with_tracking)"))
     with_tracking: bool = field(default=False, metadata=arg_help("log metrics to the trackers of --report_to"))
     report_to: str = field(default="tensorboard", metadata=arg_help(
-        "tracker(s) for --with_tracking: tensorboard, wandb, ..., or 'all'"))
+        "tracker(s) of --with_tracking, through accelerate: tensorboard, wandb (optional package; offline with "
+        "WANDB_MODE=offline), all (every tracker installed), none (no tracking), or a comma list"))
     tracker_project_name: str = field(default="steeldefectx", metadata=arg_help("tracker project name"))
     dataloader_num_workers: int = field(default=0, metadata=arg_help("data-loader worker processes"))
     max_train_samples: Optional[int] = field(default=None, metadata=arg_help(
@@ -111,6 +128,9 @@ class TrainingArguments:
     hub_token: Optional[str] = field(default=None, metadata=arg_help(
         "Hub token (default: the cached login / HF_TOKEN); never written to any file"))
     hub_private: bool = field(default=False, metadata=arg_help("create the Hub repository as private"))
+    hub_strategy: Literal["end", "every_save", "checkpoint"] = field(default="end", metadata=arg_help(
+        "what --push_to_hub uploads when: end (the output folder once, at the end); every_save (also the model at "
+        "each checkpoint save); checkpoint (also the checkpoint itself as last-checkpoint/, resumable)"))
     command_line: str = field(default="", init=False)   # the shell-quoted command, for the model card
 
     def __post_init__(self) -> None:
@@ -125,17 +145,22 @@ class TrainingArguments:
                             ">= 0"),
             **dict.fromkeys(("learning_rate", "lr_gamma", "max_grad_norm"), "> 0"),
             **dict.fromkeys(("adam_beta1", "adam_beta2"), "in [0, 1)")})
+        self.report_to = ",".join(report_targets(self.report_to))
 
 
 @dataclass
-class DataArguments:
-    """The data flags both trainers share (sdx.data.builder.load_steeldefectx)."""
+class DataArguments(DatasetArguments):
+    """The data flags both trainers share: a raw folder (sdx.data.builder.load_steeldefectx) or any `datasets`
+    dataset (--dataset_name and its column / split flags, sdx.data.source)."""
 
     _argument_group_name = "data"
 
-    data_dir: str = field(default="synthetic", metadata=arg_help(
+    data_dir: Optional[str] = field(default=None, metadata=arg_help(
         "folder in the official SteelDefectX layout, 'synthetic' (the embedded demo data) or 'hub' (the Hub "
-        "release, needs network)"))
+        "release, needs network); default: synthetic, unless --dataset_name is given"))
+    dataset_config_name: Optional[str] = field(default=None, metadata=arg_help(
+        "with --data_dir: the builder config (default, t0, coarse, fine, attributes, structured); with "
+        "--dataset_name: the dataset's config (default: its default config)"))
     cache_dir: Optional[str] = field(default=None, metadata=arg_help("the datasets cache folder"))
     validation_fraction: float = field(default=0.1, metadata=arg_help(
         "share of the official train split carved out (stratified) for validation"))
@@ -150,7 +175,14 @@ class DataArguments:
         "pixel values either way)"))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_ranges(self, {"shots": ">= 1", "validation_fraction": "in [0, 1)", "pixel_cache_mb": ">= 0"})
+        self.data_dir = choose_data(self.data_dir, self.dataset_name)
+
+    @property
+    def data_label(self) -> str:
+        """What the run read: the --data_dir value or the --dataset_name."""
+        return str(self.dataset_name or self.data_dir)
 
 
 def with_defaults(cls: type, name: str = "", **defaults: Any) -> type:

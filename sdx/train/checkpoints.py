@@ -15,7 +15,6 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 from accelerate.utils import load
-from safetensors.torch import load_file
 
 from sdx.train.outputs import disk_full_named, json_default
 
@@ -227,17 +226,19 @@ def read_best_record(best_dir: Path) -> dict | None:
         return None
 
 
-def save_best(accelerator, model: torch.nn.Module, best_dir: Path, record: dict[str, Any]) -> None:
-    """Write the best weights (`Accelerator.save_model`) and their record (epoch, step, metric) to a temporary
-    folder that replaces `best_dir` once complete."""
+def save_best(accelerator, best_dir: Path, record: dict[str, Any]) -> None:
+    """Keep the best epoch as an accelerate state (`Accelerator.save_state`: the engine's own format, gathered or
+    sharded under FSDP and DeepSpeed alike) with its record (epoch, step, metric), written to a temporary folder
+    that replaces `best_dir` once complete."""
     tmp = best_dir.with_name(TMP_PREFIX + best_dir.name)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
     with disk_full_named(best_dir, "best weights"):
-        accelerator.save_model(model, str(tmp))
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            tmp.mkdir(parents=True, exist_ok=True)
             _write_synced(tmp / BEST_RECORD, json.dumps(record) + "\n")
     if accelerator.is_main_process:
         shutil.rmtree(best_dir, ignore_errors=True)
@@ -245,26 +246,13 @@ def save_best(accelerator, model: torch.nn.Module, best_dir: Path, record: dict[
     accelerator.wait_for_everyone()
 
 
-def load_best(accelerator, model: torch.nn.Module, best_dir: str | os.PathLike) -> torch.nn.Module:
-    """Load the weights kept in `best_dir` into `model` (prepared or not). Returns the unwrapped model."""
-    unwrapped = accelerator.unwrap_model(model)
+def load_best(accelerator, best_dir: str | os.PathLike) -> None:
+    """Load the state kept by `save_best` into the prepared model (and its optimizer), on every process
+    (`Accelerator.load_state`): no direct access to the model's parameters, so sharded engines work."""
     best = Path(best_dir)
-    files = sorted(best.glob("model*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no model*.safetensors in {best}")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = unwrapped.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ValueError(f"{best}: weights not in the model: {unexpected[:5]}")
-    # keys missing from the file are tied/shared tensors that save_model de-duplicated; check they are covered
-    own = unwrapped.state_dict()
-    stored_ptrs = {own[k].data_ptr() for k in state if k in own}
-    uncovered = [k for k in missing if own[k].data_ptr() not in stored_ptrs]
-    if uncovered:
-        raise ValueError(f"{best}: weights missing for {uncovered[:5]}")
-    return unwrapped
+    if not (best / BEST_RECORD).is_file():
+        raise FileNotFoundError(f"no {BEST_RECORD} in {best}: not a best state written by this trainer")
+    accelerator.load_state(str(best))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from sdx.data import levels as T
-from sdx.data.layout import is_synthetic_dir
+from sdx.data.naming import describe_data
 from sdx.metrics import accuracy, mean_class_accuracy
+from sdx.models.classifiers import convert_to_rgb
 from sdx.models.clip import (
     KEEP_POSITIONS,
     TRUNCATION_WARNING_SHARE,
@@ -25,7 +26,7 @@ from sdx.models.clip import (
     build_clip_from_scratch,
     clip_embed_dim,
     encode_images,
-    encode_text_list,
+    encode_texts,
     format_truncation,
     get_logit_scale,
     image_features,
@@ -36,6 +37,7 @@ from sdx.models.clip import (
     set_text_max_length,
     stretch_text_positions,
     text_features,
+    text_max_length,
     text_positions,
     truncation_warnings,
     update_lineage,
@@ -51,8 +53,8 @@ from sdx.train.args import (
     with_defaults,
 )
 from sdx.train.job import Job, run_job
-from sdx.train.outputs import text_budget_section
 from sdx.train.losses import LONG_CLIP_PCA_DIM, class_text_loss, contrastive_loss, long_clip_loss
+from sdx.train.outputs import text_budget_section
 from sdx.train.pixels import PixelBudget
 
 logger = logging.getLogger(__name__)
@@ -323,6 +325,8 @@ class ClipCollator:
 class ClipTrainModule(nn.Module):
     """What the loop trains: forward(batch) -> scalar loss. Holds the CLIP (plain, peft-wrapped or with adapter).
 
+    ``forward(..., embed="image" | "text")`` returns normalised embeddings instead (the validation's encoders), so
+    every use of the model goes through the prepared module's forward, as FSDP and DeepSpeed require.
     For the adapter with class-level captions, ``class_input_ids`` / ``class_attention_mask`` (C rows, one per
     class id) are kept as buffers and embedded with the frozen text tower."""
 
@@ -335,8 +339,12 @@ class ClipTrainModule(nn.Module):
             self.register_buffer("class_input_ids", class_text_inputs["input_ids"], persistent=False)
             self.register_buffer("class_attention_mask", class_text_inputs["attention_mask"], persistent=False)
 
-    def forward(self, pixel_values, labels, input_ids=None, attention_mask=None, short_input_ids=None,
-                short_attention_mask=None) -> torch.Tensor:
+    def forward(self, pixel_values=None, labels=None, input_ids=None, attention_mask=None, short_input_ids=None,
+                short_attention_mask=None, embed: Optional[str] = None) -> torch.Tensor:
+        if embed == "image":
+            return encode_images(self.clip, pixel_values)
+        if embed == "text":
+            return encode_texts(self.clip, input_ids, attention_mask)
         img = image_features(self.clip, pixel_values)
         logit_scale = get_logit_scale(self.clip)
         if self.class_text_loss:
@@ -367,6 +375,7 @@ def build_clip(m: ClipModelArguments, seed: int, train_split, all_ds) -> tuple[n
     text positions stretched (--stretch_positions), before method wrapping."""
     if m.model_name_or_path:
         model, processor = load_clip(m.model_name_or_path)
+        convert_to_rgb(processor.image_processor, model.config)
         origin = f"pretrained:{m.model_name_or_path}"
     else:
         texts: list[str] = []
@@ -439,29 +448,38 @@ def wrap_method(m: ClipModelArguments, level: str, clip: nn.Module, processor, n
 # ----------------------------------------------------------------------------------------------------------------
 # zero-shot evaluation
 # ----------------------------------------------------------------------------------------------------------------
+def prompt_inputs(clip: nn.Module, tokenizer, prompts: Mapping[str, Sequence[str]]) -> dict[str, dict]:
+    """Each prompt set tokenized once (padding, truncation at the model's text limit), for `zero_shot_eval`."""
+    limit = text_max_length(clip, tokenizer)
+    return {name: dict(tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"))
+            for name, texts in prompts.items()}
+
+
 @torch.no_grad()
-def zero_shot_eval(accelerator, clip: nn.Module, loader, tokenizer, class_ids: Sequence[int],
-                   prompts: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    """Zero-shot accuracy / mAcc (percent) of `loader`'s images against each prompt set (name -> C texts), and
-    num_samples (images evaluated, each once across processes: gather_for_metrics drops the padding)."""
-    was_training = clip.training
-    clip.eval()
+def zero_shot_eval(accelerator, model: nn.Module, loader, class_ids: Sequence[int],
+                   prompts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """Zero-shot accuracy / mAcc (percent) of `loader`'s images against each tokenized prompt set (name -> C
+    texts, `prompt_inputs`), and num_samples (images evaluated, each once across processes: gather_for_metrics
+    drops the padding). `model` is the prepared ClipTrainModule, called through its forward only."""
+    was_training = model.training
+    model.eval()
     device = accelerator.device
     class_ids_t = torch.tensor(list(class_ids), device=device)
     with accelerator.autocast():                          # the training precision (bf16/fp16 or none)
-        text_embs = {name: encode_text_list(clip, tokenizer, list(texts), device=device)
-                     for name, texts in prompts.items()}
+        text_embs = {name: model(input_ids=enc["input_ids"].to(device),
+                                 attention_mask=enc["attention_mask"].to(device), embed="text")
+                     for name, enc in prompts.items()}
     preds: dict[str, list[torch.Tensor]] = {name: [] for name in prompts}
     labels: list[torch.Tensor] = []
     for batch in loader:
         with accelerator.autocast():
-            img = encode_images(clip, batch["pixel_values"].to(device))
+            img = model(pixel_values=batch["pixel_values"].to(device), embed="image")
         for name, emb in text_embs.items():
             pred = zero_shot_predict(img, emb, class_ids_t)
             preds[name].append(accelerator.gather_for_metrics(pred))
         labels.append(accelerator.gather_for_metrics(batch["labels"].to(device)))
     if was_training:
-        clip.train()
+        model.train()
     y = torch.cat(labels).cpu().numpy()
     out: dict[str, float] = {}
     out["num_samples"] = int(len(y))
@@ -489,14 +507,13 @@ class ClipJob(Job):
         return self.args.model.method
 
     def load_data(self):
-        from sdx.data.builder import load_steeldefectx  # heavy (datasets, ~1 s): a run only, not --help
+        from sdx.data.source import load_rows  # heavy (datasets, ~1 s): a run only, not --help
 
         d = self.args.data
-        level = "t2" if d.caption_level == "mixed" else d.caption_level
-        return load_steeldefectx(d.data_dir, caption_level=level, validation_fraction=d.validation_fraction,
-                                 shots=d.shots, seed=self.args.training.seed, classes=d.classes,
-                                 exclude_classes=d.exclude_classes, on_error=d.on_error,
-                                 annotate_missing=d.annotate_missing, cache_dir=d.cache_dir)
+        return load_rows(d.data_dir, d, d.dataset_config_name, caption_level=d.caption_level,
+                         validation_fraction=d.validation_fraction, shots=d.shots, seed=self.args.training.seed,
+                         classes=d.classes, exclude_classes=d.exclude_classes, on_error=d.on_error,
+                         annotate_missing=d.annotate_missing, cache_dir=d.cache_dir, require_captions=True)
 
     def build_model(self, ds, splits):
         from sdx.data.builder import class_names  # heavy (datasets): a run only
@@ -509,6 +526,7 @@ class ClipJob(Job):
         self.lineage = model_lineage(clip)
         self.max_seq_length = set_text_max_length(self.processor.tokenizer, clip, m.max_seq_length)
         self.text_budget = self.report_text_budget(clip, splits["train"])
+        self.prompt_inputs = prompt_inputs(clip, self.processor.tokenizer, self.prompts)  # after the budget is set
         module = wrap_method(m, self.args.data.caption_level, clip, self.processor, self.names,
                              dict(zip(self.class_ids, t1_prompts)))
         self.held_positions = bool(m.stretch_positions) and hold_leading_positions(getattr(clip, "clip", clip))
@@ -551,12 +569,15 @@ class ClipJob(Job):
     def compute_loss(self, model, batch):
         return model(**batch)
 
+    @property
+    def caption_level(self) -> str:
+        return self.args.data.caption_level
+
     def evaluate(self, accelerator, model, loader):
-        return zero_shot_eval(accelerator, accelerator.unwrap_model(model).clip, loader, self.processor.tokenizer,
-                              self.class_ids, self.prompts)
+        return zero_shot_eval(accelerator, model, loader, self.class_ids, self.prompt_inputs)
 
     def final_metrics(self, accelerator, result, model, loaders):
-        """Zero-shot metrics of the kept weights on validation and test."""
+        """Zero-shot metrics of the kept weights (`model`, prepared) on validation and test."""
         return {f"{name}_{k}": v for name, loader in loaders.items()
                 for k, v in self.evaluate(accelerator, model, loader).items()}
 
@@ -601,7 +622,8 @@ class ClipJob(Job):
 def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequence[str]) -> dict[str, Any]:
     """The CLIP-specific `write_model_card` arguments: caption level, method, initial weights, synthetic data."""
     d, m, t = args.data, args.model, args.training
-    level, synthetic = d.caption_level, is_synthetic_dir(d.data_dir)
+    data = describe_data(d.data_dir, d.dataset_name)
+    level, synthetic = d.caption_level, data["synthetic"]
     method_text = {
         "full": "full contrastive fine-tuning" + (f" (frozen: {', '.join(frozen)})" if frozen else ""),
         "lora": f"LoRA (r={m.lora_r}, alpha={m.lora_alpha}) on the {m.lora_towers} tower(s)",
@@ -620,9 +642,8 @@ def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequ
                   "about SteelDefectX**" if synthetic else ""))
     flat = args.flat()
     return dict(task="zero-shot-image-classification", tags=["clip", "contrastive", f"caption-{level}", m.method],
-                dataset={"name": "SteelDefectX", "data_dir": str(d.data_dir),
-                         "config": T.LEVEL_CONFIGS.get(level, "mixed"), "caption_level": level,
-                         "splits": results["splits"], "synthetic": synthetic},
+                dataset={**data, "config": d.dataset_config_name or T.LEVEL_CONFIGS.get(level, "mixed"),
+                         "caption_level": level, "splits": results["splits"]},
                 metrics={k: v for k, v in results.items()
                          if k.startswith(("validation_", "test_")) and not k.endswith("num_samples")},
                 hyperparameters={k: flat[k] for k in CARD_HYPERPARAMETERS},

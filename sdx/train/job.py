@@ -9,6 +9,7 @@ and the model card, and push to the Hub.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 from accelerate.utils import broadcast_object_list
 
-from sdx.data.layout import is_synthetic_dir
+from sdx.data.naming import describe_data
 from sdx.models.classifiers import count_parameters
 from sdx.train import outputs
 from sdx.train.args import JobArguments, tracker_config
@@ -46,6 +47,8 @@ class Job:
         return self.args.model.metric_for_best_model
 
     wants_test: bool = True
+
+    caption_level: Optional[str] = None   # the text level trained on ("mixed" included); None: captions unused
 
     # data and model
     def load_data(self):
@@ -98,7 +101,7 @@ def select_splits(ds, job: Job) -> dict[str, Any]:
     data, t = job.args.data, job.args.training
     for split in ("train", "validation"):
         if split not in ds or len(ds[split]) == 0:
-            raise ValueError(f"the {split} split is empty (data_dir {data.data_dir}, classes {data.classes}, "
+            raise ValueError(f"the {split} split is empty (data {data.data_label}, classes {data.classes}, "
                              f"validation_fraction {data.validation_fraction}): nothing to "
                              f"{'train on' if split == 'train' else 'validate on'}")
     splits = {"train": limit_samples(ds["train"], t.max_train_samples, t.seed),
@@ -115,26 +118,65 @@ def limit_samples(split, n: Optional[int], seed: int):
     return split.shuffle(seed=seed).select(range(n))
 
 
-def run_metadata(job: Job, train_split, names) -> RunMetadata:
+def run_metadata(job: Job, train_split, names, text_levels: Mapping[str, Any]) -> RunMetadata:
     data, t = job.args.data, job.args.training
-    return RunMetadata(kind=job.kind, origin=job.origin, method=job.method, seed=t.seed, data=str(data.data_dir),
-                       synthetic=is_synthetic_dir(data.data_dir),
+    return RunMetadata(kind=job.kind, origin=job.origin, method=job.method, seed=t.seed, data=data.data_label,
+                       synthetic=describe_data(data.data_dir, data.dataset_name)["synthetic"],
                        train_classes=sorted({names[i] for i in set(train_split["label"])}),
                        exclude_classes=list(data.exclude_classes or []), select_metric=job.select_metric,
-                       **job.metadata_fields())
+                       text_levels=dict(text_levels), **job.metadata_fields())
 
 
 def write_outputs(job: Job, model: torch.nn.Module, out: Path, results: dict[str, Any], meta: RunMetadata) -> None:
-    """Main process: the model (job.save), sdx_run.json, all_results.json, the model card, the Hub push."""
+    """Main process: the model (job.save), sdx_run.json, all_results.json, the model card."""
     t, m = job.args.training, job.args.model
+    from sdx.data.source import format_text_levels  # heavy (datasets): a run only
+
     job.save(model, out, results)
     meta.write(out)
     outputs.write_all_results(out, results)
     outputs.write_model_card(out, model_name=out.resolve().name, base_model=m.model_name_or_path,
                              init="pretrained" if m.model_name_or_path else "random", command_line=t.command_line,
-                             **job.model_card(results))
-    if t.push_to_hub:
-        outputs.push_output_dir(out, t.hub_model_id, token=t.hub_token, private=t.hub_private)
+                             text_levels=format_text_levels(meta.text_levels), **job.model_card(results))
+
+
+def shards_parameters(accelerator) -> bool:
+    """True under engines whose processes each hold a part of the parameters (FSDP, DeepSpeed ZeRO-3): the model
+    object is then no complete copy, and a saved model is built from the gathered state dict."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
+
+
+def model_to_save(accelerator, prepared: torch.nn.Module, template: Optional[torch.nn.Module], *,
+                  fresh: bool = False) -> Optional[torch.nn.Module]:
+    """The trained model as a plain module on the main process (None elsewhere). Every process must call it: the
+    weights come from `accelerator.get_state_dict` (gathered under FSDP / ZeRO-3) into `template`, the model as
+    built before `prepare` (copied first when `fresh`), or, without a template, the unwrapped model itself."""
+    state = accelerator.get_state_dict(prepared)
+    if not accelerator.is_main_process:
+        return None
+    if template is None:
+        return accelerator.unwrap_model(prepared)
+    model = copy.deepcopy(template) if fresh else template
+    model.load_state_dict(state)
+    return model
+
+
+def save_hook(job: Job, accelerator, out: Path, hub: outputs.HubPush, template):
+    """`run_training`'s on_save for --hub_strategy every_save / checkpoint: the model as saved now (job.save of a
+    fresh copy) in the output folder, then the upload."""
+    def on_save(prepared, checkpoint: Path, step: int) -> None:
+        model = model_to_save(accelerator, prepared, template, fresh=True)
+        if accelerator.is_main_process:
+            job.save(model, out, {})
+            hub.on_save(checkpoint, step)
+        accelerator.wait_for_everyone()
+
+    return on_save
 
 
 def train_fingerprint(split) -> str:
@@ -165,15 +207,19 @@ def run_job(job: Job, step_callback: Optional[Callable[[int], None]] = None) -> 
     t = job.args.training
     out = outputs.check_output_dir(t)
     resolve_checkpoint(t.resume_from_checkpoint, out, warn=False)  # a bad checkpoint fails before the data is read
+    hub = outputs.HubPush(t, out) if t.push_to_hub else None  # offline or no token: refused before any work
     accelerator = make_accelerator(t)
     with locked_output_dir(accelerator, out):
-        return _run_locked(job, accelerator, out, step_callback)
+        return _run_locked(job, accelerator, out, step_callback, hub)
 
 
-def _run_locked(job: Job, accelerator, out: Path, step_callback) -> dict[str, Any]:
+def _run_locked(job: Job, accelerator, out: Path, step_callback, hub: Optional[outputs.HubPush]) -> dict[str, Any]:
     from sdx.data.builder import class_names  # heavy (datasets, ~1 s): a run only, not --help
+    from sdx.data.source import text_level_report  # heavy (datasets): a run only
 
     t = job.args.training
+    if hub is not None and accelerator.is_main_process:
+        hub.create_repo()  # the repo exists (or the token is refused) before the first step
     with accelerator.main_process_first():
         ds = job.load_data()
     splits = select_splits(ds, job)
@@ -181,6 +227,9 @@ def _run_locked(job: Job, accelerator, out: Path, step_callback) -> dict[str, An
     trainable, total = count_parameters(model)
     if not trainable:
         raise ValueError(f"method {job.method}: no trainable parameter")
+    snapshots = hub is not None and hub.strategy != "end"
+    template = copy.deepcopy(model) if accelerator.is_main_process and (
+        snapshots or shards_parameters(accelerator)) else None
     train_loader = job.train_loader(splits["train"])
     loaders = {"validation": accelerator.prepare(job.eval_loader(splits["validation"], "validation"))}
     fingerprint = train_fingerprint(splits["train"])
@@ -194,19 +243,24 @@ def _run_locked(job: Job, accelerator, out: Path, step_callback) -> dict[str, An
     result = run_training(t, accelerator, model, create_optimizer(t, model), train_loader,
                           compute_loss=job.compute_loss, evaluate=evaluate, select_metric=job.select_metric,
                           step_callback=step_callback, hparams=tracker_config(job.args.flat()),
-                          data_fingerprint=fingerprint)
-    model = load_best(accelerator, result.model, result.best_dir) if result.best_dir else \
-        accelerator.unwrap_model(result.model)
+                          data_fingerprint=fingerprint,
+                          on_save=save_hook(job, accelerator, out, hub, template) if snapshots else None)
+    if result.best_dir:
+        load_best(accelerator, result.best_dir)
     if "test" in splits:
         loaders["test"] = accelerator.prepare(job.eval_loader(splits["test"], "test"))
-    results = job.final_metrics(accelerator, result, model, loaders)
+    results = job.final_metrics(accelerator, result, result.model, loaders)
     results.update(job.training_summary(result))
     results.update(init=job.origin, method=job.method, num_processes=accelerator.num_processes,
                    trainable_parameters=trainable, total_parameters=total,
                    splits={k: len(v) for k, v in splits.items()})
+    model = model_to_save(accelerator, result.model, template)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        levels = text_level_report({"train": splits["train"]}, job.caption_level)
         with outputs.disk_full_named(out, "model and results"):
-            write_outputs(job, model, out, results, run_metadata(job, splits["train"], class_names(ds)))
+            write_outputs(job, model, out, results, run_metadata(job, splits["train"], class_names(ds), levels))
+        if hub is not None:
+            hub.at_end()
     accelerator.wait_for_everyone()
     return results

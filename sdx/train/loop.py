@@ -17,12 +17,18 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    ProjectConfiguration,
+    is_tensorboard_available,
+    is_wandb_available,
+    set_seed,
+)
 from tqdm.auto import tqdm
 
 from sdx.redact import redact
 from sdx.train import checkpoints as C
-from sdx.train.args import tracker_config, training_hparams
+from sdx.train.args import report_targets, tracker_config, training_hparams
 from sdx.train.outputs import json_default, scalars
 
 logger = logging.getLogger(__name__)
@@ -54,13 +60,28 @@ def make_accelerator(training, **kwargs: Any):
                                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     if training.mixed_precision:
         acc_kwargs["mixed_precision"] = training.mixed_precision
-    if training.with_tracking:
-        acc_kwargs["log_with"] = training.report_to
+    log_with = trackers(training)
+    if log_with:
+        acc_kwargs["log_with"] = log_with
     acc_kwargs.update(kwargs)
     forget_accelerator_settings()
     accelerator = Accelerator(**acc_kwargs)
     set_seed(training.seed)
     return accelerator
+
+
+def trackers(training) -> list[str]:
+    """accelerate's ``log_with`` for --with_tracking / --report_to: [] without tracking or with "none". A tracker
+    asked for by name must be installed (accelerate would skip it in silence)."""
+    names = report_targets(training.report_to) if training.with_tracking else []
+    if names == ["none"]:
+        return []
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    missing = [n for n in names if n in available and not available[n]()]
+    if missing:
+        raise ImportError(f"--report_to {training.report_to}: {', '.join(missing)} is not installed "
+                          f"(pip install {' '.join(missing)}), or choose another tracker")
+    return names
 
 
 def optimizer_kernel(implementation: str) -> dict[str, bool]:
@@ -187,8 +208,9 @@ class TrainingLoop:
     """`run_training`'s parts: prepare, resume, one epoch of steps, evaluate and keep the best, checkpoint."""
 
     def __init__(self, training, accelerator, model, optimizer, train_dataloader, compute_loss, evaluate,
-                 scheduler, select_metric, greater_is_better, step_callback, hparams, data_fingerprint=None):
-        self.args, self.acc, self.hparams = training, accelerator, hparams
+                 scheduler, select_metric, greater_is_better, step_callback, hparams, data_fingerprint=None,
+                 on_save=None):
+        self.args, self.acc, self.hparams, self.on_save = training, accelerator, hparams, on_save
         self.compute_loss, self.evaluate, self.step_callback = compute_loss, evaluate, step_callback
         self.select_metric = select_metric if evaluate is not None else None
         self.greater_is_better = greater_is_better
@@ -332,7 +354,7 @@ class TrainingLoop:
         if best["metric"] is None or value is None or (
                 value > best["metric"] if self.greater_is_better else value < best["metric"]):
             self.state.best = {"metric": value, "epoch": entry["epoch"], "step": entry["step"]}
-            C.save_best(self.acc, self.model, self.best_dir, self.state.best)
+            C.save_best(self.acc, self.best_dir, self.state.best)
 
     def checkpoint(self) -> Path:
         s = self.state
@@ -342,6 +364,8 @@ class TrainingLoop:
             "history": s.history, "select_metric": self.select_metric, "order_settings": self.settings},
             self.args.checkpoints_total_limit)
         self.next_checkpoint += 1
+        if self.on_save is not None:
+            self.on_save(self.model, path, s.completed_steps)
         return path
 
     # -- the run -----------------------------------------------------------------------------------------------
@@ -391,7 +415,8 @@ def run_training(training, accelerator, model: torch.nn.Module, optimizer: torch
                  evaluate: Callable[[torch.nn.Module], Mapping[str, Any]] | None = None, *,
                  scheduler: Any = None, select_metric: str | None = "accuracy", greater_is_better: bool = True,
                  step_callback: Callable[[int], None] | None = None,
-                 hparams: Mapping[str, Any] | None = None, data_fingerprint: str | None = None) -> TrainingResult:
+                 hparams: Mapping[str, Any] | None = None, data_fingerprint: str | None = None,
+                 on_save: Callable[[Any, Path, int], None] | None = None) -> TrainingResult:
     """Train `model` and return a `TrainingResult` (docs/training.md, "The shared loop").
 
     - `training`: the `TrainingArguments`; `accelerator` from `make_accelerator`.
@@ -405,10 +430,12 @@ def run_training(training, accelerator, model: torch.nn.Module, optimizer: torch
     - `hparams`: what the trackers record (default: the training arguments; redacted either way, sdx.redact).
     - `data_fingerprint`: of the training examples in order, recorded in checkpoints; a resume on other data is
       refused (with the batch size, processes, accumulation and seed: `order_settings`).
+    - `on_save(prepared_model, checkpoint_dir, completed_steps)`: called on every process after each checkpoint
+      (the Hub push of --hub_strategy every_save / checkpoint).
     """
     resume_path = C.resolve_checkpoint(training.resume_from_checkpoint, training.output_dir)
     loop = TrainingLoop(training, accelerator, model, optimizer, train_dataloader, compute_loss, evaluate,
                         scheduler, select_metric, greater_is_better, step_callback,
                         redact(dict(hparams if hparams is not None else training_hparams(training))),
-                        data_fingerprint)
+                        data_fingerprint, on_save)
     return loop.run(resume_path)

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import constants as hub_constants
 
+from sdx.data.naming import LICENCE_NOTE, is_hub_id
 from sdx.redact import redact, redact_command
 from sdx.report.markdown import md_cell
 
@@ -250,53 +252,74 @@ def scalars(d: Mapping[str, Any]) -> dict[str, float | int]:
     return out
 
 
+WEIGHTS_LICENCE_FILE = "LICENSE.md"
+
+
+def card_licence(data: Mapping[str, Any], init: str, base_model: str | None) -> tuple[dict[str, str], str]:
+    """(licence metadata, licence text) of trained weights. Everything is ours only for a random start on the
+    synthetic data: "mit". Otherwise the Hub's "other", naming LICENSE.md, which says what is known: the code is
+    MIT, the data's terms are its own (the SteelDefectX release states no global licence), a base keeps its own."""
+    if data.get("synthetic") and init != "pretrained":
+        return {"license": "mit"}, ("MIT: the code (the SteelDefectX workbench) and the data (drawn by its synthetic "
+                                    "generator) are MIT, and the weights started from a random initialisation.")
+    if data.get("kind") in ("hub release", "raw folder"):
+        terms = LICENCE_NOTE
+    else:
+        terms = (f"Code: MIT. Data: `{data.get('label')}`, whose licence this card does not know: see that "
+                 "dataset's own card before using these weights.")
+    base = (f" The weights started from `{base_model}`, which keeps its own licence." if init == "pretrained"
+            else "")
+    return ({"license": "other", "license_name": "steeldefectx-weights", "license_link": WEIGHTS_LICENCE_FILE},
+            terms + base)
+
+
+def card_data_text(data: Mapping[str, Any]) -> str:
+    """One phrase naming the data of a run; synthetic data is never called SteelDefectX."""
+    if data.get("synthetic"):
+        return ("the project's **SYNTHETIC** demo data (drawn by its generator: not SteelDefectX, not steel "
+                "photographs; these numbers say nothing about SteelDefectX)")
+    return {"hub release": f"SteelDefectX (the Hub release `{data.get('hub_id')}`)",
+            "raw folder": f"SteelDefectX from a local folder in the official layout (`{data.get('label')}`)",
+            "hub dataset": f"the Hub dataset `{data.get('hub_id')}`",
+            }.get(str(data.get("kind")), f"the local dataset folder `{data.get('label')}`")
+
+
 def write_model_card(output_dir: str | os.PathLike, *, model_name: str, task: str, base_model: str | None,
                      init: str, dataset: Mapping[str, Any], metrics: Mapping[str, Any],
                      hyperparameters: Mapping[str, Any], command_line: str, tags: Sequence[str] = (),
-                     extra_sections: Mapping[str, str] | None = None, library_name: str = "transformers") -> Path:
-    """Write ``README.md`` as a `huggingface_hub.ModelCard`: YAML metadata (eval results as model-index), the
-    evaluation table, the data and configuration, whether the weights started pretrained or random, the command.
+                     extra_sections: Mapping[str, str] | None = None, library_name: str | None = None,
+                     text_levels: str = "") -> Path:
+    """Write ``README.md`` as a `huggingface_hub.ModelCard` the Hub's metadata check accepts (docs/training.md,
+    "Model card"): `license` (and LICENSE.md where it is "other"), `base_model` only for a Hub id, `library_name`
+    (peft where the folder holds a peft adapter), `datasets` and model-index eval results only for data on the
+    Hub, no sample counts among the metrics; the body names the data (synthetic flagged), the caption level and
+    its fallbacks (`text_levels`), the initial weights, the configuration and the command.
 
-    `dataset`: {"name", "config", "data_dir", "splits": {split: n}, ...}; `metrics`: {"test_accuracy": ...}
-    (scalars become model-index entries); `init`: "pretrained" or "random".
+    `dataset`: sdx.data.naming.describe_data's {"label", "hub_id", "synthetic", "kind"} plus any rows to show
+    ("config", "splits", ...); `metrics`: {"test_accuracy": ...}; `init`: "pretrained" or "random".
     """
-    scal = scalars(metrics)
-    dataset_id = str(dataset.get("id", "Zhaosxian/SteelDefectX"))
-    eval_results = [EvalResult(task_type=task, dataset_type=dataset_id, dataset_name=str(dataset.get("name",
-                               "SteelDefectX")), dataset_config=str(dataset.get("config", "default")),
+    out = Path(output_dir)
+    scal = {k: v for k, v in scalars(metrics).items() if not k.endswith("num_samples")}
+    hub_id = dataset.get("hub_id")
+    on_hub_base = bool(base_model and init == "pretrained" and is_hub_id(base_model))
+    eval_results = [EvalResult(task_type=task, dataset_type=hub_id, dataset_name=str(dataset.get("label")),
+                               dataset_config=str(dataset.get("config") or "default"),
                                dataset_split=k.split("_", 1)[0] if "_" in k else None,
                                metric_type=k.split("_", 1)[-1], metric_name=k, metric_value=v)
-                    for k, v in scal.items()]
-    data = ModelCardData(model_name=model_name, library_name=library_name, tags=list(tags) + ["steeldefectx"],
-                         base_model=base_model if (base_model and init == "pretrained") else None,
-                         datasets=[dataset_id], eval_results=eval_results or None, pipeline_tag=task)
-    rows = "\n".join(f"| {md_cell(k)} | {v:.4f} |" for k, v in scal.items()) or "| (none) | |"
-    hp = "\n".join(f"| {md_cell(k)} | {md_cell(v)} |" for k, v in redact(dict(hyperparameters)).items())
-    ds = "\n".join(f"- {k}: {v}" for k, v in dataset.items())
-    init_text = (f"Fine-tuned from the pretrained weights `{base_model}`." if init == "pretrained"
-                 else "Trained from a **random initialisation** (no pretrained weights).")
-    body = [f"# {model_name}", "", f"{task} on SteelDefectX steel-surface defects. {init_text}", "",
-            "## Evaluation", "", "| metric | value |", "|---|---|", rows, "", "## Data", "", ds, "",
-            "## Training configuration", "", "| hyper-parameter | value |", "|---|---|", hp, "",
-            "## Command", "", "```bash", redact_command(command_line), "```", ""]
-    for title, text in (extra_sections or {}).items():
-        body += [f"## {title}", "", text, ""]
-    path = Path(output_dir) / "README.md"
+                    for k, v in scal.items()] if hub_id else []
+    licence, licence_text = card_licence(dataset, init, base_model)
+    library = library_name or ("peft" if (out / "adapter_config.json").is_file() else "transformers")
+    data = ModelCardData(model_name=model_name, library_name=library, pipeline_tag=task,
+                         tags=list(tags) + ["steeldefectx"] + (["synthetic-data"] if dataset.get("synthetic") else []),
+                         base_model=base_model if on_hub_base else None, datasets=[hub_id] if hub_id else None,
+                         eval_results=eval_results or None, **licence)
+    body = _card_body(model_name, task, base_model, init, dataset, scal, hyperparameters, command_line,
+                      extra_sections, text_levels, licence_text, on_hub_base)
+    path = out / "README.md"
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)).save(str(path))
+    if licence["license"] == "other":
+        (out / WEIGHTS_LICENCE_FILE).write_text(f"# Licence of {model_name}\n\n{licence_text}\n", encoding="utf-8")
     return path
-
-
-def push_output_dir(output_dir: str | os.PathLike, repo_id: str | None = None, *, token: str | None = None,
-                    private: bool = False, commit_message: str = "Upload SteelDefectX model",
-                    ignore_patterns: Sequence[str] = NOT_PUSHED):
-    """Upload `output_dir` to the Hub model repo `repo_id` (default: the folder's name) via `HfApi`:
-    create_repo(exist_ok=True) then upload_folder, without checkpoints, best/ and logs. Returns upload_folder's
-    result."""
-    repo_id = repo_id or Path(output_dir).resolve().name
-    api = HfApi(token=token)
-    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(output_dir),
-                             commit_message=commit_message, ignore_patterns=list(ignore_patterns))
 
 
 def text_budget_section(summary: Mapping[str, Any], lineage: Mapping[str, Any] | None = None) -> str:
@@ -324,3 +347,76 @@ def text_budget_section(summary: Mapping[str, Any], lineage: Mapping[str, Any] |
         lines += ["", f"**Warning: more than {100 * summary['warning_share']:g} % of the texts of "
                       f"{', '.join(warned)} were cut at the budget; the model never saw their ends.**"]
     return "\n".join(lines)
+
+
+def _card_body(model_name, task, base_model, init, dataset, scal, hyperparameters, command_line, extra_sections,
+               text_levels, licence_text, on_hub_base) -> list[str]:
+    if init != "pretrained":
+        init_text = "Trained from a **random initialisation** (no pretrained weights)."
+    elif on_hub_base:
+        init_text = f"Fine-tuned from the pretrained weights `{base_model}`."
+    else:
+        init_text = (f"Fine-tuned from the pretrained weights of a local folder (`{Path(str(base_model)).name}`, "
+                     "not on the Hub).")
+    rows = "\n".join(f"| {md_cell(k)} | {v:.4f} |" for k, v in scal.items()) or "| (none) | |"
+    hp = "\n".join(f"| {md_cell(k)} | {md_cell(v)} |" for k, v in redact(dict(hyperparameters)).items())
+    shown = {k: v for k, v in dataset.items() if k not in ("label", "hub_id", "synthetic", "kind")}
+    ds = "\n".join([f"- data: {card_data_text(dataset)}"] + [f"- {k}: {v}" for k, v in shown.items()])
+    where = ("" if dataset.get("hub_id") else "\n\nThe data is not on the Hub, so the card's metadata names no "
+             "dataset and holds no model-index entry; the table above is the evaluation.")
+    body = [f"# {model_name}", "", f"{task} on {card_data_text(dataset)}. {init_text}", "",
+            "## Evaluation", "", "| metric | value |", "|---|---|", rows + where, "", "## Data", "", ds, ""]
+    if text_levels:
+        body += ["## Text levels", "", text_levels, ""]
+    body += ["## Training configuration", "", "| hyper-parameter | value |", "|---|---|", hp, "",
+             "## Licence", "", licence_text, "", "## Command", "", "```bash", redact_command(command_line), "```", ""]
+    for title, text in (extra_sections or {}).items():
+        body += [f"## {title}", "", text, ""]
+    return body
+
+
+HUB_STRATEGIES = ("end", "every_save", "checkpoint")
+
+
+class HubPush:
+    """--push_to_hub as transformers' TrainingArguments does it (docs/training.md, "The Hub"): the token and the
+    network are checked on every process before any work, the repo is created (or found) on the main process
+    before the first step, and uploads follow --hub_strategy: `end` the output folder once at the end;
+    `every_save` also the model as saved at each checkpoint; `checkpoint` also the checkpoint itself as
+    ``last-checkpoint/`` (resumable). Checkpoints, best/ and logs are never uploaded with the folder."""
+
+    def __init__(self, training, output_dir: Path):
+        self.strategy, self.private = training.hub_strategy, training.hub_private
+        self.out = Path(output_dir)
+        self.repo_id = training.hub_model_id or self.out.resolve().name
+        if hub_constants.is_offline_mode():
+            raise RuntimeError("--push_to_hub: the Hub is unreachable by choice (HF_HUB_OFFLINE is set); unset it, "
+                               "or drop --push_to_hub and upload the output folder later")
+        self.token = training.hub_token or get_token()
+        if not self.token:
+            raise PermissionError("--push_to_hub needs a Hugging Face write token: pass --hub_token, set HF_TOKEN or "
+                                  "run `hf auth login`")
+        self.api = HfApi(token=self.token)
+        self.url: str | None = None
+
+    def create_repo(self) -> str:
+        """Create the model repo, or check that this token can write to it (main process, before training)."""
+        self.url = str(self.api.create_repo(repo_id=self.repo_id, repo_type="model", private=self.private,
+                                            exist_ok=True))
+        return self.url
+
+    def upload_output_dir(self, message: str):
+        return self.api.upload_folder(repo_id=self.repo_id, repo_type="model", folder_path=str(self.out),
+                                      commit_message=message, ignore_patterns=list(NOT_PUSHED))
+
+    def on_save(self, checkpoint: Path, step: int) -> None:
+        """After a checkpoint was written (and, for every_save / checkpoint, the model saved in the output folder)."""
+        if self.strategy == "end":
+            return
+        self.upload_output_dir(f"Training in progress, step {step}")
+        if self.strategy == "checkpoint":
+            self.api.upload_folder(repo_id=self.repo_id, repo_type="model", folder_path=str(checkpoint),
+                                   path_in_repo="last-checkpoint", commit_message=f"Checkpoint at step {step}")
+
+    def at_end(self):
+        return self.upload_output_dir("End of training")

@@ -34,6 +34,8 @@ class RunMetadata:
     exclude_classes: list[str] = field(default_factory=list)
     select_metric: Optional[str] = None         # the validation metric that picked the saved epoch
     details: dict[str, Any] = field(default_factory=dict)   # method specifics (LoRA towers, frozen towers, ...)
+    # rows per text level and where the training captions came from (sdx.data.source.text_level_report)
+    text_levels: dict[str, Any] = field(default_factory=dict)
     version: int = RUN_META_VERSION
 
     def write(self, folder: str | Path) -> Path:

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from sdx import metrics as M
-from sdx.data.layout import is_synthetic_dir
+from sdx.data.naming import describe_data
 from sdx.models.classifiers import (
     apply_lora,
     build_image_classifier,
+    convert_to_rgb,
     load_image_classifier,
     load_or_build_image_processor,
     processor_image_size,
@@ -66,8 +67,6 @@ class VitDataArguments(DataArguments):
 
     _argument_group_name = "data, augmentation and sampling"
 
-    dataset_config_name: str = field(default="default", metadata=arg_help(
-        "builder config: default, t0, coarse, fine, attributes, structured (the caption column is unused here)"))
     random_resized_crop: bool = field(default=False, metadata=arg_help("random resized crop (training only)"))
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0], metadata=arg_help(
         "area share range of --random_resized_crop: MIN MAX", metavar="SHARE"))
@@ -220,14 +219,14 @@ class ClassBalancedSampler(torch.utils.data.Sampler):
 
 def load_data(data: VitDataArguments):
     """The DatasetDict of the data arguments (images and labels; no masks)."""
-    from sdx.data.builder import load_steeldefectx  # heavy (datasets, ~1 s): a run only, not --help
+    from sdx.data.source import load_rows  # heavy (datasets, ~1 s): a run only, not --help
 
     overrides: dict[str, Any] = {"validation_fraction": data.validation_fraction, "on_error": data.on_error,
                                  "with_masks": False}
     for key in ("classes", "exclude_classes", "shots"):
         if getattr(data, key):
             overrides[key] = getattr(data, key)
-    return load_steeldefectx(data.data_dir, data.dataset_config_name, cache_dir=data.cache_dir, **overrides)
+    return load_rows(data.data_dir, data, data.dataset_config_name, cache_dir=data.cache_dir, **overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,6 +247,7 @@ def build_model(m: VitModelArguments, names: Sequence[str]):
                                        patch_size=m.patch_size, config_overrides=m.config_overrides)
         processor, _ = load_or_build_image_processor(None, m.image_size)
         origin = "random-init"
+    convert_to_rgb(processor, model.config)
     if m.gradient_checkpointing:
         enable_activation_checkpointing(model)
     if m.use_lora:
@@ -395,11 +395,12 @@ class VitJob(Job):
     def save(self, model, out, results):
         results["saved"] = save_final(self.args.model, model, self.processor, out, self.origin)
         if self.test_predictions is not None:
+            d = self.args.data
             write_test_report(out, *self.test_predictions, self.names, results,
-                              synthetic=is_synthetic_dir(self.args.data.data_dir))
+                              synthetic=describe_data(d.data_dir, d.dataset_name)["synthetic"])
 
     def metadata_fields(self):
-        return {"dataset_config": self.args.data.dataset_config_name}
+        return {"dataset_config": self.args.data.dataset_config_name or "default"}
 
     def model_card(self, results):
         return vit_model_card(self.args, results, self.origin)
@@ -437,10 +438,21 @@ def write_test_report(out: Path, y: np.ndarray, p: np.ndarray, names: Sequence[s
                    f"mAcc {results['test_mean_class_accuracy']:.2f}){SYNTHETIC_TAG if synthetic else ''}")
 
 
+def split_texts(d: VitDataArguments) -> dict[str, str]:
+    """What the validation and test splits are, for the model card."""
+    if d.dataset_name:
+        return {"validation": f"the dataset's `{d.validation_split_name}` split, or where it has none a stratified "
+                              f"{d.validation_fraction:.0%} carve-out of `{d.train_split_name}` (selects the best "
+                              "epoch)",
+                "test": f"the dataset's `{d.test_split_name}` split"}
+    return {"validation": f"stratified {d.validation_fraction:.0%} carve-out of the official train split (selects the "
+                          "best epoch)", "test": "the official val split (what the paper reports)"}
+
+
 def vit_model_card(args: JobArguments, results: Mapping[str, Any], origin: str) -> dict[str, Any]:
     """The ViT-specific `write_model_card` arguments."""
     d, m, t = args.data, args.model, args.training
-    keys = ("accuracy", "mean_class_accuracy", "macro_f1", "num_samples")
+    keys = ("accuracy", "mean_class_accuracy", "macro_f1")   # sample counts are in the splits, not metrics
     chosen = (f"by validation {m.metric_for_best_model}" if t.eval_strategy == "epoch"
               else "the last epoch (--eval_strategy no)")
     flat = args.flat()
@@ -452,11 +464,9 @@ def vit_model_card(args: JobArguments, results: Mapping[str, Any], origin: str) 
     if results.get("test_per_class"):
         sections["Per-class test results"] = per_class_markdown(results["test_per_class"])
     return dict(task="image-classification", tags=["image-classification", results["method"]],
-                dataset={"name": "SteelDefectX", "data_dir": str(d.data_dir), "config": d.dataset_config_name,
+                dataset={**describe_data(d.data_dir, d.dataset_name), "config": d.dataset_config_name or "default",
                          "splits": results["splits"],
-                         "validation": f"stratified {d.validation_fraction:.0%} carve-out of the official train "
-                                       "split (selects the best epoch)",
-                         "test": "the official val split (what the paper reports)"},
+                         **split_texts(d)},
                 metrics={f"{s}_{k}": results[f"{s}_{k}"] for s in ("validation", "test") for k in keys
                          if f"{s}_{k}" in results},
                 hyperparameters=hyper, extra_sections=sections)
