@@ -196,7 +196,7 @@ def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_name
     # synthetic data from a local "pretrained" base: licence other with LICENSE.md (the base keeps its terms), no
     # base_model (a local path), no dataset named and no model-index (the data is not on the Hub)
     assert "license: other" in sent["yaml"] and "LICENSE.md" in sent["files"] and "base_model" not in sent["yaml"]
-    assert "model-index" not in sent["yaml"] and "datasets:" not in sent["yaml"]
+    assert "\nmodel-index:" not in sent["yaml"] and "\ndatasets:" not in sent["yaml"]
     assert "library_name: peft" in (tmp_path / "adapter" / "README.md").read_text()
     assert adapter["saved"] == "lora-adapter" and merged["saved"] == "lora-merged"
     assert adapter["trainable_parameters"] < adapter["total_parameters"] / 2
@@ -257,10 +257,10 @@ def test_recipe_paper_and_overrides():
             t.lr_gamma, t.num_train_epochs) == ("sgd", 0.9, 1e-4, 0.1, "step", 30, 0.1, 100)
     t = parse_vit_args(["--output_dir", "x", "--recipe", "paper", "--num_train_epochs", "5"]).training
     assert t.num_train_epochs == 5 and t.optimizer == "sgd"
-    # the trainer's own defaults, and data_dir "synthetic" by default
+    # the trainer's own defaults, and data_dir "synthetic" by default (config None: the builder's default config)
     args = parse_vit_args(["--output_dir", "x"])
     assert (args.training.learning_rate, args.training.num_train_epochs, args.training.weight_decay,
-            args.data.data_dir, args.data.dataset_config_name) == (5e-4, 10, 0.05, "synthetic", "default")
+            args.data.data_dir, args.data.dataset_config_name) == (5e-4, 10, 0.05, "synthetic", None)
     with pytest.raises(SystemExit):
         parse_vit_args(["--output_dir", "x", "--crop_scale", "0.5"])
 

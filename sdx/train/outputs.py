@@ -267,8 +267,8 @@ def card_licence(data: Mapping[str, Any], init: str, base_model: str | None) -> 
     else:
         terms = (f"Code: MIT. Data: `{data.get('label')}`, whose licence this card does not know: see that "
                  "dataset's own card before using these weights.")
-    base = (f" The weights started from `{base_model}`, which keeps its own licence." if init == "pretrained"
-            else "")
+    shown = base_model if is_hub_id(base_model) else f"a local folder `{Path(str(base_model)).name}`"  # no paths
+    base = f" The weights started from {shown}, which keeps its own licence." if init == "pretrained" else ""
     return ({"license": "other", "license_name": "steeldefectx-weights", "license_link": WEIGHTS_LICENCE_FILE},
             terms + base)
 
