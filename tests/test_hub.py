@@ -286,7 +286,7 @@ def test_push_to_hub_fails_in_the_first_second_offline_or_without_token(tmp_path
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(PermissionError, match="write token"):
         train_clip.main(argv)
-    assert time.perf_counter() - start < 1.0 * 2
+    assert time.perf_counter() - start < 2.0    # both refusals within the first second or so
     assert not (tmp_path / "run" / "checkpoints").exists()   # no step ran
 
 
@@ -348,9 +348,11 @@ def test_hub_strategy_checkpoint_pushes_each_save_and_the_last_checkpoint(tmp_pa
 
     args = parse_vit_args(["--data_dir", "synthetic", "--model_name_or_path", str(synthetic_vit), "--output_dir",
                            str(out), "--max_train_samples", "24", "--max_eval_samples", "12", "--checkpointing_steps",
-                           "1", "--push_to_hub", "--hub_model_id", "me/vit", "--hub_strategy", "checkpoint", "--with_tracking", "--report_to", "none", *SMALL])
+                           "1", "--push_to_hub", "--hub_model_id", "me/vit", "--hub_strategy", "checkpoint",
+                           "--with_tracking", "--report_to", "none", *SMALL])
     run_vit_training(args, step_callback=lambda step: step_files.append(len(fake_hub)))
-    assert fake_hub[0] == ("create_repo", "me/vit", False) and step_files[0] == 1   # created before the first step
+    # the repo was created before the first step: one request recorded when step 1 ended
+    assert fake_hub[0] == ("create_repo", "me/vit", False) and step_files[0] == 1
     commits = [e for e in fake_hub if e[0] == "commit"]
     assert [c[1] for c in commits] == ["Training in progress, step 1", "Checkpoint at step 1",
                                        "Training in progress, step 2", "Checkpoint at step 2", "End of training"]
