@@ -171,6 +171,10 @@ def test_clip_and_vit_train_on_a_foreign_dataset(tmp_path, foreign, cache):
     assert "the local dataset folder `rolled-steel`" in card.text and "missing entirely: T1, T3, T4" in card.text
     assert "share of train captions that fell back: **0.0%**" in card.text
     check_card(out / "README.md")
+    from transformers import AutoProcessor
+
+    pixels = AutoProcessor.from_pretrained(out).image_processor(Image.new("L", (40, 40)), return_tensors="pt")
+    assert pixels["pixel_values"].shape[1] == 3                  # the saved CLIP processor takes grayscale images
     vit = _tiny_vit(tmp_path / "vit", ["dent", "pit", "scale"])
     res = train_vit.main(["--dataset_name", str(foreign), "--image_column", "img", "--label_column", "defect",
                           "--cache_dir", cache, "--model_name_or_path", str(vit), "--output_dir",
@@ -453,3 +457,26 @@ def test_fsdp_is_gpu_only_in_this_accelerate():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FSDP" not in proc.stdout.strip().splitlines()[-1]
+
+
+def test_clip_every_save_pushes_snapshots_and_keeps_the_token_budget(tmp_path, fake_hub, layout, cache, monkeypatch):
+    from sdx.train import clip as CT
+    from sdx.train.job import run_job
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    ds = load_steeldefectx(layout, cache_dir=cache)
+    clip = _tiny_clip(tmp_path / "clip", [t for split in ds.values() for lv in ("t0", "t1", "t2", "t4")
+                                          for t in split[lv] if t])
+    args = CT.parse_clip_args(["--data_dir", str(layout), "--cache_dir", cache, "--model_name_or_path", str(clip),
+                               "--output_dir", str(tmp_path / "run"), "--max_seq_length", "12", "--checkpointing_steps",
+                               "1", "--push_to_hub", "--hub_model_id", "me/clip", "--hub_strategy", "every_save",
+                               *SMALL])
+    job = CT.ClipJob(args)
+    budgets: list[int] = []
+    run_job(job, step_callback=lambda step: budgets.append(job.processor.tokenizer.model_max_length))
+    assert budgets == [12, 12]                  # the snapshot saved after step 1 left the training budget alone
+    commits = [e for e in fake_hub if e[0] == "commit"]
+    assert [c[1] for c in commits] == ["Training in progress, step 1", "Training in progress, step 2",
+                                       "End of training"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(commits[0][2])
+    assert not any(p.startswith("last-checkpoint/") for c in commits for p in c[2])

@@ -593,6 +593,7 @@ class ClipJob(Job):
         clip = model.clip
         if self.held_positions:
             release_position_rows(clip)                        # a plain position table for every reader
+        budget = self.processor.tokenizer.model_max_length
         self.processor.tokenizer.model_max_length = text_positions(clip)   # readers get every position
         if self.method == "lora":
             clip.save_pretrained(str(out / "lora"))          # the LoRA weights alone (peft format)
@@ -600,6 +601,7 @@ class ClipJob(Job):
             model.clip = clip
         clip.save_pretrained(str(out))
         self.processor.save_pretrained(str(out))
+        self.processor.tokenizer.model_max_length = budget     # a save while training (--hub_strategy) keeps it
 
     def metadata_fields(self):
         m = self.args.model
