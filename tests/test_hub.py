@@ -155,6 +155,7 @@ def test_foreign_dataset_columns_splits_and_missing_levels(foreign, cache, capsy
     assert "give --data_dir (synthetic) or --dataset_name" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_clip_and_vit_train_on_a_foreign_dataset(tmp_path, foreign, cache):
     clip = _tiny_clip(tmp_path / "clip", [f"a {c} defect, number {i}, on rolled steel" for c in ("dent", "pit", "scale")
                                           for i in range(8)] + [T.t0_prompt(c) for c in ("dent", "pit", "scale")])
@@ -448,6 +449,7 @@ def test_accelerate_config_files():
         assert yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["num_processes"] == cfg.num_processes
 
 
+@pytest.mark.slow
 def test_fsdp_is_gpu_only_in_this_accelerate():
     """accelerate turns FSDP on only for GPU-like processes (MULTI_CPU is not among them), so FSDP cannot run on
     this machine's CPUs; this fails when that changes, and a CPU FSDP test becomes possible."""
@@ -459,6 +461,7 @@ def test_fsdp_is_gpu_only_in_this_accelerate():
     assert "FSDP" not in proc.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_clip_every_save_pushes_snapshots_and_keeps_the_token_budget(tmp_path, fake_hub, layout, cache, monkeypatch):
     from sdx.train import clip as CT
     from sdx.train.job import run_job
