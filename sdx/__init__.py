@@ -6,7 +6,9 @@ path                what lives there
 sdx/data/           levels.py (classes, text levels T0-T4, aliases, fallbacks), layout.py (locating and
                     checking the raw files), streaming.py (records read one at a time, the spill file),
                     builder.py (the `datasets` builder), export.py (export / push, the raw-folder card),
-                    synthetic.py (the embedded demo data generator), data_card.md (the dataset card)
+                    synthetic.py (the embedded demo data generator), data_card.md (the dataset card),
+                    naming.py (the --dataset_name flags, what a data name is), source.py (any `datasets`
+                    dataset as builder rows, text levels counted)
 sdx/annotate/       T3 / T4 from an image and its mask: engine.py (statistics, rule fields), geometry.py
                     (Shape, Direction, Spatial Distribution), images.py (input reading), folder.py (annotate /
                     verify tools); describe.py, fields.py, llm.py, phrases.py (the language-model steps)
@@ -25,7 +27,7 @@ sdx/cli.py          the steeldefectx data tools, ``python -m sdx COMMAND`` and t
 ==================  ==========================================================================================
 
 Layers (a module imports only from its own layer or below): 1 data/levels, models/, metrics, redact; 2 annotate/;
-3 data/ (layout, streaming, builder, export, synthetic); 4 report/, train/; 5 bench/; 6 pipeline, cli.
+3 data/ (layout, streaming, builder, export, synthetic, naming, source); 4 report/, train/; 5 bench/; 6 pipeline, cli.
 """
 
 __version__ = "0.2.0"
