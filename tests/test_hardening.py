@@ -106,6 +106,7 @@ def test_hub_token_reaches_no_file(tmp_path, monkeypatch, capfd):
     monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kw: sent.setdefault(
         "files", sorted(op.path_in_repo for op in operations)))
     monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # else --push_to_hub is refused at once
     out = tmp_path / "run"
     train_vit.main(["--data_dir", "synthetic", "--model_type", "vit", "--config_overrides", TINY_VIT,
                     "--image_size", "32", "--patch_size", "16", "--output_dir", str(out), "--max_train_samples", "16",
