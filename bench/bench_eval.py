@@ -49,11 +49,11 @@ def main(argv=None) -> dict:
     import torch
 
     from sdx.bench import cli, fewshot
-    from sdx.bench.data import caption_texts, column
+    from sdx.bench.data import column
     from sdx.bench.localize import NORMAL_PROMPT
     from sdx.bench.models import TEXT_BATCH, BenchClip, VisionClassifier
     from sdx.bench.tasks import Benchmark
-    from sdx.data.builder import load_steeldefectx
+    from sdx.data.builder import caption_texts, load_steeldefectx
     from sdx.data.levels import t0_prompt
     from sdx.models.classifiers import build_image_classifier, load_or_build_image_processor
     from sdx.models.clip import build_clip_from_scratch

@@ -20,11 +20,11 @@ import eval_benchmark
 from sdx import metrics as M
 from sdx.bench import fewshot, probe
 from sdx.bench.cli import parse_benchmark_args
-from sdx.bench.data import caption_texts, external_image_set
+from sdx.bench.data import external_image_set
 from sdx.bench.localize import NORMAL_PROMPT
 from sdx.bench.models import VisionClassifier, parse_model_arg
 from sdx.bench.tasks import Benchmark
-from sdx.data.builder import load_steeldefectx
+from sdx.data.builder import caption_texts, load_steeldefectx
 from sdx.data.levels import T0_TEMPLATE, render_t4
 
 CLASSES = {"Bright scratch": "bs", "Crazing": "cracking", "Inclusion": "in"}

@@ -260,6 +260,95 @@ def test_from_scratch_runs_are_reproducible(tmp_path, data_dir, cache_dir):
     assert json.loads((a / "sdx_run.json").read_text())["origin"] == "random-init"
 
 
+def test_best_epoch_is_chosen_on_the_training_levels_own_prompts(tmp_path, data_dir, cache_dir, tiny_clip):
+    """A T4 run selects on T4 class embeddings (each class's mean of its training T4 captions), says so in
+    sdx_run.json, all_results.json and the card; an explicit metric and mixed (mean over T0-T4) are stated too."""
+    res, out = _run(tmp_path, "t4", data_dir, cache_dir, tiny_clip, "--caption_level", "t4",
+                    "--num_train_epochs", "2", steps=None)
+    assert res["select_metric"] == "t4_accuracy"
+    assert all("eval_t4_accuracy" in h for h in res["history"])
+    assert res["validation_t4_accuracy"] == max(h["eval_t4_accuracy"] for h in res["history"])
+    meta = json.loads((out / "sdx_run.json").read_text())
+    assert meta["select_metric"] == "t4_accuracy" and meta["caption_levels_used"] == {"t4": 1.0}
+    assert "T4 class embeddings (the training level's own prompts)" in meta["select_rule"]
+    assert "mean of its training T4 captions" in meta["select_rule"]
+    assert meta["select_rule"] in (out / "README.md").read_text()
+    res, out = _run(tmp_path, "t4-by-t0", data_dir, cache_dir, tiny_clip, "--caption_level", "t4",
+                    "--metric_for_best_model", "t0_macc", steps=1)
+    assert res["select_metric"] == "t0_macc" and "own prompts" not in res["select_rule"]
+    res, out = _run(tmp_path, "mixed", data_dir, cache_dir, tiny_clip, "--caption_level", "mixed", steps=1)
+    levels = [f"validation_{lv}_accuracy" for lv in T.LEVELS]
+    assert res["select_metric"] == "mixed_accuracy" and "mean over the levels T0, T1, T2, T3, T4" in res["select_rule"]
+    assert res["validation_mixed_accuracy"] == pytest.approx(sum(res[k] for k in levels) / 5)
+
+
+def test_validation_class_embeddings_are_the_benchmarks(data_dir, cache_dir, tiny_clip):
+    """One rule (sdx.models.prompts): training-time T2-T4 class embeddings equal the benchmark's for one model."""
+    from sdx.bench.embeddings import EmbeddingCache
+    from sdx.bench.models import BenchClip
+    from sdx.bench.zeroshot import ZeroShot
+    from sdx.data.builder import caption_texts, candidate_classes, load_steeldefectx
+    from sdx.models.clip import encode_text_list, load_clip
+
+    ds = load_steeldefectx(str(data_dir), caption_level="t4", validation_fraction=0.25, cache_dir=str(cache_dir))
+    ids = candidate_classes(ds)
+    model, processor = load_clip(str(tiny_clip))
+    _, _, t1 = CT.class_prompts(ds)
+    t1_emb = encode_text_list(model, processor.tokenizer, t1)
+    zs = ZeroShot(ds, EmbeddingCache(None, progress=False))
+    enc = BenchClip(str(tiny_clip), device="cpu")
+    for level in ("t2", "t3", "t4"):
+        means = CT.CaptionMeans(caption_texts(ds["train"], level), [int(x) for x in ds["train"]["label"]])
+        ours = means.embed(model, processor.tokenizer, ids, t1_emb, "cpu").numpy()
+        bench, _ = zs.class_embeddings(enc, level, ids)
+        assert ours.shape == bench.shape and abs(ours - bench).max() < 1e-5, level
+
+
+def test_absent_caption_level_is_refused_or_recorded_on_the_real_fixture(tmp_path, real_subset, caplog):
+    """The real fixture has no T2: --caption_level t2 stops with the counts unless --allow_caption_fallback, and a
+    run with it warns and records the levels used (metadata, results, card)."""
+    argv = ["--data_dir", str(real_subset), "--model_size", "tiny", "--image_size", "32",
+            "--per_device_train_batch_size", "8", "--caption_level", "t2"]
+    with pytest.raises(ValueError, match=r"none of the 1992 training records has a T2 text.*T4 1134 \(56.9 %\), "
+                                         r"T1 858 \(43.1 %\).*--allow_caption_fallback"):
+        train_clip.main(argv + ["--output_dir", str(tmp_path / "refused")])
+    out = tmp_path / "fallback"
+    with caplog.at_level("WARNING", logger="sdx.train.clip"):
+        res = train_clip.main(argv + ["--output_dir", str(out), "--allow_caption_fallback", "--max_train_steps", "1",
+                                      "--max_eval_samples", "24"])
+    assert "CAPTION FALLBACK" in caplog.text and "T4 1134 (56.9 %), T1 858 (43.1 %)" in caplog.text
+    assert res["caption_levels_used"] == {"t4": 0.5693, "t1": 0.4307}
+    assert res["caption_level_counts"] == {"t2->t1": 858, "t2->t4": 1134}
+    meta = json.loads((out / "sdx_run.json").read_text())
+    assert meta["caption_levels_used"] == {"t4": 0.5693, "t1": 0.4307}
+    assert "the captions it was trained on (no training record has T2" in meta["select_rule"]
+    card = (out / "README.md").read_text()
+    assert "caption level requested: **T2**" in card and "captions actually used: T4 56.9 %, T1 43.1 %" in card
+    assert "caption level used for training" not in card
+
+
+def test_origin_follows_the_starting_folder(tmp_path, data_dir, cache_dir):
+    """A run continued from a random-init folder stays random-init (naming the folder), in all_results.json, the
+    metadata, the card and the benchmark's model table; a folder without our metadata or a Hub id is pretrained."""
+    from sdx.bench.models import BenchClip
+    from sdx.train.runmeta import weights_origin
+
+    common = ["--data_dir", str(data_dir), "--cache_dir", str(cache_dir), "--validation_fraction", "0.25",
+              "--per_device_train_batch_size", "6", "--max_train_steps", "1", "--caption_level", "t1"]
+    first = tmp_path / "first"
+    assert train_clip.main(common + ["--output_dir", str(first), "--model_size", "tiny"])["init"] == "random-init"
+    second = tmp_path / "second"
+    res = train_clip.main(common + ["--output_dir", str(second), "--model_name_or_path", str(first)])
+    assert res["init"] == f"random-init (from {first})"
+    assert json.loads((second / "sdx_run.json").read_text())["origin"] == res["init"]
+    card = (second / "README.md").read_text()
+    assert f"random initialisation** (no pretrained weights), continued from `{first}`" in card
+    assert "Fine-tuned from the pretrained" not in card and "base_model" not in card
+    assert BenchClip(str(second), device="cpu").describe()["origin"] == res["init"]
+    assert weights_origin("openai/clip-vit-base-patch16") == "pretrained:openai/clip-vit-base-patch16"
+    assert weights_origin(None) == "random-init"
+
+
 def test_tokenizer_training_is_deterministic_and_learns_words():
     from sdx.models.tokenizer import build_clip_tokenizer
 

@@ -320,6 +320,22 @@ def test_cnn_from_scratch_with_lora_tracking_and_config_file(tmp_path):
     assert "random initialisation" in (out / "README.md").read_text()
 
 
+def test_origin_follows_the_starting_folder(tmp_path):
+    """Continuing from a random-init run stays random-init (naming the folder): all_results.json, sdx_run.json and
+    the card, through the same rule as train_clip.py (sdx.train.runmeta.weights_origin)."""
+    common = ["--data_dir", "synthetic", *COMMON, "--max_train_samples", "16", "--max_eval_samples", "12",
+              "--max_train_steps", "1", "--skip_test"]
+    first = tmp_path / "first"
+    train_vit.main(common + ["--output_dir", str(first), "--model_type", "resnet", "--image_size", "32",
+                             "--config_overrides", "embedding_size=8,hidden_sizes=[8,16],depths=[1,1]"])
+    second = tmp_path / "second"
+    res = train_vit.main(common + ["--output_dir", str(second), "--model_name_or_path", str(first)])
+    assert res["init"] == f"random-init (from {first})"
+    assert json.loads((second / "sdx_run.json").read_text())["origin"] == res["init"]
+    card = (second / "README.md").read_text()
+    assert f"initial weights: random-init (from {first})" in card and "Fine-tuned from the pretrained" not in card
+
+
 @pytest.mark.parametrize("model_type,overrides,targets", [
     ("vit", TINY_VIT, ["k_proj", "q_proj", "v_proj"]),
     ("resnet", "embedding_size=8,hidden_sizes=[8,16],depths=[1,1]", ["convolution"]),

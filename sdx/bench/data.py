@@ -1,6 +1,6 @@
 """What the benchmark reads from the data: one split as an ImageSet (bytes, content hashes, labels, masks),
-external image sets for task 4 and localization (class folders, optional masks), and text columns without the
-builder's fallbacks."""
+external image sets for task 4 and localization (class folders, optional masks), and columns read in one batch
+(the captions without fallback: sdx.data.builder.caption_texts)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from PIL import Image
 
 from sdx.annotate.images import load_mask_array
 from sdx.bench.cache import sha1
-from sdx.data.levels import normalize_level, row_level_texts
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 MASKS_DIR = "masks"  # an external set's mask folder: masks/<class>/<image stem>.png
@@ -28,15 +27,6 @@ MASKS_DIR = "masks"  # an external set's mask folder: masks/<class>/<image stem>
 def column(ds, name: str) -> list:
     """One column as a Python list in a single batched read (iterating a datasets Column is row by row)."""
     return ds.select_columns([name])[:][name]
-
-
-def caption_texts(ds, level: str) -> list[str]:
-    """Per-row caption at ``level`` without fallback ("" when missing; T3 rendered, T4 rendered from T3)."""
-    level = normalize_level(level)
-    if level in ("t0", "t1"):
-        return column(ds, level)
-    rows = ds.select_columns([c for c in ("class_name", "t1", "t2", "t3", "t4") if c in ds.column_names])
-    return [row_level_texts(row)[level] for row in rows]
 
 
 def _raw_column(ds, name: str) -> list[bytes | None]:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdx import metrics as M
-from sdx.bench.data import caption_texts
 from sdx.bench.zeroshot import SAMPLE_LEVELS
+from sdx.data.builder import caption_texts
 
 if TYPE_CHECKING:
     from sdx.bench.tasks import Benchmark

@@ -8,19 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from sdx import metrics as M
-from sdx.bench.data import caption_texts, column
+from sdx.bench.data import column
 from sdx.bench.embeddings import EmbeddingCache
 from sdx.bench.models import BenchClip
-from sdx.data.builder import class_descriptions
+from sdx.data.builder import caption_texts, class_descriptions
 from sdx.data.levels import normalize_level, t0_prompt
 from sdx.models.clip import zero_shot_predict
+from sdx.models.prompts import caption_mean_embeddings
 
 SAMPLE_LEVELS = ("t2", "t3", "t4")
 CLASS_LEVELS = ("t0", "t1")
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
 
 
 class ZeroShot:
@@ -75,22 +72,15 @@ class ZeroShot:
         return self._caption_means(enc, level)
 
     def _caption_means(self, enc: BenchClip, level: str) -> tuple[dict | None, dict]:
-        """Re-normalised mean of each class's training captions at ``level``; T1 for a class without any."""
+        """Re-normalised mean of each class's training captions at ``level``; T1 for a class without any
+        (sdx.models.prompts.caption_mean_embeddings, the rule training-time validation uses too)."""
         train = self.ds["train"]
         caps = caption_texts(train, level)
-        have = [i for i, t in enumerate(caps) if t and t.strip()]
         source = f"mean of training {level.upper()} captions"
-        if not have:
+        table, counts = caption_mean_embeddings(caps, column(train, "label"), len(self.class_names),
+                                                lambda texts: self.cache.texts(enc, texts, level),
+                                                self.cache.texts(enc, self._t1_texts()[0], "t1"))
+        if table is None:
             return None, {"source": source, "unavailable": f"no training caption at level {level.upper()}"}
-        uniq = sorted({caps[i] for i in have})
-        pos = {t: i for i, t in enumerate(uniq)}
-        e = self.cache.texts(enc, uniq, level)[[pos[caps[i]] for i in have]]
-        e_t1 = self.cache.texts(enc, self._t1_texts()[0], "t1")
-        lab = np.asarray(column(train, "label"))[have]
-        n = len(self.class_names)
-        sums = np.zeros((n, e.shape[1]), dtype=np.float64)
-        np.add.at(sums, lab, e)
-        counts = np.bincount(lab, minlength=n)
-        table = {c: _normalize(sums[c]).astype(np.float32) if counts[c] else e_t1[c] for c in range(n)}
-        fallbacks = [self.class_names[c] for c in range(n) if not counts[c]]
-        return table, {"source": source, "captions": len(have), "fallbacks": fallbacks}
+        fallbacks = [self.class_names[c] for c in range(len(self.class_names)) if not counts[c]]
+        return dict(enumerate(table)), {"source": source, "captions": int(counts.sum()), "fallbacks": fallbacks}

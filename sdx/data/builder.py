@@ -377,6 +377,16 @@ def candidate_classes(ds: datasets.DatasetDict) -> list[int]:
     return ids
 
 
+def caption_texts(ds: datasets.Dataset, level: str) -> list[str]:
+    """Per-row caption at ``level`` without fallback ("" when missing; T3 rendered, T4 rendered from T3): the
+    texts the benchmark and training-time validation build class embeddings and retrieval queries from."""
+    level = T.normalize_level(level)
+    if level in ("t0", "t1"):
+        return _column(ds, level)
+    rows = ds.select_columns([c for c in ("class_name", "t1", "t2", "t3", "t4") if c in ds.column_names])
+    return [T.row_level_texts(row)[level] for row in rows]
+
+
 def class_descriptions(ds: datasets.DatasetDict) -> dict[int, str]:
     """{class id: its T1 sentence} for the classes with images (the first non-empty ``t1`` over the splits)."""
     out: dict[int, str] = {}

@@ -5,6 +5,7 @@ writes: docs/training.md."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
@@ -43,6 +44,7 @@ from sdx.models.clip import (
     update_lineage,
     zero_shot_predict,
 )
+from sdx.models.prompts import caption_mean_embeddings
 from sdx.train.args import (
     DataArguments,
     JobArguments,
@@ -56,17 +58,20 @@ from sdx.train.job import Job, run_job
 from sdx.train.losses import LONG_CLIP_PCA_DIM, class_text_loss, contrastive_loss, long_clip_loss
 from sdx.train.outputs import text_budget_section
 from sdx.train.pixels import PixelBudget
+from sdx.train.runmeta import weights_origin
 
 logger = logging.getLogger(__name__)
 
 CAPTION_LEVELS = ("t0", "t1", "t2", "t3", "t4", "mixed")
+CLASS_PROMPT_SOURCES = {"t0": f"the template '{T.T0_TEMPLATE.format('{class}')}'", "t1": "the class description"}
 METHODS = ("full", "lora", "adapter")
-EVAL_METRICS = ("t0_accuracy", "t0_macc", "t1_accuracy", "t1_macc")
+EVAL_METRICS = ("own_accuracy", "own_macc", *(f"{lv}_{m}" for lv in (*T.LEVELS, "mixed") for m in ("accuracy", "macc")))
 RECIPES = {"paper": {"method": "adapter", "optimizer": "adam", "learning_rate": 1e-4, "num_train_epochs": 20,
                      "lr_scheduler_type": "constant"}}   # the paper's CLIP-Adapter recipe
 DESCRIPTION = (
     "Contrastive CLIP training on SteelDefectX captions (T0-T4 or mixed): full fine-tuning, LoRA or the "
-    "CLIP-Adapter, with zero-shot validation each epoch (T0 and T1 class prompts). `--method adapter` alone keeps "
+    "CLIP-Adapter, with zero-shot validation each epoch (T0 and T1 class prompts and the training level's own, "
+    "which picks the kept epoch by default). `--method adapter` alone keeps "
     "this trainer's defaults; `--recipe paper` is the paper's CLIP-Adapter recipe.")
 
 
@@ -87,6 +92,10 @@ class ClipDataArguments(DataArguments):
         "training text: t0, t1, t2, t3, t4 (aliases accepted) or mixed (one level drawn per example per epoch)"))
     annotate_missing: bool = field(default=False, metadata=arg_help(
         "compute missing T3/T4 from masks (sdx.annotate.engine) instead of falling back to T1"))
+    allow_caption_fallback: bool = field(default=False, metadata=arg_help(
+        "train even when no training record has the --caption_level text (every caption is then a fallback: "
+        "T2 -> T4 -> T1, T3/T4 -> T1); without it such a run stops before training. Partial fallbacks are always "
+        "allowed, warned about and recorded (caption_levels_used)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,8 +154,11 @@ class ClipModelArguments:
         "declare the family of --model_name_or_path's weights (e.g. Long-CLIP for a transformers-format Long-CLIP "
         "checkpoint); recorded in the saved config's sdx_lineage (convert-clip records it by itself). The report "
         "puts the paper's Long-CLIP rows beside Long-CLIP-derived runs only"))
-    metric_for_best_model: Literal["t0_accuracy", "t0_macc", "t1_accuracy", "t1_macc"] = field(
-        default="t0_accuracy", metadata=arg_help("validation metric that picks the best epoch"))
+    metric_for_best_model: Literal[EVAL_METRICS] = field(default="own_accuracy", metadata=arg_help(
+        "validation zero-shot metric that picks the kept epoch: own_accuracy / own_macc use the training level's "
+        "own class prompts (T0 template, T1 description; T2-T4: each class's re-normalised mean of its training "
+        "captions at that level, as the benchmark; mixed: the mean over T0-T4); tK_accuracy / tK_macc name a "
+        "level; mixed_* the mean over T0-T4"))
 
     def __post_init__(self) -> None:
         if self.method != "full" and (self.freeze_vision_model or self.freeze_text_model):
@@ -195,6 +207,56 @@ def split_level_texts(hf_split, level: str) -> list[str]:
     """Each row's text at `level` (t0..t4) with the dataset's fallback chain (`level_texts`)."""
     cols = [c for c in TEXT_COLUMNS if c in hf_split.column_names]
     return [level_texts(r)[level] for r in hf_split.select_columns(cols)]
+
+
+def caption_level_usage(split, level: str) -> Counter:
+    """(requested level, level used) -> number of training captions of `split` for a run at `level`, by the
+    dataset's fallback chain; with 'mixed' every (row, level) pair counts once (the expectation of the per-epoch
+    draw). A row whose whole chain is empty counts as used level "none"."""
+    cols = [c for c in ("class_name", "t1", "t2", "t3", "t4") if c in split.column_names]
+    usage: Counter = Counter()
+    for row in split.select_columns(cols):
+        texts = T.row_level_texts(row)
+        for requested in (T.LEVELS if level == "mixed" else (level,)):
+            caption, used = T.resolve_caption(texts, requested)
+            usage[requested, used if caption else "none"] += 1
+    return usage
+
+
+def caption_shares(usage: Counter) -> dict[str, float]:
+    """{level used: share of the training captions}, largest first (RunMetadata.caption_levels_used)."""
+    used: Counter = Counter()
+    for (_, lv), n in usage.items():
+        used[lv] += n
+    total = sum(used.values()) or 1
+    return {lv: round(n / total, 4) for lv, n in used.most_common()}
+
+
+def check_caption_levels(usage: Counter, level: str, allow_fallback: bool, data_dir: str) -> None:
+    """Warn (with the counts) when training captions fall back to another level; stop when none of the records
+    has the requested level, unless `allow_fallback`."""
+    requested, used = Counter(), Counter()
+    for (req, lv), n in usage.items():
+        requested[req] += n
+        used[lv] += n
+    missing = {req: sum(n for (r, lv), n in usage.items() if r == req and lv != req) for req in requested}
+    missing = {req: n for req, n in missing.items() if n}
+    if not missing:
+        return
+    total = sum(used.values())
+    used_text = ", ".join(f"{lv.upper()} {n} ({100 * n / total:.1f} %)" for lv, n in used.most_common())
+    lacking = "; ".join(f"{req.upper()} missing in {n} of {requested[req]} records" for req, n in missing.items())
+    message = (f"--caption_level {level} on {data_dir}: {lacking}; the training captions are {used_text}. "
+               "The model card, all_results.json and sdx_run.json record these shares (caption_levels_used).")
+    if level != "mixed" and missing.get(level) == requested[level]:
+        message = (f"--caption_level {level} on {data_dir}: none of the {requested[level]} training records has a "
+                   f"{level.upper()} text, so every caption would be a fallback ({used_text})")
+        if not allow_fallback:
+            raise ValueError(message + ". Choose a level the data has (`steeldefectx stats --data_dir "
+                             f"{data_dir}` counts them per class) or pass --allow_caption_fallback to train on the "
+                             "fallbacks.")
+        message += "; trained anyway (--allow_caption_fallback)."
+    logger.warning("CAPTION FALLBACK: %s", message)
 
 
 def class_prompts(ds) -> tuple[list[int], list[str], list[str]]:
@@ -376,7 +438,7 @@ def build_clip(m: ClipModelArguments, seed: int, train_split, all_ds) -> tuple[n
     if m.model_name_or_path:
         model, processor = load_clip(m.model_name_or_path)
         convert_to_rgb(processor.image_processor, model.config)
-        origin = f"pretrained:{m.model_name_or_path}"
+        origin = weights_origin(m.model_name_or_path)
     else:
         texts: list[str] = []
         cols = [c for c in TEXT_COLUMNS if c in train_split.column_names]
@@ -386,7 +448,7 @@ def build_clip(m: ClipModelArguments, seed: int, train_split, all_ds) -> tuple[n
         texts += t0s + t1s
         model, processor = build_clip_from_scratch(m.model_size, texts, vocab_size=m.tokenizer_vocab_size,
                                                    image_size=m.image_size, seed=seed)
-        origin = "random-init"
+        origin = weights_origin(None)
     if m.model_family:
         update_lineage(model, family=m.model_family)
     if m.stretch_positions:
@@ -404,14 +466,17 @@ def hold_leading_positions(clip: nn.Module) -> bool:
     return True
 
 
-def count_training_texts(counter: TruncationCounter, split, level: str, prompts: Mapping[str, Sequence[str]],
+def count_training_texts(counter: TruncationCounter, split, level: str, prompts: Mapping[str, Any],
                          short_level: Optional[str]) -> TruncationCounter:
     """Count against the token budget every text the run encodes: the training captions of each level, the
     validation class prompts and (--loss long_clip) the short captions."""
     for lv in (T.LEVELS if level == "mixed" else (level,)):
         counter.add(f"{lv} captions (train)", split_level_texts(split, lv) if level == "mixed" else split["caption"])
     for name, texts in prompts.items():
-        counter.add(f"{name} prompts (validation)", texts)
+        if isinstance(texts, CaptionMeans):   # T2-T4 class embeddings: means of these training captions
+            counter.add(f"{name} caption means (validation)", [t for t in texts.texts if t])
+        else:
+            counter.add(f"{name} prompts (validation)", texts)
     if short_level:
         counter.add(f"{short_level} short captions (long_clip)", split_level_texts(split, short_level))
     return counter
@@ -448,27 +513,63 @@ def wrap_method(m: ClipModelArguments, level: str, clip: nn.Module, processor, n
 # ----------------------------------------------------------------------------------------------------------------
 # zero-shot evaluation
 # ----------------------------------------------------------------------------------------------------------------
-def prompt_inputs(clip: nn.Module, tokenizer, prompts: Mapping[str, Sequence[str]]) -> dict[str, dict]:
-    """Each prompt set tokenized once (padding, truncation at the model's text limit), for `zero_shot_eval`."""
+@dataclass
+class CaptionMeans:
+    """The class prompts of a T2-T4 level: each class's embedding is the re-normalised mean of its training
+    captions (`texts`, one per training row, "" where a row lacks the level; `labels`: the rows' class ids), a
+    class without any takes its T1 row (sdx.models.prompts.caption_mean_embeddings, the benchmark's rule)."""
+
+    texts: list[str]
+    labels: list[int]
+
+    def distinct(self) -> list[str]:
+        """The distinct non-empty captions, in the order caption_mean_embeddings encodes them."""
+        return sorted({t for t in self.texts if t and t.strip()})
+
+    def embed(self, emb: torch.Tensor, class_ids: Sequence[int], t1: torch.Tensor) -> torch.Tensor:
+        """[len(class_ids), D] class embeddings from `emb`, the embeddings of `distinct()` with the current weights
+        (`t1`: the T1 rows of `class_ids`)."""
+        ids = list(class_ids)
+        n = max(max(self.labels, default=0), max(ids)) + 1
+        fallback = np.zeros((n, t1.shape[1]), dtype=np.float32)
+        fallback[ids] = t1.float().cpu().numpy()
+        pos = {t: i for i, t in enumerate(self.distinct())}
+        emb_np = emb.float().cpu().numpy()
+        table, _ = caption_mean_embeddings(self.texts, self.labels, n,
+                                           lambda texts: emb_np[[pos[t] for t in texts]], fallback)
+        return torch.from_numpy(table[ids]).to(t1.device)
+
+
+def prompt_inputs(clip: nn.Module, tokenizer, prompts: Mapping[str, Any]) -> dict[str, dict]:
+    """Each prompt set tokenized once (padding, truncation at the model's text limit), for `zero_shot_eval`; a
+    CaptionMeans set as its distinct captions, kept beside them under "means"."""
     limit = text_max_length(clip, tokenizer)
-    return {name: dict(tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"))
-            for name, texts in prompts.items()}
+
+    def tokenize(texts: Sequence[str]) -> dict:
+        return dict(tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"))
+
+    return {name: ({"means": texts, **tokenize(texts.distinct())} if isinstance(texts, CaptionMeans)
+                   else tokenize(texts)) for name, texts in prompts.items()}
 
 
 @torch.no_grad()
 def zero_shot_eval(accelerator, model: nn.Module, loader, class_ids: Sequence[int],
-                   prompts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, float]:
+                   prompts: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """Zero-shot accuracy / mAcc (percent) of `loader`'s images against each tokenized prompt set (name -> C
-    texts, `prompt_inputs`), and num_samples (images evaluated, each once across processes: gather_for_metrics
-    drops the padding). `model` is the prepared ClipTrainModule, called through its forward only."""
+    texts, `prompt_inputs`; a CaptionMeans set needs a "t1" set), and num_samples (images evaluated, each once
+    across processes: gather_for_metrics drops the padding). `model` is the prepared ClipTrainModule, called
+    through its forward only."""
     was_training = model.training
     model.eval()
     device = accelerator.device
     class_ids_t = torch.tensor(list(class_ids), device=device)
     with accelerator.autocast():                          # the training precision (bf16/fp16 or none)
-        text_embs = {name: model(input_ids=enc["input_ids"].to(device),
-                                 attention_mask=enc["attention_mask"].to(device), embed="text")
-                     for name, enc in prompts.items()}
+        enc_text = {name: model(input_ids=enc["input_ids"].to(device),
+                                attention_mask=enc["attention_mask"].to(device), embed="text")
+                    for name, enc in prompts.items()}
+    text_embs = {name: e for name, e in enc_text.items() if "means" not in prompts[name]}
+    text_embs.update({name: prompts[name]["means"].embed(e, class_ids, text_embs["t1"])
+                      for name, e in enc_text.items() if "means" in prompts[name]})
     preds: dict[str, list[torch.Tensor]] = {name: [] for name in prompts}
     labels: list[torch.Tensor] = []
     for batch in loader:
@@ -506,6 +607,23 @@ class ClipJob(Job):
     def method(self) -> str:
         return self.args.model.method
 
+    @property
+    def select_metric(self) -> str:
+        """--metric_for_best_model with "own" replaced by the training level (t0..t4 or mixed)."""
+        metric = self.args.model.metric_for_best_model
+        return f"{self.args.data.caption_level}_{metric[4:]}" if metric.startswith("own_") else metric
+
+    @property
+    def select_rule(self) -> str:
+        level, measure = self.select_metric.rsplit("_", 1)
+        what = {"accuracy": "zero-shot accuracy", "macc": "zero-shot mean class accuracy"}[measure]
+        own = " (the training level's own prompts)" if self.args.model.metric_for_best_model.startswith("own_") else ""
+        if level == "mixed":
+            levels = [lv for lv in T.LEVELS if lv in self.prompts]
+            return (f"validation {what}, mean over the levels {', '.join(lv.upper() for lv in levels)}{own}, each "
+                    "with its class embeddings: " + "; ".join(self.prompt_sources[lv] for lv in levels))
+        return f"validation {what} with {level.upper()} class embeddings{own}: {self.prompt_sources[level]}"
+
     def load_data(self):
         from sdx.data.source import load_rows  # heavy (datasets, ~1 s): a run only, not --help
 
@@ -518,9 +636,11 @@ class ClipJob(Job):
     def build_model(self, ds, splits):
         from sdx.data.builder import class_names  # heavy (datasets): a run only
 
-        m, seed = self.args.model, self.args.training.seed
+        d, m, seed = self.args.data, self.args.model, self.args.training.seed
+        self.caption_usage = caption_level_usage(splits["train"], d.caption_level)
+        check_caption_levels(self.caption_usage, d.caption_level, d.allow_caption_fallback, str(d.data_dir))
         self.class_ids, t0_prompts, t1_prompts = class_prompts(ds)
-        self.prompts = {"t0": t0_prompts, "t1": t1_prompts}
+        self.prompts = {"t0": t0_prompts, "t1": t1_prompts, **self.caption_prompts(splits["train"])}
         self.names = class_names(ds)
         clip, self.processor, self.origin = build_clip(m, seed, splits["train"], ds)
         self.lineage = model_lineage(clip)
@@ -550,6 +670,30 @@ class ClipJob(Job):
                 logger.warning(message)
         return summary
 
+    def caption_prompts(self, train) -> dict[str, CaptionMeans]:
+        """The T2-T4 prompt sets validation needs (the training level's, the selection metric's; all for mixed)."""
+        from sdx.data.builder import caption_texts  # heavy (datasets): a run only
+
+        own, chosen = self.args.data.caption_level, self.select_metric.rsplit("_", 1)[0]
+        needed = T.LEVELS[2:] if "mixed" in (own, chosen) else sorted({own, chosen} - {"t0", "t1"})
+        labels, out = [int(x) for x in train["label"]], {}
+        self.prompt_sources = dict(CLASS_PROMPT_SOURCES)
+        for level in needed:
+            texts = caption_texts(train, level)
+            source = f"each class's re-normalised mean of its training {level.upper()} captions (T1 without any)"
+            if not any(t.strip() for t in texts):
+                if level == chosen and level != own:
+                    raise ValueError(f"--metric_for_best_model {self.args.model.metric_for_best_model}: no training "
+                                     f"record has a {level.upper()} text to build its class embeddings from")
+                if level != own:   # mixed: a level the data lacks is left out of the mean
+                    continue
+                texts = list(train["caption"])
+                source = (f"each class's re-normalised mean of the captions it was trained on (no training record "
+                          f"has {level.upper()}; these are its fallbacks)")
+            out[level] = CaptionMeans(texts, labels)
+            self.prompt_sources[level] = source
+        return out
+
     def train_loader(self, split):
         d, t = self.args.data, self.args.training
         pixels = self.pixels.cache(split, self.processor.image_processor, "train images")
@@ -574,7 +718,12 @@ class ClipJob(Job):
         return self.args.data.caption_level
 
     def evaluate(self, accelerator, model, loader):
-        return zero_shot_eval(accelerator, model, loader, self.class_ids, self.prompt_inputs)
+        out = zero_shot_eval(accelerator, model, loader, self.class_ids, self.prompt_inputs)
+        if "mixed" in (self.args.data.caption_level, self.select_metric.rsplit("_", 1)[0]):
+            for measure in ("accuracy", "macc"):
+                out[f"mixed_{measure}"] = float(np.mean([out[f"{lv}_{measure}"] for lv in T.LEVELS
+                                                         if f"{lv}_{measure}" in out]))
+        return out
 
     def final_metrics(self, accelerator, result, model, loaders):
         """Zero-shot metrics of the kept weights (`model`, prepared) on validation and test."""
@@ -586,6 +735,8 @@ class ClipJob(Job):
         history = summary.pop("history")
         return {**{k if k.startswith("train") else f"train_{k}": v for k, v in summary.items()},
                 "history": history, "caption_level": self.args.data.caption_level, "loss": self.args.model.loss,
+                "caption_levels_used": caption_shares(self.caption_usage),
+                "caption_level_counts": {f"{req}->{used}": n for (req, used), n in sorted(self.caption_usage.items())},
                 "candidate_classes": [self.names[i] for i in self.class_ids], "text_budget": self.text_budget,
                 "lineage": self.lineage}
 
@@ -606,6 +757,7 @@ class ClipJob(Job):
     def metadata_fields(self):
         m = self.args.model
         return {"caption_level": self.args.data.caption_level, "loss": m.loss,
+                "caption_levels_used": caption_shares(self.caption_usage),
                 "details": {"lora_towers": m.lora_towers if m.method == "lora" else None, "frozen": self.frozen,
                             "max_seq_length": self.max_seq_length, "lineage": self.lineage,
                             "held_positions": KEEP_POSITIONS if self.held_positions else 0}}
@@ -631,21 +783,25 @@ def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequ
         "lora": f"LoRA (r={m.lora_r}, alpha={m.lora_alpha}) on the {m.lora_towers} tower(s)",
         "adapter": f"CLIP-Adapter (alpha={m.adapter_alpha}, reduction={m.adapter_reduction}) on a frozen CLIP",
     }[m.method]
-    init_text = (f"`{m.model_name_or_path}`" if m.model_name_or_path else
+    init_text = (f"`{results['init']}`" if m.model_name_or_path else
                  f"random initialisation (preset `{m.model_size}`, tokenizer trained on the training captions)")
-    chosen = (f"best epoch by {m.metric_for_best_model}" if t.eval_strategy == "epoch"
+    chosen = (f"the best epoch by {results['select_rule']}" if t.eval_strategy == "epoch"
               else "the last epoch (--eval_strategy no)")
-    section = (f"- caption level used for training: **{level.upper()}**"
+    used = results["caption_levels_used"]
+    used_text = ", ".join(f"{lv.upper()} {100 * share:.1f} %" for lv, share in used.items())
+    fell_back = level != "mixed" and set(used) != {level}
+    section = (f"- caption level {'requested' if fell_back else 'used for training'}: **{level.upper()}**"
                + (" (one of T0-T4 drawn per example per epoch)" if level == "mixed" else "")
+               + (f"\n- **captions actually used: {used_text}** (records without {level.upper()} fell back)"
+                  if fell_back else f"\n- captions used: {used_text}")
                + f"\n- method: **{method_text}**\n- loss: {m.loss}\n- initial weights: {init_text}\n"
-               "- validation: zero-shot accuracy with T0 and T1 class prompts on a stratified carve-out of "
-               f"train; {chosen}"
+               f"- kept weights: {chosen}, on a stratified carve-out of train"
                + ("\n- **data: the embedded SYNTHETIC demo set, not steel photographs; these numbers say nothing "
                   "about SteelDefectX**" if synthetic else ""))
     flat = args.flat()
     return dict(task="zero-shot-image-classification", tags=["clip", "contrastive", f"caption-{level}", m.method],
                 dataset={**data, "config": d.dataset_config_name or T.LEVEL_CONFIGS.get(level, "mixed"),
-                         "caption_level": level, "splits": results["splits"]},
+                         "caption_level": level, "caption_levels_used": used_text, "splits": results["splits"]},
                 metrics={k: v for k, v in results.items()
                          if k.startswith(("validation_", "test_")) and not k.endswith("num_samples")},
                 hyperparameters={k: flat[k] for k in CARD_HYPERPARAMETERS},

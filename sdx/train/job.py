@@ -24,12 +24,12 @@ from sdx.train import outputs
 from sdx.train.args import JobArguments, tracker_config
 from sdx.train.checkpoints import check_order_settings, load_best, read_training_state, resolve_checkpoint
 from sdx.train.loop import TrainingResult, create_optimizer, make_accelerator, order_settings, run_training
-from sdx.train.runmeta import RunMetadata
+from sdx.train.runmeta import RunMetadata, is_pretrained
 
 
 class Job:
     """The trainer-specific hooks `run_job` calls, in order. Subclasses set `kind` (RunMetadata.kind) and fill
-    `origin` ("random-init" or "pretrained:<path>") in `build_model`."""
+    `origin` (sdx.train.runmeta.weights_origin) in `build_model`."""
 
     kind: str = ""
     origin: str = ""
@@ -45,6 +45,11 @@ class Job:
     @property
     def select_metric(self) -> str:
         return self.args.model.metric_for_best_model
+
+    @property
+    def select_rule(self) -> str:
+        """`select_metric` in words, for the run metadata and the model card."""
+        return f"validation {self.select_metric} (highest wins)"
 
     wants_test: bool = True
 
@@ -124,7 +129,8 @@ def run_metadata(job: Job, train_split, names, text_levels: Mapping[str, Any]) -
                        synthetic=describe_data(data.data_dir, data.dataset_name)["synthetic"],
                        train_classes=sorted({names[i] for i in set(train_split["label"])}),
                        exclude_classes=list(data.exclude_classes or []), select_metric=job.select_metric,
-                       text_levels=dict(text_levels), **job.metadata_fields())
+                       text_levels=dict(text_levels), select_rule=job.select_rule,
+                       **job.metadata_fields())
 
 
 def write_outputs(job: Job, model: torch.nn.Module, out: Path, results: dict[str, Any], meta: RunMetadata) -> None:
@@ -136,7 +142,7 @@ def write_outputs(job: Job, model: torch.nn.Module, out: Path, results: dict[str
     meta.write(out)
     outputs.write_all_results(out, results)
     outputs.write_model_card(out, model_name=out.resolve().name, base_model=m.model_name_or_path,
-                             init="pretrained" if m.model_name_or_path else "random", command_line=t.command_line,
+                             init="pretrained" if is_pretrained(job.origin) else "random", command_line=t.command_line,
                              text_levels=format_text_levels(meta.text_levels), **job.model_card(results))
 
 
@@ -251,7 +257,8 @@ def _run_locked(job: Job, accelerator, out: Path, step_callback, hub: Optional[o
         loaders["test"] = accelerator.prepare(job.eval_loader(splits["test"], "test"))
     results = job.final_metrics(accelerator, result, result.model, loaders)
     results.update(job.training_summary(result))
-    results.update(init=job.origin, method=job.method, num_processes=accelerator.num_processes,
+    results.update(init=job.origin, method=job.method, select_metric=job.select_metric, select_rule=job.select_rule,
+                   num_processes=accelerator.num_processes,
                    trainable_parameters=trainable, total_parameters=total,
                    splits={k: len(v) for k, v in splits.items()})
     model = model_to_save(accelerator, result.model, template)

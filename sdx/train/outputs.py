@@ -352,7 +352,8 @@ def text_budget_section(summary: Mapping[str, Any], lineage: Mapping[str, Any] |
 def _card_body(model_name, task, base_model, init, dataset, scal, hyperparameters, command_line, extra_sections,
                text_levels, licence_text, on_hub_base) -> list[str]:
     if init != "pretrained":
-        init_text = "Trained from a **random initialisation** (no pretrained weights)."
+        init_text = ("Trained from a **random initialisation** (no pretrained weights)"
+                     + (f", continued from `{Path(str(base_model)).name}`." if base_model else "."))
     elif on_hub_base:
         init_text = f"Fine-tuned from the pretrained weights `{base_model}`."
     else:

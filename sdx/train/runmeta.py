@@ -22,7 +22,8 @@ class RunMetadata:
     """What a saved run is: kind of model, where its weights started, how and on what it was trained."""
 
     kind: str                                   # "image-classifier" or "clip"
-    origin: str                                 # "random-init" or "pretrained:<Hub id or path>"
+    origin: str                                 # weights_origin(): "random-init", "random-init (from <path>)",
+    #                                             "pretrained:<Hub id or path>" (+ " (from <path>)" when carried)
     method: str                                 # full, lora, adapter
     seed: int
     data: str                                   # the data the run read (a folder, "synthetic", a Hub id)
@@ -33,6 +34,9 @@ class RunMetadata:
     train_classes: list[str] = field(default_factory=list)
     exclude_classes: list[str] = field(default_factory=list)
     select_metric: Optional[str] = None         # the validation metric that picked the saved epoch
+    select_rule: Optional[str] = None           # that metric in words (prompts, level, data it is measured on)
+    caption_levels_used: dict[str, float] = field(default_factory=dict)  # CLIP: share of the training captions
+    #                                             per level actually used (fallbacks included): {"t4": 0.57, "t1": 0.43}
     details: dict[str, Any] = field(default_factory=dict)   # method specifics (LoRA towers, frozen towers, ...)
     # rows per text level and where the training captions came from (sdx.data.source.text_level_report)
     text_levels: dict[str, Any] = field(default_factory=dict)
@@ -66,3 +70,24 @@ class RunMetadata:
         if missing:
             raise ValueError(f"{path}: field '{missing[0]}': missing")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def weights_origin(model_name_or_path: str | None) -> str:
+    """Where a run's starting weights come from, the one rule of both trainers.
+
+    No path: "random-init". A folder with our run metadata carries that run's origin with the folder named
+    ("random-init (from runs/a)", "pretrained:openai/clip-vit-base-patch16 (from runs/b)"). Anything else, a Hub
+    id or a folder without our metadata, holds pretrained weights: "pretrained:<id or path>".
+    """
+    if not model_name_or_path:
+        return "random-init"
+    run = RunMetadata.read(model_name_or_path) if Path(model_name_or_path).is_dir() else None
+    if run is None:
+        return f"pretrained:{model_name_or_path}"
+    carried = run.origin.split(" (from ", 1)[0]
+    return f"{carried} (from {model_name_or_path})"
+
+
+def is_pretrained(origin: str) -> bool:
+    """Whether weights of this origin (`weights_origin`) come from pretraining."""
+    return origin.startswith("pretrained:")

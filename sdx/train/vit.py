@@ -37,6 +37,7 @@ from sdx.train.args import (
 )
 from sdx.train.job import Job, run_job
 from sdx.train.pixels import CachedPixels, PixelBudget
+from sdx.train.runmeta import weights_origin
 
 logger = logging.getLogger(__name__)
 
@@ -235,19 +236,18 @@ def load_data(data: VitDataArguments):
 
 
 def build_model(m: VitModelArguments, names: Sequence[str]):
-    """(model, processor, origin); origin is "pretrained:<path>" or "random-init"."""
+    """(model, processor, origin); origin as sdx.train.runmeta.weights_origin says."""
     if m.model_name_or_path:
         model = load_image_classifier(m.model_name_or_path, names, ignore_mismatched_sizes=m.ignore_mismatched_sizes)
         size = getattr(model.config, "image_size", m.image_size)
         processor, _ = load_or_build_image_processor(m.model_name_or_path,
                                                      size if isinstance(size, int) else m.image_size)
-        origin = f"pretrained:{m.model_name_or_path}"
     else:
         model = build_image_classifier(m.model_type, m.model_size, names, image_size=m.image_size,
                                        patch_size=m.patch_size, config_overrides=m.config_overrides)
         processor, _ = load_or_build_image_processor(None, m.image_size)
-        origin = "random-init"
     convert_to_rgb(processor, model.config)
+    origin = weights_origin(m.model_name_or_path)
     if m.gradient_checkpointing:
         enable_activation_checkpointing(model)
     if m.use_lora:
@@ -393,7 +393,7 @@ class VitJob(Job):
                 "recipe": self.args.training.recipe, "class_names": list(self.names)}
 
     def save(self, model, out, results):
-        results["saved"] = save_final(self.args.model, model, self.processor, out, self.origin)
+        results["saved"] = save_final(self.args.model, model, self.processor, out)
         if self.test_predictions is not None:
             d = self.args.data
             write_test_report(out, *self.test_predictions, self.names, results,
@@ -406,12 +406,12 @@ class VitJob(Job):
         return vit_model_card(self.args, results, self.origin)
 
 
-def save_final(m: VitModelArguments, model, processor, out: Path, origin: str) -> str:
+def save_final(m: VitModelArguments, model, processor, out: Path) -> str:
     """Write the final weights and the processor; returns what was saved ("full", "lora-merged" or
-    "lora-adapter"). LoRA on a random base is always merged: there is no base checkpoint to refer to."""
+    "lora-adapter"). LoRA on a model built here is always merged: there is no base checkpoint to refer to."""
     kind = "full"
     if m.use_lora:
-        if m.merge_lora or origin == "random-init":
+        if m.merge_lora or not m.model_name_or_path:
             if not m.merge_lora:
                 logger.warning("LoRA on a random initialisation: no base checkpoint to refer to, saving merged "
                                "weights")
