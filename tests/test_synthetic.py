@@ -197,7 +197,7 @@ def test_bad_parameters(tmp_path):
     with pytest.raises(ValueError, match="train_per_class"):
         synthetic.generate(tmp_path / "x", train_per_class=-1, progress=False)
     with pytest.raises(ValueError, match="not a synthetic kind"):
-        synthetic.generate(tmp_path / "x", classes=["Silk spot"], progress=False)
+        synthetic.generate(tmp_path / "x", classes=["Rust"], progress=False)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")

@@ -1,7 +1,7 @@
 """The embedded synthetic steel-defect generator: seeded demo and test data in the official SteelDefectX layout.
 
 A fresh clone runs end to end without a download: ``generate`` draws grayscale "steel" images with defects of
-12 kinds named after real classes, their masks and T1-T4 text; ``default_dataset_dir`` caches one such folder.
+25 kinds, one per SteelDefectX class, their masks and T1-T4 text; ``default_dataset_dir`` caches one such folder.
 THIS IS NOT STEEL DATA: nothing measured on it is a result about steel (each folder carries SYNTHETIC.md).
 Kinds, drawing rules, text levels, determinism and the cache: docs/synthetic.md.
 """
@@ -39,7 +39,7 @@ __all__ = [
     "default_dataset_dir", "contact_sheet", "register_cli",
 ]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 JPEG_QUALITY = 92
 SPLITS = ("train", "val")
 CLUSTER_SPREAD = 0.2       # mean centroid distance / image size below which several components are "clustered"
@@ -72,6 +72,36 @@ T1_SENTENCES: dict[str, str] = {
                   "caused by water droplets drying on the strip after cooling.",
     "Welding line": "A photo of Welding line, which shows a straight band crossing the whole strip, caused by "
                     "the weld seam that joins two coils together.",
+    "Crease": "A photo of Crease, which shows one or two fold lines lying across the strip, light on one flank "
+              "and dark on the other, caused by the strip buckling locally as it is uncoiled.",
+    "Finishing roll printing": "A photo of Finishing roll printing, which shows a regular grid of small shallow "
+                               "dents over part of the strip, caused by a marked work roll printing its surface "
+                               "onto the steel during finishing.",
+    "Iron scale compression": "A photo of Iron scale compression, which shows a large dark grey region with a rough, "
+                              "uneven outline and grainy inside, caused by iron scale being pressed into the "
+                              "surface.",
+    "Iron sheet ash": "A photo of Iron sheet ash, which shows a dark smudge surrounded by a dusting of fine black "
+                      "particles, caused by metallic dust and oil settling on the strip.",
+    "Oxide scale of plate system": "A photo of Oxide scale of plate system, which shows a few short thick dark "
+                                   "bruise marks lying across the strip in a row, caused by oxide particles "
+                                   "embedded by a damaged roll.",
+    "Oxide scale of temperature system": "A photo of Oxide scale of temperature system, which shows many small "
+                                         "light flakes of scale scattered loosely over the surface, caused by "
+                                         "overheating or uneven cooling.",
+    "Red iron sheet": "A photo of Red iron sheet, which shows wide lighter patches with a mottled texture stretched "
+                      "along the rolling direction, caused by oxidation of high-silicon steel during heating.",
+    "Rolled pit": "A photo of Rolled pit, which shows a row of round pits repeating at an even spacing along the "
+                  "strip, caused by a damaged roll pressing the same dent once per turn.",
+    "Secondary rust skin": "A photo of Secondary rust skin, which shows a large area of flaky scales in uneven "
+                           "shades with light seams between them, caused by corrosion of a long-exposed surface.",
+    "Silk spot": "A photo of Silk spot, which shows a band of faint wavy stripes running along the strip, caused by "
+                 "uneven roll pressure or temperature.",
+    "Slag inclusion": "A photo of Slag inclusion, which shows small black angular particles with sharp edges, "
+                      "caused by slag exposed on the surface during hot rolling.",
+    "Waist folding": "A photo of Waist folding, which shows a group of short wavy wrinkles side by side, caused by "
+                     "severe local deformation of soft low-carbon steel.",
+    "White rust": "A photo of White rust, which shows soft-edged whitish patches with a powdery look, caused by "
+                  "zinc corrosion in humid conditions.",
 }
 
 
@@ -490,6 +520,320 @@ def _draw_welding_line(rng, surf: Surface) -> Drawn:
                  extras=["crossing the whole image"])
 
 
+# ---- the 13 kinds added in generator version 2.0 (drawn after the twelve above; their streams are their own) ----
+def _aniso_field(rng: np.random.Generator, n_px: int, cells_along: int, cells_across: int, axis: int) -> np.ndarray:
+    """Smooth random field, zero mean, unit std, `cells_along` cells along the rolling axis and `cells_across`
+    across it (axis as Surface.axis: 0 = streaks vertical)."""
+    rows, cols = (cells_along, cells_across) if axis == 0 else (cells_across, cells_along)
+    g = rng.normal(size=(rows + 3, cols + 3))
+    f = (_upsample_matrix(n_px, rows + 3) @ g @ _upsample_matrix(n_px, cols + 3).T).astype(np.float32)
+    f -= f.mean()
+    f /= f.std() + 1e-9
+    return f
+
+
+def _fold(n_px: int, cx: float, cy: float, length: float, width: float, angle: float, bend: float,
+          alpha: np.ndarray, delta: np.ndarray, amp: float) -> None:
+    """One fold (a ridge) stamped into alpha/delta: bright on one side of its centre line, dark on the other."""
+    box = _box(cx, cy, length / 2 + width + 2, n_px, n_px)
+    if box is None:
+        return
+    xx, yy = box[1], box[2]
+    c, s = math.cos(angle), math.sin(angle)
+    u = (xx - cx) * c + (yy - cy) * s
+    half = length / 2
+    v = -(xx - cx) * s + (yy - cy) * c - bend * length * (1.0 - np.clip(u / half, -1, 1) ** 2)
+    taper = np.clip((half - np.abs(u)) / (0.15 * half) + 0.2, 0.0, 1.0)
+    a = np.clip(width / 2 + 0.5 - np.abs(v), 0.0, 1.0) * (np.abs(u) <= half) * (taper > 0.35)
+    sl = box[0]
+    _stamp(alpha, box, a)
+    delta[sl] = np.where(a > 0, amp * np.tanh(v / max(width / 4, 0.5)) * taper, delta[sl])
+
+
+def _draw_crease(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha, delta = np.zeros((n_px, n_px)), np.zeros((n_px, n_px))
+    angle = surf.rolling_angle + math.pi / 2 + math.radians(rng.normal(0, 5))
+    count = int(rng.integers(1, 3))
+    c, sn = math.cos(angle), math.sin(angle)
+    cx0, cy0 = rng.uniform(0.3, 0.7, size=2) * n_px
+    lengths = []
+    for i in range(count):
+        length = rng.uniform(0.4, 0.8) * n_px
+        off = (i - (count - 1) / 2) * rng.uniform(18, 40) * s   # parallel folds side by side
+        _fold(n_px, cx0 - off * sn, cy0 + off * c, length, rng.uniform(7, 12) * s, angle,
+              rng.uniform(-0.03, 0.03), alpha, delta, rng.uniform(35, 60))
+        lengths.append(length)
+    return Drawn(alpha, delta, "linear", angle, ("fold mark", "fold marks"), float(np.mean(lengths)), "long",
+                 extras=["across the rolling direction"])
+
+
+def _draw_roll_printing(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha, delta = np.zeros((n_px, n_px)), np.zeros((n_px, n_px))
+    pitch = rng.uniform(20, 32) * s
+    x0, y0 = rng.uniform(0.05, 0.35, size=2) * n_px
+    x1, y1 = x0 + rng.uniform(0.45, 0.65) * n_px, y0 + rng.uniform(0.45, 0.65) * n_px
+    shift = rng.uniform(0, 0.5)                       # rows staggered like a roll's surface pattern
+    a_len, b_len = rng.uniform(4, 7) * s, rng.uniform(2.5, 4) * s
+    angle = surf.rolling_angle + math.radians(rng.normal(0, 3))
+    depth = rng.uniform(30, 55)
+    for row, y in enumerate(np.arange(y0, y1, pitch)):
+        for x in np.arange(x0 + (row % 2) * shift * pitch, x1, pitch):
+            box = _box(x, y, a_len + 3, n_px, n_px)
+            if box is None:
+                continue
+            a = _blob_alpha(box[1], box[2], x, y, a_len, b_len, angle, [], softness=1.5 * s)
+            sl = box[0]
+            _stamp(alpha, box, a)
+            # a dent: dark, with a lighter lip on one side
+            lip = np.clip(((box[1] - x) * math.cos(angle) + (box[2] - y) * math.sin(angle)) / a_len, -1, 1)
+            delta[sl] = np.where(a > 0, -depth * (0.8 - 0.5 * lip), delta[sl])
+    return Drawn(alpha, delta, "spot-like", None, ("dent", "dents"), float(2 * a_len), "long",
+                 extras=[f"in a regular grid about {max(1, round(pitch))} pixels apart"])
+
+
+def _draw_scale_compression(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = 1 if rng.random() < 0.7 else 2
+    diameters = []
+    for _ in range(count):
+        r = rng.uniform(28, 55) * s
+        cx, cy = rng.uniform(0.25, 0.75, size=2) * n_px
+        lobes = [(rng.uniform(0.1, 0.3), rng.uniform(0, 2 * math.pi)) for _ in range(5)]
+        box = _box(cx, cy, r * 2.0, n_px, n_px)
+        _stamp(alpha, box, _blob_alpha(box[1], box[2], cx, cy, r, r * rng.uniform(0.55, 0.9), rng.uniform(0, math.pi),
+                                       lobes, softness=2.0 * s))
+        diameters.append(2 * r)
+    rough = ndimage.gaussian_filter(rng.standard_normal((n_px, n_px)), max(1.2 * s, 0.6))
+    rough /= rough.std() + 1e-9
+    delta = -rng.uniform(30, 55) * np.clip(1.0 + 0.45 * rough, 0.1, 2.0)
+    return Drawn(alpha, delta, "irregular", None, ("compressed scale region", "compressed scale regions"),
+                 float(np.mean(diameters)), "across", extras=["with a rough texture"])
+
+
+def _draw_sheet_ash(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    cx, cy = rng.uniform(0.3, 0.7, size=2) * n_px
+    rx, ry = rng.uniform(45, 90, size=2) * s
+    yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32)
+    haze = np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)) * (0.8 + 0.2 * _smooth_field(rng, n_px, n_px, 5))
+    count = int(rng.integers(60, 160))
+    xs, ys = cx + rng.normal(0, rx / 1.6, size=count), cy + rng.normal(0, ry / 1.6, size=count)
+    for x, y, r in zip(xs, ys, rng.uniform(1.0, 2.4, size=count) * s):
+        box = _box(x, y, r + 2, n_px, n_px)
+        if box is not None:
+            _stamp(alpha, box, np.clip(r + 0.5 - np.hypot(box[1] - x, box[2] - y), 0, 1))
+    np.maximum(alpha, np.clip((haze - 0.55) / 0.1, 0.0, 1.0), out=alpha)    # the stain's dense core
+    strength = rng.uniform(55, 90)
+    delta = -strength * np.where(alpha >= 0.99, 1.0, 0.35 + 0.65 * haze) * np.ones((n_px, n_px))
+    return Drawn(alpha, delta, "diffuse", None, ("black particle", "black particles"), float(2 * max(rx, ry)), "wide",
+                 extras=["around a dark ash stain"])
+
+
+def _draw_plate_oxide(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = int(rng.integers(2, 6))
+    across = surf.rolling_angle + math.pi / 2 + math.radians(rng.normal(0, 12))
+    along = surf.rolling_angle
+    step = rng.uniform(25, 45) * s
+    cx0, cy0 = rng.uniform(0.25, 0.75, size=2) * n_px
+    lengths = []
+    for i in range(count):
+        t = (i - (count - 1) / 2) * step
+        cx, cy = cx0 + t * math.cos(along), cy0 + t * math.sin(along)
+        length = rng.uniform(16, 40) * s
+        width = rng.uniform(4, 9) * s
+        lobes = [(rng.uniform(0, 0.15), rng.uniform(0, 2 * math.pi)) for _ in range(3)]
+        box = _box(cx, cy, length / 2 + 4, n_px, n_px)
+        if box is None:
+            continue
+        _stamp(alpha, box, _blob_alpha(box[1], box[2], cx, cy, length / 2, width / 2,
+                                       across + math.radians(rng.normal(0, 5)), lobes, softness=2.5 * s))
+        lengths.append(length)
+    delta = -rng.uniform(45, 80) * np.clip(0.85 + 0.2 * _smooth_field(rng, n_px, n_px, 10), 0.4, 1.2)
+    return Drawn(alpha, delta, "elongated", across, ("bruise mark", "bruise marks"), float(np.mean(lengths or [0])),
+                 "long", extras=["repeated along the strip"])
+
+
+def _draw_temperature_oxide(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = int(rng.integers(15, 45))
+    sizes = []
+    for _ in range(count):
+        cx, cy = rng.uniform(0.04, 0.96, size=2) * n_px
+        r = rng.uniform(3, 8) * s
+        lobes = [(rng.uniform(0.05, 0.3), rng.uniform(0, 2 * math.pi)) for _ in range(4)]
+        box = _box(cx, cy, r * 1.8 + 2, n_px, n_px)
+        _stamp(alpha, box, _blob_alpha(box[1], box[2], cx, cy, r, r * rng.uniform(0.5, 1.0), rng.uniform(0, math.pi),
+                                       lobes, softness=1.0 * s))
+        sizes.append(2 * r)
+    delta = rng.uniform(35, 65) * np.clip(0.8 + 0.3 * _smooth_field(rng, n_px, n_px, 16), 0.3, 1.3)
+    return Drawn(alpha, delta, "fragmented", None, ("light scale mark", "light scale marks"), float(np.mean(sizes)),
+                 "across")
+
+
+def _draw_red_iron(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    f = _aniso_field(rng, n_px, int(rng.integers(2, 4)), int(rng.integers(5, 9)), surf.axis)
+    thr = np.quantile(f, 1.0 - rng.uniform(0.2, 0.45))
+    alpha = np.clip(0.5 + (f - thr) / 0.25, 0.0, 1.0)
+    mottle = ndimage.gaussian_filter(rng.standard_normal((n_px, n_px)), max(2.0 * n_px / 256.0, 0.6))
+    mottle /= mottle.std() + 1e-9
+    delta = rng.uniform(25, 45) * np.clip(1.0 + 0.5 * mottle, 0.0, 2.0)
+    return Drawn(alpha, delta, "patch-like", None, ("oxide patch", "oxide patches"), 0.0, "area",
+                 extras=["with a mottled texture"])
+
+
+def _draw_rolled_pit(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha, delta = np.zeros((n_px, n_px)), np.zeros((n_px, n_px))
+    count = int(rng.integers(2, 6))
+    angle = surf.rolling_angle + math.radians(rng.normal(0, 3))
+    step = rng.uniform(38, 60) * s
+    cx0, cy0 = rng.uniform(0.3, 0.7, size=2) * n_px
+    r = rng.uniform(5, 10) * s
+    depth = rng.uniform(50, 85)
+    light = rng.uniform(0, 2 * math.pi)
+    for i in range(count):
+        t = (i - (count - 1) / 2) * step
+        cx, cy = cx0 + t * math.cos(angle), cy0 + t * math.sin(angle)
+        box = _box(cx, cy, r + 3, n_px, n_px)
+        if box is None:
+            continue
+        xx, yy = box[1], box[2]
+        rho = np.hypot(xx - cx, yy - cy)
+        a = np.clip(r + 0.5 - rho, 0, 1)
+        side = ((xx - cx) * math.cos(light) + (yy - cy) * math.sin(light)) / max(r, 1.0)
+        _stamp(alpha, box, a)
+        delta[box[0]] = np.where(a > 0, -depth * (1.0 - 0.6 * np.clip(side, 0, 1) * (rho > 0.6 * r)), delta[box[0]])
+    return Drawn(alpha, delta, "circular", angle, ("pit", "pits"), float(2 * r), "across",
+                 extras=["repeating at a regular spacing"])
+
+
+def _draw_rust_skin(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    f = _smooth_field(rng, n_px, n_px, int(rng.integers(3, 6)))
+    alpha = np.clip(0.5 + (f - np.quantile(f, 1.0 - rng.uniform(0.3, 0.55))) / 0.15, 0.0, 1.0)
+    # flakes: Voronoi cells, each its own shade, thin light seams between them
+    g = int(rng.integers(7, 12))
+    seeds = (np.stack(np.meshgrid(np.arange(g), np.arange(g)), -1).reshape(-1, 2) + 0.5
+             + rng.uniform(-0.4, 0.4, size=(g * g, 2))) / g * n_px
+    shades = rng.uniform(-70, -10, size=len(seeds))
+    yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32)
+    d1 = np.full((n_px, n_px), np.inf, dtype=np.float32)
+    d2, label = d1.copy(), np.zeros((n_px, n_px), dtype=np.int64)
+    for k, (sx, sy) in enumerate(seeds.astype(np.float32)):
+        d = np.hypot(xx - sx, yy - sy)
+        closer = d < d1
+        np.minimum(d2, np.where(closer, d1, d), out=d2)
+        label[closer] = k
+        np.minimum(d1, d, out=d1)
+    seam = np.clip(1.5 * s + 0.5 - (d2 - d1), 0.0, 1.0)
+    delta = shades[label] * (1.0 - seam) + rng.uniform(10, 25) * seam
+    return Drawn(alpha, delta, "irregular", None, ("rust layer", "rust layers"), 0.0, "area",
+                 extras=["made of flaky scales"])
+
+
+def _draw_silk_spot(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32)
+    along, across = (yy, xx) if surf.axis == 0 else (xx, yy)
+    wavelength = rng.uniform(9, 16) * s
+    wobble = rng.uniform(4, 10) * s
+    period = rng.uniform(60, 120) * s
+    stripes = np.sin(2 * math.pi * (across + wobble * np.sin(2 * math.pi * along / period + rng.uniform(0, 6.3)))
+                     / wavelength)
+    c0 = rng.uniform(0.3, 0.7) * n_px
+    half_width = rng.uniform(30, 60) * s
+    band = np.clip((half_width - np.abs(across - c0)) / (8 * s), 0.0, 1.0)
+    fade = np.clip(0.7 + 0.6 * _smooth_field(rng, n_px, n_px, 3), 0.0, 1.0)
+    alpha = np.clip((stripes - 0.1) * 2.5, 0.0, 1.0) * band * fade
+    delta = -rng.uniform(30, 50) * np.ones((n_px, n_px))
+    return Drawn(alpha, delta, "diffuse", surf.rolling_angle, ("wavy stripe", "wavy stripes"), 0.0, "area",
+                 extras=["in a band"])
+
+
+def _draw_slag(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = int(rng.integers(2, 6))
+    sizes = []
+    for _ in range(count):
+        r = rng.uniform(5, 14) * s
+        cx, cy = rng.uniform(0.15, 0.85, size=2) * n_px
+        k = int(rng.integers(3, 7))                                      # an angular shard of k corners
+        corners = np.sort(rng.uniform(0, 2 * math.pi, size=k))
+        radii = r * rng.uniform(0.3, 1.0, size=k)
+        box = _box(cx, cy, r + 2, n_px, n_px)
+        theta = np.mod(np.arctan2(box[2] - cy, box[1] - cx), 2 * math.pi)
+        edge = np.interp(theta, np.concatenate([corners - 2 * math.pi, corners, corners + 2 * math.pi]),
+                         np.tile(radii, 3))
+        _stamp(alpha, box, np.clip(edge + 0.5 - np.hypot(box[1] - cx, box[2] - cy), 0, 1))
+        sizes.append(2 * r)
+    target = rng.uniform(0, 20)
+    delta = (target - surf.image) + rng.normal(0, 3, size=(n_px, n_px))
+    return Drawn(alpha, delta, "irregular", None, ("slag particle", "slag particles"), float(np.mean(sizes)),
+                 "across", extras=["with sharp edges"])
+
+
+def _draw_waist_folding(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha, delta = np.zeros((n_px, n_px)), np.zeros((n_px, n_px))
+    angle = rng.uniform(0, math.pi)
+    c, sn = math.cos(angle), math.sin(angle)
+    count = int(rng.integers(3, 7))
+    cx0, cy0 = rng.uniform(0.3, 0.7, size=2) * n_px
+    gap = rng.uniform(12, 18) * s
+    lengths = []
+    for i in range(count):
+        off = (i - (count - 1) / 2) * gap + rng.normal(0, 2 * s)
+        along = rng.normal(0, 10 * s)
+        length = rng.uniform(0.2, 0.45) * n_px
+        _fold(n_px, cx0 + along * c - off * sn, cy0 + along * sn + off * c, length, rng.uniform(4, 7) * s,
+              angle + math.radians(rng.normal(0, 3)), rng.uniform(0.06, 0.12) * rng.choice([-1, 1]), alpha, delta,
+              rng.uniform(30, 55))
+        lengths.append(length)
+    return Drawn(alpha, delta, "curved", angle, ("wrinkle-like fold", "wrinkle-like folds"), float(np.mean(lengths)),
+                 "long")
+
+
+def _draw_white_rust(rng, surf: Surface) -> Drawn:
+    n_px = surf.size
+    s = n_px / 256.0
+    alpha = np.zeros((n_px, n_px))
+    count = int(rng.integers(1, 5))
+    diameters = []
+    for _ in range(count):
+        r = rng.uniform(14, 36) * s
+        cx, cy = rng.uniform(0.15, 0.85, size=2) * n_px
+        lobes = [(rng.uniform(0.05, 0.25), rng.uniform(0, 2 * math.pi)) for _ in range(4)]
+        box = _box(cx, cy, r * 1.6 + 8 * s, n_px, n_px)
+        _stamp(alpha, box, _blob_alpha(box[1], box[2], cx, cy, r, r * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi),
+                                       lobes, softness=rng.uniform(5, 10) * s))
+        diameters.append(2 * r)
+    powder = ndimage.gaussian_filter(rng.standard_normal((n_px, n_px)), max(1.0 * s, 0.6))
+    powder /= powder.std() + 1e-9
+    delta = rng.uniform(40, 70) * np.clip(1.0 + 0.35 * powder, 0.2, 1.8)
+    return Drawn(alpha, delta, "irregular", None, ("white patch", "white patches"), float(np.mean(diameters)),
+                 "across", extras=["with a powdery look"])
+
+
 @dataclass(frozen=True)
 class Kind:
     class_name: str
@@ -509,6 +853,19 @@ KINDS: dict[str, Kind] = {k.class_name: k for k in (
     Kind("Rolled in scale", _draw_rolled_scale),
     Kind("Water spot", _draw_water_spot),
     Kind("Welding line", _draw_welding_line),
+    Kind("Crease", _draw_crease),
+    Kind("Finishing roll printing", _draw_roll_printing),
+    Kind("Iron scale compression", _draw_scale_compression),
+    Kind("Iron sheet ash", _draw_sheet_ash),
+    Kind("Oxide scale of plate system", _draw_plate_oxide),
+    Kind("Oxide scale of temperature system", _draw_temperature_oxide),
+    Kind("Red iron sheet", _draw_red_iron),
+    Kind("Rolled pit", _draw_rolled_pit),
+    Kind("Secondary rust skin", _draw_rust_skin),
+    Kind("Silk spot", _draw_silk_spot),
+    Kind("Slag inclusion", _draw_slag),
+    Kind("Waist folding", _draw_waist_folding),
+    Kind("White rust", _draw_white_rust),
 )}
 DEFAULT_CLASSES: tuple[str, ...] = tuple(sorted(KINDS))
 
@@ -719,7 +1076,7 @@ def generate(out_dir: str | os.PathLike, *, train_per_class: int = 12, val_per_c
              overwrite: bool = False) -> dict[str, Any]:
     """Write a synthetic dataset in the official layout to `out_dir` and return a summary dict.
 
-    classes: class names or file prefixes of KINDS (default: all 12). `out_dir` must be absent or empty unless
+    classes: class names or file prefixes of KINDS (default: all 25). `out_dir` must be absent or empty unless
     overwrite=True (then the layout's files and folders in it are replaced).
     """
     start = time.perf_counter()
