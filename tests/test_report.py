@@ -126,6 +126,17 @@ def test_models_table_shows_origin_and_training_data_from_the_run_record(results
     assert "| unknown (no sdx_run.json in the checkpoint) | unknown (no run record) |" in rows["clip_x"]
 
 
+def test_models_table_shows_the_caption_levels_actually_used():
+    def row(level, used):
+        model = {"name": "m", "kind": "clip", "origin": "random-init", "train_level": level,
+                 "metadata": {"data": "d", "caption_levels_used": used}}
+        return markdown._model_lines({"models": [model]})[-2]
+
+    assert "| T2 requested; **captions used: T4 56.9 %, T1 43.1 %** |" in row("t2", {"t4": 0.569, "t1": 0.431})
+    assert "| T1 |" in row("t1", {"t1": 1.0}) and "| T1 |" in row("t1", {})
+    assert "| MIXED (T0 20.0 %, T1 80.0 %) |" in row("mixed", {"t0": 0.2, "t1": 0.8})
+
+
 def test_paper_zero_shot_only_beside_a_model_that_may_be_untuned(results):
     t3 = _section(markdown.render_markdown(results), "## Task 3")
     trained, untuned = t3.split("### clip_t1", 1)[1].split("### clip_x", 1)

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train_vit  # noqa: E402
+from sdx.data import synthetic  # noqa: E402
 from sdx.models import classifiers as M  # noqa: E402
 
 TINY_VIT = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
@@ -92,11 +93,12 @@ def test_synthetic_run_outputs(full_run, synthetic_names):
     saved = json.loads((out / "all_results.json").read_text())
     assert saved["completed_steps"] == 6 and res["splits"]["train"] == 48
     # every evaluation counted each sample once
-    assert saved["test_num_samples"] == saved["splits"]["test"] == 72
+    n_test = 6 * len(synthetic.DEFAULT_CLASSES)  # the default synthetic set: 6 val images per class
+    assert saved["test_num_samples"] == saved["splits"]["test"] == n_test
     assert all(h["eval_num_samples"] == saved["splits"]["validation"] for h in saved["history"])
     for k in ("test_accuracy", "test_mean_class_accuracy", "test_macro_f1", "validation_accuracy"):
         assert 0.0 <= saved[k] <= 100.0
-    assert sum(r["support"] for r in saved["test_per_class"]) == 72
+    assert sum(r["support"] for r in saved["test_per_class"]) == n_test
     # the best epoch is the one with the highest validation accuracy
     accs = [h["eval_accuracy"] for h in saved["history"]]
     assert saved["best_epoch"] == saved["history"][int(np.argmax(accs))]["epoch"]

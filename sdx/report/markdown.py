@@ -113,9 +113,8 @@ def _model_lines(results: dict) -> list[str]:
              "| name | kind | origin | trained on | trained with | method | training seed | fingerprint |",
              "|---|---|---|---|---|---|---|---|"]
     for m in _all_models(results):
-        lvl = m.get("train_level")
         lines.append(f"| {md_cell(m['name'])} | {m['kind']} | {md_cell(m.get('origin') or 'unknown')} | "
-                     f"{md_cell(_trained_on(m))} | {lvl.upper() if lvl else '-'} | {md_cell(m.get('method') or '-')} | "
+                     f"{md_cell(_trained_on(m))} | {md_cell(_trained_with(m))} | {md_cell(m.get('method') or '-')} | "
                      f"{'-' if m.get('seed') is None else m['seed']} | {m.get('fingerprint')} |")
     lines.append("")
     return lines
@@ -139,6 +138,21 @@ def _trained_on(m: dict) -> str:
     if meta.get("exclude_classes"):
         text += f" without {', '.join(meta['exclude_classes'])}"
     return text
+
+
+def _trained_with(m: dict) -> str:
+    """The caption level a CLIP was trained with, and the levels its captions really came from when some fell
+    back (the run record's caption_levels_used shares)."""
+    lvl = m.get("train_level")
+    if not lvl:
+        return "-"
+    used = (m.get("metadata") or {}).get("caption_levels_used") or {}
+    if not used or set(used) == {lvl}:
+        return lvl.upper()
+    shares = ", ".join(f"{k.upper()} {100 * v:.1f} %" for k, v in used.items())
+    if lvl == "mixed":
+        return f"MIXED ({shares})"
+    return f"{lvl.upper()} requested; **captions used: {shares}**"
 
 
 def _setting(m: dict) -> str:
