@@ -1,5 +1,5 @@
-"""The main job's models learn: the demo preset's vision model and a T0 CLIP, scaled down to the smoke preset's
-synthetic data (12 train + 6 val images per class, 25 classes, chance 4 %) and 32 px, each beat chance by a
+"""The main job's models learn: the demo preset's vision model and a T0 CLIP, trained as the demo trains them on the
+smoke preset's synthetic data (12 train + 6 val images per class, 25 classes, chance 4 %), each beat chance by a
 margin measured over seeds 1-3 (docs/training.md, "The demo's models"). Fails when learning breaks (a loss, an
 optimiser, a label or a prompt mix-up), not only when the plumbing does.
 
@@ -20,14 +20,15 @@ from sdx.train import clip as train_clip
 from sdx.train import vit as train_vit
 
 CHANCE = 100.0 / len(DEFAULT_CLASSES)
-# test accuracy (percent) that each model must reach: chance plus a margin below the lowest of seeds 1-3
-VISION_FLOOR = CHANCE + 30.0
-CLIP_FLOOR = CHANCE + 8.0
+# test accuracy (percent) each model must reach: chance plus a margin below the lowest of seeds 1-3 (vision 27.3,
+# 28.7, 36.7; CLIP T0 6.0, 7.3, 8.7 on 150 test images, where one image is 0.67 points)
+VISION_FLOOR = CHANCE + 20.0
+CLIP_FLOOR = CHANCE + 1.5
 
 
 def _settings(seed: int) -> pipeline.PipelineArguments:
-    """The demo preset at the smoke preset's data size, 32 px and fewer epochs."""
-    return pipeline.PipelineArguments(preset="demo", seed=seed, image_size=32, vit_epochs=15, clip_epochs=8,
+    """The demo preset (models, image size, epochs) on the smoke preset's synthetic data."""
+    return pipeline.PipelineArguments(preset="demo", seed=seed,
                                       synthetic_size=list(pipeline.PRESETS["smoke"]["synthetic_size"]),
                                       overwrite_output_dir=True)
 
