@@ -299,7 +299,7 @@ def test_validation_class_embeddings_are_the_benchmarks(data_dir, cache_dir, tin
     enc = BenchClip(str(tiny_clip), device="cpu")
     for level in ("t2", "t3", "t4"):
         means = CT.CaptionMeans(caption_texts(ds["train"], level), [int(x) for x in ds["train"]["label"]])
-        ours = means.embed(model, processor.tokenizer, ids, t1_emb, "cpu").numpy()
+        ours = means.embed(encode_text_list(model, processor.tokenizer, means.distinct()), ids, t1_emb).numpy()
         bench, _ = zs.class_embeddings(enc, level, ids)
         assert ours.shape == bench.shape and abs(ours - bench).max() < 1e-5, level
 
@@ -342,7 +342,7 @@ def test_origin_follows_the_starting_folder(tmp_path, data_dir, cache_dir):
     assert res["init"] == f"random-init (from {first})"
     assert json.loads((second / "sdx_run.json").read_text())["origin"] == res["init"]
     card = (second / "README.md").read_text()
-    assert f"random initialisation** (no pretrained weights), continued from `{first}`" in card
+    assert f"random initialisation** (no pretrained weights), continued from `{first.name}`" in card  # folder name only
     assert "Fine-tuned from the pretrained" not in card and "base_model" not in card
     assert BenchClip(str(second), device="cpu").describe()["origin"] == res["init"]
     assert weights_origin("openai/clip-vit-base-patch16") == "pretrained:openai/clip-vit-base-patch16"
