@@ -32,7 +32,6 @@ STAT_KEYS: tuple[str, ...] = ("scale_ratio", "mean_defect", "mean_background", "
 # The T3 fields computed by fixed rules (reproducible exactly from image + mask).
 RULE_FIELDS: tuple[str, ...] = ("Number of Defects", "Position", "Scale", "Polarity", "Saliency")
 _U32_EXACT_PIXELS = (2 ** 32 - 1) // 255
-POSITION_THRESHOLD = 0          # mask > 0 counts for Position (the authors' script; the statistics use > 127)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,23 +72,22 @@ def _number_word(count: int) -> str:
 
 
 def _grid_edges(n: int) -> list[int]:
-    return [int(round(k * n / 3)) for k in range(4)]
+    """round(k * n / 3) for k = 0..3, in integers (k * n / 3 is never halfway between two integers)."""
+    return [(2 * k * n + 3) // 6 for k in range(4)]
 
 
 def compute_position(mask: Any) -> list[list[Any]]:
     """Position in the release form [[cell, share], ...] from a mask (pixels > 0 count; docs/annotation.md)."""
     m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 else load_mask_array(mask)
     h, w = m.shape
-    pos = m > POSITION_THRESHOLD
     ys, xs = _grid_edges(h), _grid_edges(w)
-    counts = np.array([np.count_nonzero(pos[ys[r]:ys[r + 1], xs[c]:xs[c + 1]]) for r in range(3) for c in range(3)],
-                      dtype=np.int64)
-    total = int(counts.sum())
+    # count_nonzero of the uint8 mask counts its pixels > 0 without a thresholding pass (43 -> 15 us a mask)
+    counts = [int(np.count_nonzero(m[ys[r]:ys[r + 1], xs[c]:xs[c + 1]])) for r in range(3) for c in range(3)]
+    total = sum(counts)
     if total == 0:
         return []
-    shares = [round(int(c) / total, 6) for c in counts.ravel()]
-    order = sorted(range(9), key=lambda i: -shares[i])  # stable: ties keep grid order
-    return [[GRID_CELLS[i], shares[i]] for i in order if shares[i] > 0]
+    shares = sorted(((round(c / total, 6), i) for i, c in enumerate(counts) if c), key=lambda si: -si[0])
+    return [[GRID_CELLS[i], share] for share, i in shares if share > 0]   # sorted is stable: ties keep grid order
 
 
 def _pixel_sum(a: np.ndarray) -> int:

@@ -76,6 +76,14 @@ class Grid(NamedTuple):
         return int(self.rows @ self.cells @ self.cols)
 
 
+def _lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    """Lengths of the runs of a line of ``n`` that begin at ``starts`` (ascending, from 0)."""
+    lengths = np.empty_like(starts)
+    lengths[:-1] = starts[1:] - starts[:-1]
+    lengths[-1] = n - starts[-1]
+    return lengths
+
+
 def merge(binary: np.ndarray) -> Grid:
     """The merged ``Grid`` of a bool array."""
     h, w = binary.shape
@@ -86,8 +94,7 @@ def merge(binary: np.ndarray) -> Grid:
     new_col = np.empty(w, bool)
     new_col[0] = True
     np.any(rows[:, 1:] != rows[:, :-1], axis=0, out=new_col[1:])
-    row_edges, col_edges = np.append(np.flatnonzero(new_row), h), np.append(np.flatnonzero(new_col), w)
-    return Grid(rows[:, new_col], np.diff(row_edges), np.diff(col_edges))
+    return Grid(rows[:, new_col], _lengths(new_row.nonzero()[0], h), _lengths(new_col.nonzero()[0], w))
 
 
 class Components:
@@ -130,14 +137,17 @@ def label_components(binary: np.ndarray) -> Components:
     """8-connected components of a bool mask (scipy.ndimage.label with a 3x3 structure of ones) on the merged
     grid of its union bounding box: same labels and numbering as on the pixels, with scipy labelling a few
     hundred cells instead of up to every pixel (labelling the pixels was a quarter of the engine's time)."""
-    r = np.flatnonzero(binary.any(axis=1))
-    if not len(r):
+    grid = merge(binary)   # the empty margins of the whole mask merge into one cell row or column each
+    row_any, col_any = grid.cells.any(axis=1), grid.cells.any(axis=0)
+    (u, v), (h, w) = grid.cells.shape, binary.shape
+    r0, r1, c0, c1 = int(not row_any[0]), u - int(not row_any[-1]), int(not col_any[0]), v - int(not col_any[-1])
+    if r0 >= r1:
         return Components(binary)
-    c = np.flatnonzero(binary[r[0]:r[-1] + 1].any(axis=0))
-    bbox = (int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1)
-    grid = merge(binary[bbox[0]:bbox[1], bbox[2]:bbox[3]])   # merged after cropping: the passes see only the box
-    cell_labels, count = ndimage.label(grid.cells, structure=EIGHT_CONNECTED)
-    return Components(binary, grid, cell_labels, int(count), bbox)
+    top, left = int(grid.rows[0]) if r0 else 0, int(grid.cols[0]) if c0 else 0
+    bbox = (top, h - (int(grid.rows[-1]) if r1 < u else 0), left, w - (int(grid.cols[-1]) if c1 < v else 0))
+    box = Grid(grid.cells[r0:r1, c0:c1], grid.rows[r0:r1], grid.cols[c0:c1])
+    cell_labels, count = ndimage.label(box.cells, structure=EIGHT_CONNECTED)
+    return Components(binary, box, cell_labels, int(count), bbox)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -231,9 +231,9 @@ def decode_gray(path: str | os.PathLike, *, mask: bool = False) -> Decoded:
 
 
 def _load_u8(src: Any, what: str, by_value: bool) -> np.ndarray:
-    name = _name_of(src)
     if isinstance(src, (str, os.PathLike)):
         return decode_gray(src, mask=by_value).array
+    name = _name_of(src)
     if isinstance(src, Image.Image):
         try:
             return _pil_to_u8(src, name, by_value)
