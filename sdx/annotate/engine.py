@@ -81,7 +81,7 @@ def compute_position(mask: Any) -> list[list[Any]]:
     m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 else load_mask_array(mask)
     h, w = m.shape
     ys, xs = _grid_edges(h), _grid_edges(w)
-    # count_nonzero of the uint8 mask counts its pixels > 0 without a thresholding pass (43 -> 15 us a mask)
+    # count_nonzero of the uint8 mask counts its pixels > 0 without a thresholding pass (39 -> 30 us a fixture mask)
     counts = [int(np.count_nonzero(m[ys[r]:ys[r + 1], xs[c]:xs[c + 1]])) for r in range(3) for c in range(3)]
     total = sum(counts)
     if total == 0:
