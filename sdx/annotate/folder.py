@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import json
 import logging
 import multiprocessing
 import os
@@ -21,6 +20,8 @@ from tqdm.auto import tqdm
 from sdx.annotate.engine import RULE_FIELDS, analyze
 from sdx.annotate.geometry import FALLBACK_DIRECTION, FALLBACK_DISTRIBUTION, FALLBACK_SHAPE
 from sdx.annotate.images import list_files, masks_by_stem
+from sdx.annotate.llm import write_json_atomic
+from sdx.data.layout import read_json
 from sdx.data.levels import CLASS_NAMES, PREFIX_TO_CLASS, render_t4
 
 __all__ = ["annotate_folder", "verify_release", "format_verify", "register_cli", "annotate_main", "verify_main",
@@ -95,12 +96,7 @@ def read_descriptions(path: str | os.PathLike) -> dict[str, str]:
     """{image_name: T2} from a records file in the official schema (a list of records with image_name and
     natural_language_description) or from a plain {image_name: text} object."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"descriptions file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"descriptions file {path} is not valid JSON: {exc}") from exc
+    data = read_json(path)
     if isinstance(data, dict):
         bad = [k for k, v in data.items() if not isinstance(v, str)]
         if bad:
@@ -256,16 +252,9 @@ def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, o
             errors.append(res["error"])
             continue
         records.append(res["record"])
-    _write_json_atomic(output, records)
+    write_json_atomic(output, records)
     n_images = len(items) + (len(no_mask) if missing_mask == "skip" else 0)
     return _annotate_summary(output, mode, n_images, records, status, errors, len(no_mask), missing_mask)
-
-
-def _write_json_atomic(output: Path, records: list) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(output)
 
 
 def _annotate_summary(output: Path, mode: str, n_images: int, records: list[dict], status: collections.Counter,
@@ -367,12 +356,7 @@ def verify_release(data_dir: str | os.PathLike, *, splits: list[str] | None = No
 
 
 def _read_records(path: Path) -> list:
-    if not path.is_file():
-        raise ValueError(f"text file not found: {path}")
-    try:
-        recs = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    recs = read_json(path)
     if not isinstance(recs, list):
         raise ValueError(f"{path}: expected a list of records, got {type(recs).__name__}")
     return recs
