@@ -415,6 +415,23 @@ def test_adapter_run_on_a_random_base_is_pushed_as_an_adapter(tmp_path, syn_dir,
     assert type(model).__name__ == "ClipWithAdapter"
 
 
+@pytest.mark.slow
+def test_adapter_on_a_stretched_base_keeps_that_base(tmp_path, syn_dir):
+    """A base changed by the run (--stretch_positions) exists nowhere else: it is saved beside the adapter, and
+    the folder loads with the stretched text positions."""
+    from sdx.models.clip import BASE_SUBFOLDER, CLIP_ADAPTER_CONFIG, load_clip, text_positions
+
+    texts = ["a bright scratch", "punching holes", "patches", "a water spot"]
+    _tiny_base(tmp_path / "named", texts)
+    out = _train(tmp_path, syn_dir, "stretched", "--method", "adapter", "--model_name_or_path",
+                 str(tmp_path / "named"), "--stretch_positions", "160")
+    cfg = json.loads((out / CLIP_ADAPTER_CONFIG).read_text())
+    assert cfg["base_model_name_or_path"] == BASE_SUBFOLDER
+    model, _ = load_clip(str(out))
+    assert text_positions(model) == 160 != text_positions(load_clip(str(tmp_path / "named"))[0])
+    assert f"CLIP saved once in `{BASE_SUBFOLDER}/`" in (out / "README.md").read_text()
+
+
 def test_pipeline_passes_a_frozen_base_for_the_task2_adapter_rows(tmp_path, small_ds):
     from sdx import pipeline
     from sdx.models.clip import load_clip
