@@ -28,11 +28,13 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's sdx, not an installed one
 
 
 def _clip_adapter_part(bench, enc, supports, shots, seeds, per_seed: bool) -> float:
