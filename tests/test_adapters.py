@@ -404,7 +404,9 @@ def test_adapter_run_on_a_random_base_is_pushed_as_an_adapter(tmp_path, syn_dir,
             uploads.append(kw)
 
     monkeypatch.setattr(outputs, "HfApi", FakeApi)
-    out = _train(tmp_path, syn_dir, "adapter", "--method", "adapter", "--push_to_hub", "--hub_model_id", "me/ad")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # the Hub reachable, as mocked here
+    out = _train(tmp_path, syn_dir, "adapter", "--method", "adapter", "--push_to_hub", "--hub_model_id", "me/ad",
+                 "--hub_token", "hf_test")
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {CLIP_ADAPTER_WEIGHTS, "clip_adapter_config.json", "README.md", f"{BASE_SUBFOLDER}/config.json"} <= files
     assert "config.json" not in files and "model.safetensors" not in files
