@@ -383,6 +383,7 @@ def test_unmerged_lora_on_a_random_base_is_usable(tmp_path, syn_dir):
                                   base.get_image_features(pixel_values=px).pooler_output)
     card = (out / "README.md").read_text()
     assert "How to load" in card and "library_name: peft" in card and "PeftModel.from_pretrained" in card
+    assert str(tmp_path) not in card.split("How to load", 1)[1].split("\n## ", 1)[0]  # folder names, no paths
     assert json.loads((out / "sdx_run.json").read_text())["details"]["saved"] == "adapter only"
 
 
@@ -412,7 +413,8 @@ def test_adapter_run_on_a_random_base_is_pushed_as_an_adapter(tmp_path, syn_dir,
     assert "config.json" not in files and "model.safetensors" not in files
     assert uploads and uploads[0]["folder_path"] == str(out) and uploads[0]["repo_id"] == "me/ad"
     card = (out / "README.md").read_text()
-    assert "How to load" in card and "load_clip(" in card and "library_name: transformers" not in card
+    assert "How to load" in card and "load_clip(" in card and "library_name" not in card
+    assert str(tmp_path) not in card.split("How to load", 1)[1].split("\n## ", 1)[0]  # folder names, no paths
     model, _ = load_clip(str(out))
     assert type(model).__name__ == "ClipWithAdapter"
 

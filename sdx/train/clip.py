@@ -824,15 +824,19 @@ def loading_section(m: ClipModelArguments, folder: str) -> str | None:
     """The model card's "How to load" text for a folder that holds an adapter only (None otherwise)."""
     if saved_form(m) != "adapter only":
         return None
-    base = (f"`{base_reference(Path('.'), named_base(m))}`" if named_base(m) else
-            f"the {'changed' if m.model_name_or_path else 'random-init'} CLIP saved once in `{BASE_SUBFOLDER}/`")
+    named, folder = named_base(m), Path(folder).resolve().name   # no local path in a card: folder names only
+    if named and Path(named).is_dir():
+        base = f"`{Path(named).resolve().name}` (a local folder, its path in the adapter's config)"
+    else:
+        base = (f"`{named}`" if named else
+                f"the {'changed' if m.model_name_or_path else 'random-init'} CLIP saved once in `{BASE_SUBFOLDER}/`")
     if m.method == "adapter":
         held = (f"a CLIP-Adapter only (`{CLIP_ADAPTER_WEIGHTS}`, `{CLIP_ADAPTER_CONFIG}`: ratio "
                 f"{m.adapter_alpha}, reduction {m.adapter_reduction})")
         other = ""
     else:
         held = "LoRA weights only, in peft's format (`adapter_config.json`, `adapter_model.safetensors`)"
-        base_path = f"{folder}/{BASE_SUBFOLDER}" if not named_base(m) else base.strip("`")
+        base_path = f"{folder}/{BASE_SUBFOLDER}" if not named else base.split("`")[1]
         other = (f" With peft alone: `PeftModel.from_pretrained(CLIPModel.from_pretrained(\"{base_path}\"), "
                  f"\"{folder}\")`.")
     return (f"This folder holds {held} and the processor; its base model is {base}. It is **not** a full "
