@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdx.bench import adapters as A
-from sdx.bench.data import caption_texts
 from sdx.bench.models import BenchClip
+from sdx.data.builder import caption_texts
 from sdx.models.clip import get_logit_scale
+from sdx.models.prompts import distinct_captions
 
 if TYPE_CHECKING:
     from sdx.bench.tasks import Benchmark
@@ -29,12 +30,10 @@ def _texts(bench: Benchmark, base: BenchClip, level: str, labels: np.ndarray):
         text, _ = bench.zero_shot.class_embeddings(base, level, cands)
         return np.arange(len(labels)), text, None, "bidirectional"
     caps = caption_texts(bench.split("train").dataset, level)
-    rows = np.asarray([i for i, t in enumerate(caps) if t and t.strip()], dtype=np.int64)
+    rows, uniq, index = distinct_captions(caps)
     if not len(rows):
         return rows, None, None, "captions"
-    uniq = sorted({caps[i] for i in rows})
-    pos = {t: i for i, t in enumerate(uniq)}
-    emb = bench.cache.texts(base, uniq)[[pos[caps[i]] for i in rows]]
+    emb = bench.cache.texts(base, uniq)[index]
     return rows, bench.zero_shot.class_embeddings(base, SELECT_LEVEL, cands)[0], emb, "captions"
 
 

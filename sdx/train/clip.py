@@ -49,7 +49,7 @@ from sdx.models.clip import (
     update_lineage,
     zero_shot_predict,
 )
-from sdx.models.prompts import caption_mean_embeddings
+from sdx.models.prompts import caption_mean_embeddings, distinct_captions
 from sdx.train.args import (
     DataArguments,
     JobArguments,
@@ -534,7 +534,7 @@ class CaptionMeans:
 
     def distinct(self) -> list[str]:
         """The distinct non-empty captions, in the order caption_mean_embeddings encodes them."""
-        return sorted({t for t in self.texts if t and t.strip()})
+        return distinct_captions(self.texts)[1]
 
     def embed(self, emb: torch.Tensor, class_ids: Sequence[int], t1: torch.Tensor) -> torch.Tensor:
         """[len(class_ids), D] class embeddings from `emb`, the embeddings of `distinct()` with the current weights
