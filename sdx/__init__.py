@@ -18,7 +18,8 @@ sdx/models/         classifiers.py (image classifiers, LoRA), clip.py (CLIP load
 sdx/train/          args.py, job.py (the one trainer skeleton), loop.py, checkpoints.py, outputs.py, pixels.py,
                     losses.py, runmeta.py (the run-metadata record), vit.py, clip.py
 sdx/bench/          tasks.py (orchestrator), vision/txty/fewshot/probe/transfer/retrieval/localize.py (one per
-                    task), zeroshot.py, models.py, data.py, embeddings.py, cache.py, cli.py
+                    task), adapters.py (CLIP-Adapter, Tip-Adapter(-F) on cached features), zeroshot.py,
+                    models.py, data.py, embeddings.py, cache.py, cli.py
 sdx/report/         results.json, report.md, plots, the data gallery
 sdx/metrics.py      accuracy, mAcc, macro-F1, retrieval recall, pixel AUROC / F1-max / IoU
 sdx/redact.py       the secrets rule: every recorded command line and argument dump goes through it

@@ -17,7 +17,9 @@ Steps (each one calls the `main(argv)` of the matching command line, so nothing 
             and one more on the seen classes only (every 4th class with images, from the 2nd, held out), for
             the cross-class zero-shot transfer of task 4
 4. bench    run every benchmark task on them (``eval_benchmark.py``), with any ``--external_data`` set as a
-            transfer (and localization) target: ``OUT/bench/report.md`` and its plots
+            transfer (and localization) target: ``OUT/bench/report.md`` and its plots; Task 2 also gets the
+            paper's rows, a CLIP-Adapter per level of ``--adapter_levels`` trained on the cached features of the
+            frozen base (``--clip_model_name_or_path``, else a random-init CLIP saved once in ``OUT/clip_base``)
 
 Every number in the report names its data (synthetic data is flagged as such, never passed off as real) and
 each model's origin (random initialisation or the pretrained checkpoint it started from).
@@ -39,7 +41,7 @@ from transformers import HfArgumentParser
 from sdx.bench import cli as bench_cli
 from sdx.data import levels as T
 from sdx.data.builder import build_report, format_report, load_steeldefectx
-from sdx.data.layout import data_source
+from sdx.data.layout import data_source, is_synthetic_dir
 from sdx.data.synthetic import default_dataset_dir
 from sdx.redact import redact
 from sdx.report.gallery import data_gallery
@@ -47,6 +49,7 @@ from sdx.train import clip as train_clip
 from sdx.train import vit as train_vit
 from sdx.train.args import check_ranges
 from sdx.train.outputs import output_lock, refuse_foreign_folder
+from sdx.train.runmeta import RunMetadata
 
 PIPELINE_FILE = "pipeline.json"
 
@@ -107,6 +110,9 @@ class PipelineArguments:
     clip_levels: str = field(default="t0,t1,t4", metadata=_help(
         "caption levels to train one CLIP each with (rows of the Tx-Ty matrix)"))
     clip_method: Literal["full", "lora", "adapter"] = "full"
+    adapter_levels: str = field(default="t0,t1,t2,t3,t4", metadata=_help(
+        "levels of Task 2's CLIP-Adapter rows, trained by the benchmark on the frozen base's cached features "
+        "('none' skips them)"))
     transfer_level: str = field(default="t1", metadata=_help(
         "caption level of the extra CLIP trained on seen classes only (task 4 cross-class); 'none' skips it"))
     tasks: str = field(default="all", metadata=_help("benchmark tasks (see eval_benchmark.py --help)"))
@@ -210,7 +216,7 @@ def _clip_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, clip_d
 
 
 def _bench_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, bench_dir: Path, vit_dir: Path,
-                clip_dirs: dict[str, tuple[str, Path]]) -> list[str]:
+                clip_dirs: dict[str, tuple[str, Path]], adapter_base: str | None = None) -> list[str]:
     argv = ["--data_dir", data_dir, "--output_dir", str(bench_dir), "--tasks", args.tasks,
             "--vision_model_name_or_path", str(vit_dir),
             "--shots", str(s["shots"] if args.shots is None else args.shots),
@@ -220,7 +226,25 @@ def _bench_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, bench
         argv += ["--external_data", item]
     for name, (level, path) in clip_dirs.items():
         argv += ["--model_name_or_path", f"{level}:{name}={path}"]
+    if adapter_base:
+        argv += ["--adapter_base_model", adapter_base, "--adapter_levels", args.adapter_levels]
     return argv
+
+
+def _adapter_base(args: PipelineArguments, s: dict[str, Any], ds, out: Path, data_dir: str) -> str | None:
+    """The frozen CLIP of Task 2's adapter rows: --clip_model_name_or_path, else a random-init CLIP (the
+    trainer's own preset and tokenizer) saved once in OUT/clip_base; None when --adapter_levels is 'none'."""
+    if args.adapter_levels.strip().lower() == "none":
+        return None
+    if args.clip_model_name_or_path:
+        return args.clip_model_name_or_path
+    m = train_clip.ClipModelArguments(model_size="tiny", image_size=s["image_size"])
+    model, processor, origin = train_clip.build_clip(m, args.seed, ds["train"], ds)
+    model.save_pretrained(out / "clip_base")
+    processor.save_pretrained(out / "clip_base")
+    RunMetadata(kind="clip", origin=origin, method="none (frozen base)", seed=args.seed, data=data_dir,
+                synthetic=is_synthetic_dir(data_dir)).write(out / "clip_base")
+    return str(out / "clip_base")
 
 
 def _clip_runs(args: PipelineArguments, class_names: list[str]) -> tuple[list[tuple[str, str, list[str]]], list]:
@@ -282,7 +306,8 @@ def _run_steps(args: PipelineArguments) -> dict:
     timings["clip_s"] = time.perf_counter() - t
 
     t = _step("4/4 benchmark (eval_benchmark.py)")
-    results = bench_cli.main(_bench_argv(args, s, data_dir, out / "bench", out / "vit", clip_dirs))
+    base = _adapter_base(args, s, ds, out, data_dir)
+    results = bench_cli.main(_bench_argv(args, s, data_dir, out / "bench", out / "vit", clip_dirs, base))
     timings["bench_s"] = time.perf_counter() - t
 
     summary = {"output_dir": str(out), "gallery": str(gallery), "report": results["meta"]["outputs"]["report"],

@@ -187,14 +187,18 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     for r in rows.values():
         assert set(r["results"]) == {"t0", "t1", "t2", "t3", "t4"}
         assert all(c["available"] and c["n"] == len(small_ds["test"]) for c in r["results"].values())
-    # Task 3: zero-shot per level, both few-shot methods for every k, mean over the two seeds
-    for model in ("clip_t1", "clip_t4"):
+    # Task 3: zero-shot per level, the five few-shot methods for every k, mean over the two seeds; the class text
+    # is the model's own training level
+    for model, level in (("clip_t1", "t1"), ("clip_t4", "t4")):
+        assert res["task3"][model]["few_shot_text"]["level"] == level
+        assert res["task3"][model]["few_shot_protocol"]["validation"] == "carve-out"
         fs = res["task3"][model]["few_shot"]
-        for method in ("linear_probe", "tip_adapter"):
+        assert list(fs) == list(fewshot.METHODS)
+        for method in fewshot.METHODS:
             assert set(fs[method]) == {"1", "2"}
             for cell in fs[method].values():
                 assert cell["seeds"] == [1, 2]
-                assert method == "tip_adapter" or all(isinstance(r["converged"], bool) for r in cell["runs"])
+                assert method != "linear_probe" or all(isinstance(r["converged"], bool) for r in cell["runs"])
                 assert cell["acc_mean"] == pytest.approx(np.mean([r["acc"] for r in cell["runs"]]))
     # Task 4: cross-class from metadata for clip_t4, flagged fallback for clip_t1; the external set
     cc4 = res["task4"]["clip_t4"]["cross_class"]
@@ -221,6 +225,11 @@ def test_all_tasks_end_to_end(full_run, small_ds):
         assert (out / png).stat().st_size > 1000, png
     md = (out / "report.md").read_text()
     assert "96.34" in md and "94.45 / 93.66" in md and "78.96" in md  # paper numbers beside ours
+    lines = md.splitlines()  # each paper few-shot curve right under the method it belongs to
+    for ours, paper in (("| ours: CLIP-Adapter |", "| paper: Long-CLIP-Adapter ("),
+                        ("| ours: Tip-Adapter-F |", "| paper: Tip-Adapter-F (")):
+        at = [i for i, line in enumerate(lines) if line.startswith(ours)]
+        assert at and all(lines[i + 1].startswith(paper) for i in at), ours
     assert "random-init" in md and "| T4 | adapter | 0 |" in md and "seeds [1, 2]" in md
     # origin from the run record; a checkpoint without one says so
     assert "| clip_t1 | clip | unknown (no sdx_run.json in the checkpoint) | unknown (no run record) |" in md
@@ -234,8 +243,11 @@ def test_all_tasks_end_to_end(full_run, small_ds):
 def test_selected_hyperparameters_all_on_validation(full_run):
     res, _ = full_run
     hp = res["hyperparameters"]
-    # 2 models x 2 k x 2 seeds x (C + alpha + beta)
-    assert len(hp) == 2 * 2 * 2 * 3
+    # 2 models x 2 k x 2 seeds x (C, Tip-Adapter alpha + beta, Tip-Adapter-F epoch + alpha + beta, ratio + epoch)
+    assert len(hp) == 2 * 2 * 2 * 8
+    assert {(h["method"], h["name"]) for h in hp} == {
+        ("linear_probe", "C"), ("tip_adapter", "alpha"), ("tip_adapter", "beta"), ("tip_adapter_f", "epoch"),
+        ("tip_adapter_f", "alpha"), ("tip_adapter_f", "beta"), ("clip_adapter", "ratio"), ("clip_adapter", "epoch")}
     assert {h["selected_on"] for h in hp} == {"validation"}
     assert all(h["value"] in h["grid"] for h in hp)
 
@@ -268,7 +280,7 @@ def test_selection_never_sees_test(small_ds, models, tmp_path):
     b = Benchmark(other, **kw)
     b.run(["task3"])
     pick = lambda bench: [(h["method"], h["k"], h["name"], h["value"]) for h in bench.hyperparameters]
-    assert len(pick(a)) == 2 * 3  # k 1 and 2 x (C, alpha, beta): nothing passes vacuously
+    assert len(pick(a)) == 2 * 8  # k 1 and 2 x the 8 selections of a cell: nothing passes vacuously
     assert pick(a) == pick(b)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sdx.bench import data as bench_data
 from sdx.bench import models as bench_models
-from sdx.bench import retrieval, transfer, zeroshot
+from sdx.bench import retrieval, transfer, txty, zeroshot
 from sdx.data import builder, levels
 from sdx.models import clip as clip_model
 from sdx.models import prompts
@@ -18,7 +18,7 @@ def test_text_levels_and_fallbacks_are_defined_once():
     # the trainer and the builder resolve levels through the one levels module
     assert train_clip.T is levels and builder.T is levels
     # the evaluator's captions are the builder's, which read the levels module's fallback-free texts
-    assert zeroshot.caption_texts is builder.caption_texts is retrieval.caption_texts
+    assert zeroshot.caption_texts is builder.caption_texts is retrieval.caption_texts is txty.caption_texts
     assert zeroshot.normalize_level is levels.normalize_level is bench_models.normalize_level
     assert zeroshot.t0_prompt is levels.t0_prompt is transfer.t0_prompt
     assert "caption_texts" in (bench_data.__doc__ or "")
@@ -33,6 +33,9 @@ def test_clip_encoder_and_zero_shot_rule_are_defined_once():
     assert bench_models.ClipEncoder is clip_model.ClipEncoder
     # class embeddings from sample-level captions (T2-T4): one function for validation and the benchmark
     assert train_clip.caption_mean_embeddings is zeroshot.caption_mean_embeddings is prompts.caption_mean_embeddings
+    # the distinct captions of a column (each encoded once): validation, retrieval, caption-trained CLIP-Adapters
+    assert train_clip.distinct_captions is retrieval.distinct_captions is txty.distinct_captions \
+        is prompts.distinct_captions
 
 
 def test_run_metadata_is_one_record_written_by_both_trainers_and_read_by_the_evaluator():

@@ -85,7 +85,10 @@ def assert_report_baselines(md: str, res: dict) -> None:
     t2 = _section(md, "## Task 2")
     assert chance_row in t2 and "Paper rows' setting: pretrained weights + CLIP-Adapter" in t2
     assert f"| {chance['majority_acc']:.2f} / {chance['uniform']:.2f} |" in t2
-    assert chance_row in _section(md, "## Task 3")
+    t3 = _section(md, "## Task 3")
+    assert chance_row in t3
+    tables = len(res["task3"]) + sum(1 for r in res["task3"].values() if r.get("few_shot"))
+    assert t3.count(chance_row) == tables  # one under every zero-shot and every few-shot table
     t4 = _section(md, "## Task 4")
     for model, r in res["task4"].items():
         row = next(line for line in t4.splitlines() if line.startswith(f"| ours: {model} |"))
@@ -229,3 +232,46 @@ def test_pipeline_passes_external_data_to_the_benchmark(tmp_path):
     assert argv[argv.index("--external_data") + 1] == str(tmp_path / "tiles")
     with pytest.raises(ValueError, match="--external_data: folder .*missing not found"):
         pipeline.parse_args(["--external_data", str(tmp_path / "missing")])
+
+
+def _few_shot(acc: dict[str, float]) -> dict:
+    """A task-3 few-shot summary as sdx.bench.fewshot writes it: k 1 and 8, two seeds, Acc k + value +- 1."""
+    from sdx.bench.fewshot import summarize
+
+    run = lambda a, seed: {"seed": seed, "acc": a, "macc": a - 2, "n": 10}
+    return summarize({m: {k: [run(a + k - 1, 1), run(a + k + 1, 2)] for k in (1, 8)} for m, a in acc.items()})
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_few_shot_table_chance_row_paper_curves_beside_their_methods_and_the_protocol(results, strict, tmp_path):
+    from sdx.bench.fewshot import METHODS, protocol
+    from sdx.report.plots import plot_kshot
+
+    fs = _few_shot({m: 20.0 + 10 * i for i, m in enumerate(METHODS)})
+    bench = type("B", (), {"fewshot_validation": 2 if strict else None})()
+    results["task3"]["clip_t1"].update(few_shot=fs, few_shot_protocol=protocol(bench),
+                                       few_shot_text={"level": "t1", "why": "the model's training level (T1)"})
+    md = markdown.render_markdown(results)
+    t3 = _section(md, "## Task 3")
+    lines = t3.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("Few-shot, test Acc"))
+    assert ("2 validation images per class" in lines[head]) is strict
+    assert ("the whole validation split" in lines[head]) is not strict
+    table = lines[head + 2:lines.index("", head + 2)]
+    assert table[0] == "| method | k=1 | k=8 |"
+    # every method with mean +- std (zero-shot without spread), each paper curve right under its own method
+    assert table[2] == "| ours: zero-shot (T1, no shots) | 21.00 | 28.00 |"
+    assert table[3] == "| ours: linear probe | 31.00 +- 1.41 | 38.00 +- 1.41 |"
+    for ours, paper in (("| ours: Tip-Adapter-F |", "| paper: Tip-Adapter-F (Long-CLIP ViT-L/14, full release"),
+                        ("| ours: CLIP-Adapter |", "| paper: Long-CLIP-Adapter (Long-CLIP ViT-L/14, full release")):
+        at = next(i for i, line in enumerate(table) if line.startswith(ours))
+        assert table[at + 1].startswith(paper) and "approx., read off a figure; v1) | ~" in table[at + 1]
+    assert sum(line.startswith("| paper:") for line in table) == 2
+    assert table[-1] == "| chance: 1/4 classes; Acc: always the majority class (C) | 40.00 | 40.00 |"
+    differs = next(line for line in t3.splitlines() if line.startswith("This model's setting differs"))
+    assert "family not recorded, the paper's is Long-CLIP" in differs and "10 test images" in differs
+    assert "trained on this run's data (random-init" in differs
+    assert "Paper few-shot rows' setting: pretrained Long-CLIP ViT-L/14" in t3 and "best TEST accuracy" in t3
+    png = plot_kshot(results["task3"], tmp_path / "k.png", "t", markdown.PAPER["few_shot"]["curves"],
+                     markdown.PAPER["few_shot"]["label"], results["chance"]["test"])
+    assert png.stat().st_size > 1000

@@ -72,6 +72,13 @@ class BenchmarkArguments(DatasetArguments):
                 "for the Tx-Ty matrix; prefix a level tag (t0..t4 or an alias, e.g. 't3=outputs/clip_t3', "
                 "optionally 't3:name=PATH') to state the caption level the model was trained with; without a tag "
                 "the level is read from the checkpoint's run metadata (sdx_run.json)."})
+    adapter_base_model: list[str] = field(default_factory=list, metadata={
+        "action": "extend", "metavar": "PATH",
+        "help": "frozen CLIP (local dir or Hub id) for Task 2's CLIP-Adapter rows, repeatable: one adapter per level "
+                "of --adapter_levels is trained on its cached training-image features (the paper's Tx-Ty setting); "
+                "its own zero-shot row is shown beside them"})
+    adapter_levels: str = field(default=_join(LEVELS), metadata={
+        "help": "training levels of the Task 2 adapter rows (with --adapter_base_model)"})
     vision_model_name_or_path: str | None = field(default=None, metadata={
         "metavar": "PATH",
         "help": "image-classification checkpoint for Task 1 (config.id2label must name the dataset classes)"})
@@ -90,6 +97,10 @@ class BenchmarkArguments(DatasetArguments):
     levels: str = field(default=_join(LEVELS), metadata={"help": "prompt levels evaluated"})
     shots: str = field(default=_join(DEFAULT_SHOTS), metadata={"help": "few-shot k values"})
     seeds: str = field(default=_join(DEFAULT_SEEDS), metadata={"help": "few-shot seeds"})
+    fewshot_validation: int | None = field(default=None, metadata={
+        "metavar": "N",
+        "help": "strict few-shot protocol: select every hyper-parameter on N validation images per class (the "
+                "builder's N-shot draw from the validation split, per seed); default: the whole validation split"})
     external_data: list[str] = field(default_factory=list, metadata={
         "action": "extend", "metavar": "DIR[=DESCRIPTIONS.json]",
         "help": "Task 4a external set: DIR holds one sub-folder of images per class; the JSON {class: description} "
@@ -119,9 +130,12 @@ class BenchmarkArguments(DatasetArguments):
         super().__post_init__()
         self.data_dir = choose_data(self.data_dir, self.dataset_name)
         tasks = self.task_list
-        _ = self.level_list, self.shot_list, self.seed_list
-        if not self.model_name_or_path and [t for t in tasks if t != "task1"]:
+        _ = self.level_list, self.shot_list, self.seed_list, self.adapter_level_list
+        if not self.model_name_or_path and [t for t in tasks if t not in ("task1", "task2")
+                                            or (t == "task2" and not self.adapter_base_model)]:
             raise ValueError(f"--model_name_or_path is required for tasks other than task1 (asked: {', '.join(tasks)})")
+        if self.fewshot_validation is not None and self.fewshot_validation < 1:
+            raise ValueError(f"--fewshot_validation: expected an integer >= 1, got {self.fewshot_validation}")
         if "task1" in tasks and not self.vision_model_name_or_path and self.tasks.strip() != "all":
             raise ValueError("task1 needs --vision_model_name_or_path (an image-classification checkpoint)")
         if self.max_seq_length is not None and self.max_seq_length < 3:
@@ -145,6 +159,13 @@ class BenchmarkArguments(DatasetArguments):
             return [normalize_level(lv) for lv in self.levels.split(",") if lv.strip()]
         except ValueError as err:
             raise ValueError(f"--levels: {err}") from None
+
+    @property
+    def adapter_level_list(self) -> list[str]:
+        try:
+            return [normalize_level(lv) for lv in self.adapter_levels.split(",") if lv.strip()]
+        except ValueError as err:
+            raise ValueError(f"--adapter_levels: {err}") from None
 
     @property
     def shot_list(self) -> list[int]:
@@ -255,10 +276,13 @@ def _run(args: BenchmarkArguments, out: Path, argv: list[str]) -> dict:
         cache_dir=args.embedding_cache_dir or out / "cache", batch_size=args.batch_size, shots=args.shot_list,
         seeds=args.seed_list, levels=args.level_list, external=args.external_sets, unseen_classes=args.unseen_list,
         max_eval_samples=args.max_eval_samples, progress=not args.no_progress, device=args.device,
-        max_seq_length=args.max_seq_length, truncation_warning_share=args.truncation_warning_share)
+        max_seq_length=args.max_seq_length, truncation_warning_share=args.truncation_warning_share,
+        fewshot_validation=args.fewshot_validation, adapter_bases=args.adapter_base_model,
+        adapter_levels=args.adapter_level_list)
     results = bench.run(args.task_list)
     results["meta"] = {"data": describe_data(args, ds), "tasks": args.task_list, "levels": args.level_list,
                        "shots": args.shot_list, "seeds": args.seed_list, "max_eval_samples": args.max_eval_samples,
+                       "fewshot_validation": args.fewshot_validation,
                        "splits": results.pop("splits"), "dataset_config": args.dataset_config_name,
                        "argv": argv}
     results["meta"]["data"]["config"] = args.dataset_config_name

@@ -14,8 +14,8 @@ from PIL import Image
 
 from sdx.bench.cache import model_fingerprint, sha1
 from sdx.data.levels import normalize_level
-from sdx.models.clip import (TRUNCATION_WARNING_SHARE, ClipEncoder, TruncationCounter, load_clip_parts, model_lineage,
-                             text_positions, vision_architecture)
+from sdx.models.clip import (TRUNCATION_WARNING_SHARE, ClipEncoder, TruncationCounter, adapter_base, load_clip_parts,
+                             model_lineage, text_positions, vision_architecture)
 from sdx.train.runmeta import RUN_META_FILE, RunMetadata
 
 TEXT_BATCH = 128  # texts per text-encoder batch (at least --batch_size)
@@ -50,6 +50,16 @@ def _level_or_raw(value) -> str:
         return str(value).strip().lower()
 
 
+def clip_fingerprint(path: str) -> str:
+    """The cache key of a CLIP-family checkpoint: its own fingerprint, and for an adapter folder whose base lies
+    outside it, the base's too (a retrained base must not reuse the adapter's cached embeddings)."""
+    own = model_fingerprint(path)
+    base = adapter_base(path) if Path(path).is_dir() else None
+    if base is None or Path(base).resolve().is_relative_to(Path(path).resolve()):
+        return own
+    return sha1(own + model_fingerprint(base))
+
+
 def _read_run(path: str) -> RunMetadata | None:
     return RunMetadata.read(path) if Path(path).is_dir() else None
 
@@ -75,7 +85,7 @@ class BenchClip(ClipEncoder):
         self.path = str(name_or_path)
         super().__init__(*load_clip_parts(self.path), device=device, max_length=max_length)
         self.label = label or Path(self.path).name or self.path
-        self.fingerprint = model_fingerprint(self.path)
+        self.fingerprint = clip_fingerprint(self.path)
         # text embeddings depend on the token budget too (--max_seq_length)
         self.text_fingerprint = sha1(f"{self.fingerprint}|max_length={self.max_length}")
         self.truncation = TruncationCounter(self.tokenizer, self.max_length, text_positions(self.base),

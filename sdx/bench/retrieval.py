@@ -10,20 +10,19 @@ import numpy as np
 from sdx import metrics as M
 from sdx.bench.zeroshot import SAMPLE_LEVELS
 from sdx.data.builder import caption_texts
+from sdx.models.prompts import distinct_captions
 
 if TYPE_CHECKING:
     from sdx.bench.tasks import Benchmark
 
 
 def _one_level(bench: Benchmark, enc, img: np.ndarray, caps: list[str], level: str) -> dict:
-    rows = [i for i, t in enumerate(caps) if t and t.strip()]
-    if not rows:
+    rows, uniq, index = distinct_captions(caps)  # the text gallery: distinct captions
+    if not len(rows):
         return {"available": False, "reason": f"no test caption at level {level.upper()}"}
-    uniq = sorted({caps[i] for i in rows})  # the text gallery: distinct captions
-    pos = {t: j for j, t in enumerate(uniq)}
     sim = img[rows] @ bench.cache.texts(enc, uniq, level).T
     rel = np.zeros(sim.shape, dtype=bool)
-    rel[np.arange(len(rows)), [pos[caps[i]] for i in rows]] = True
+    rel[np.arange(len(rows)), index] = True
     return {"available": True, "images": len(rows), "texts": len(uniq),
             "i2t": M.retrieval_recall(sim, rel), "t2i": M.retrieval_recall(sim.T, rel.T),
             "chance": {"i2t": M.retrieval_chance(rel), "t2i": M.retrieval_chance(rel.T)}}

@@ -38,7 +38,8 @@ class Benchmark:
                  levels: Sequence[str] = LEVELS, external: Sequence[tuple[str, str | None]] = (),
                  unseen_classes: Sequence[str] | None = None, max_eval_samples: int | None = None,
                  progress: bool = True, device: str | None = None, max_seq_length: int | None = None,
-                 truncation_warning_share: float = TRUNCATION_WARNING_SHARE):
+                 truncation_warning_share: float = TRUNCATION_WARNING_SHARE, fewshot_validation: int | None = None,
+                 adapter_bases: Sequence[str] = (), adapter_levels: Sequence[str] = LEVELS):
         for split in ("train", "validation", "test"):
             if split not in ds:
                 raise ValueError(f"dataset has no {split!r} split (splits: {list(ds)})")
@@ -46,11 +47,14 @@ class Benchmark:
         self.class_names = list(ds["train"].features["label"].names)
         self.batch_size, self.device, self.progress = batch_size, device, progress
         self.shots, self.seeds = [int(k) for k in shots], [int(s) for s in seeds]
+        self.fewshot_validation = int(fewshot_validation) if fewshot_validation else None  # None: the carve-out
         self.levels = [normalize_level(lv) for lv in levels]
         self.external = list(external)
         self.unseen_arg = list(unseen_classes) if unseen_classes else None
         self.specs = [parse_model_arg(m) if isinstance(m, str) else m for m in clip_models]
         self.vision_path = vision_model
+        self.adapter_bases = [str(b) for b in adapter_bases]  # frozen CLIPs of task 2's CLIP-Adapter rows
+        self.adapter_levels = [normalize_level(lv) for lv in adapter_levels]
         self.max_eval_samples = max_eval_samples
         self.max_seq_length, self.truncation_warning_share = max_seq_length, truncation_warning_share
         self.cache = EmbeddingCache(cache_dir, progress=progress)
@@ -63,6 +67,7 @@ class Benchmark:
         self._encoders: list[BenchClip] | None = None
         self._masks: dict[str, list] = {}
         self._external_sets: list[ExternalSet] | None = None
+        self._bases: list[BenchClip] | None = None
         self._cands: list[int] | None = None
 
     def split(self, name: str) -> ImageSet:
@@ -92,6 +97,15 @@ class Benchmark:
             self._masks[name] = self.split(name).masks()
         return self._masks[name]
 
+    def adapter_encoders(self) -> list[BenchClip]:
+        """The frozen bases of task 2's adapter rows (an evaluated model of the same path is reused)."""
+        if self._bases is None:
+            loaded = {e.path: e for e in (self._encoders or [])}
+            self._bases = [loaded.get(p) or load_clip_models([ModelSpec(path=p)], self.batch_size, self.device,
+                                                             self.max_seq_length, self.truncation_warning_share)[0]
+                           for p in self.adapter_bases]
+        return self._bases
+
     def test_masks(self) -> list[np.ndarray | None]:
         return self.masks("test")
 
@@ -116,11 +130,16 @@ class Benchmark:
         record.setdefault("selected_on", "validation")
         self.hyperparameters.append(record)
 
+    def loaded_models(self) -> list[BenchClip]:
+        """The CLIPs this run loaded: the evaluated ones, then the adapter bases not among them."""
+        encoders = list(self._encoders or [])
+        return encoders + [b for b in self._bases or [] if b not in encoders]
+
     def text_budget(self) -> dict:
         """Per CLIP: the token budget and, per text level, the texts it truncated; printed, and warned about
         above the warning share."""
         out = {}
-        for enc in self._encoders or []:
+        for enc in self.loaded_models():
             out[enc.label] = summary = enc.truncation.summary()
             print("\n".join(format_truncation(summary, enc.label)), flush=True)
             for message in truncation_warnings(summary, enc.label):
@@ -132,7 +151,7 @@ class Benchmark:
         unknown = [t for t in tasks if t not in TASK_FUNCTIONS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}: use one of {', '.join(TASKS)} or 'all'")
-        needs_clip = [t for t in tasks if t != "task1"]
+        needs_clip = [t for t in tasks if t != "task1" and not (t == "task2" and self.adapter_bases)]
         if needs_clip and not self.specs:
             raise ValueError(f"tasks {needs_clip} need --model_name_or_path (a CLIP-family checkpoint)")
         if "localization" in tasks:  # patch tokens of square images come out of the embedding pass of each set
@@ -147,7 +166,7 @@ class Benchmark:
             results[t] = TASK_FUNCTIONS[t](self)
             self.timings[t] = time.perf_counter() - start
         results["chance"] = {"test": self.chance()}
-        results["models"] = [e.describe() for e in self._encoders] if self._encoders else []
+        results["models"] = [e.describe() for e in self.loaded_models()]
         results["text_budget"] = self.text_budget()
         results["hyperparameters"] = self.hyperparameters
         results["support_sets"] = self.support_sets

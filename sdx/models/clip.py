@@ -1,9 +1,12 @@
 """CLIP models: loading (Hub id or local dir), from-scratch presets with a local tokenizer, encoding, LoRA and
 the CLIP-Adapter.
 
-* Loading: `load_clip(name_or_path)` takes a Hub id or a local dir. A dir written by train_clip.py may hold a
-  CLIP-Adapter (files CLIP_ADAPTER_CONFIG + CLIP_ADAPTER_WEIGHTS beside the frozen CLIP): it then returns a
-  `ClipWithAdapter`, which has the same get_image_features / get_text_features interface.
+* Loading: `load_clip(name_or_path)` takes a Hub id or a local dir. An adapter folder (a CLIP-Adapter:
+  CLIP_ADAPTER_CONFIG + CLIP_ADAPTER_WEIGHTS; or unmerged LoRA in peft's format) holds the adapter only and names
+  its base: `load_clip` composes base + adapter (a `ClipWithAdapter`, same get_image_features /
+  get_text_features interface, or the LoRA merged into its base). Such a folder has no config.json of a full
+  model, so stock loaders refuse it instead of silently running the base. A base that exists nowhere else (random
+  initialisation) is saved once in its BASE_SUBFOLDER and named by that relative path.
 * From scratch: `build_clip_from_scratch(size, texts)` with a size preset of CLIP_PRESETS (tiny / small / base)
   and a byte-level BPE tokenizer trained locally on `texts` (no download) with CLIP's normaliser, pre-tokeniser,
   "</w>" word suffix and special tokens (<|startoftext|> id 0, <|endoftext|> id 1 = eos = pad); every byte
@@ -18,7 +21,8 @@ the CLIP-Adapter.
   position stretch (`stretch_text_positions`, `keep_position_rows`) and the ``sdx_lineage`` config record
   (docs/long_captions.md).
 * LoRA: peft on q_proj / k_proj / v_proj / out_proj of the chosen towers (vision, text, both); everything else
-  frozen. Saved merged (plain CLIPModel) with the LoRA weights in the `lora/` subfolder.
+  frozen. train_clip.py saves it merged (plain CLIPModel, the LoRA weights in `lora/`) or unmerged (peft's format
+  only, `base_model_name_or_path` always set).
 * CLIP-Adapter (Gao et al.): image feature f -> alpha * MLP(f) + (1 - alpha) * f, MLP = Linear(D, D/r) - ReLU
   - Linear(D/r, D) - ReLU without biases; alpha 0.2 and reduction r 4 by default; CLIP itself frozen.
 """
@@ -47,6 +51,9 @@ CLIP_PRESETS: dict[str, dict[str, Any]] = {
 }
 CLIP_ADAPTER_CONFIG = "clip_adapter_config.json"
 CLIP_ADAPTER_WEIGHTS = "clip_adapter.safetensors"
+CLIP_ADAPTER_FORMAT = 2   # 2: the adapter only, the base named; 1 (read only): a full copy of the base beside it
+PEFT_CONFIG = "adapter_config.json"
+BASE_SUBFOLDER = "base"   # where an adapter folder keeps a base that exists nowhere else (random initialisation)
 LORA_TOWERS = ("vision", "text", "both")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 DEFAULT_TEXT_LENGTH = 77          # CLIP's text positions, for a model whose config names none
@@ -112,6 +119,8 @@ def load_clip(model_name_or_path: str, **kwargs):
         raise ValueError(f"--model_name_or_path {model_name_or_path}: a file, expected a Hub id or a directory")
     if path.is_dir() and (path / CLIP_ADAPTER_CONFIG).is_file():
         return ClipWithAdapter.from_pretrained(path, **kwargs)
+    if path.is_dir() and (path / PEFT_CONFIG).is_file() and not (path / "config.json").is_file():
+        return load_clip_lora(path, **kwargs)
     if path.is_dir() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path / 'config.json'}: missing; --model_name_or_path must be a Hub id or a "
                                 "directory written by save_pretrained")
@@ -545,20 +554,25 @@ class ClipWithAdapter(nn.Module):
         return _embedding_from_output(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask,
                                                                   **kwargs), "text")
 
-    def save_pretrained(self, save_directory, **kwargs) -> None:
+    def save_pretrained(self, save_directory, base_model_name_or_path: Optional[str] = None, processor=None) -> None:
+        """Write the adapter only: CLIP_ADAPTER_WEIGHTS and CLIP_ADAPTER_CONFIG (type, format, the base, the
+        adapter's shape). The base is named (`base_reference`): a Hub id or a local folder as given, or, without
+        one, saved once with ``processor`` in BASE_SUBFOLDER."""
         from safetensors.torch import save_file
 
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        self.clip.save_pretrained(out, **kwargs)
-        cfg = dict(self.adapter.config_dict(), type="clip-adapter")
+        base = base_reference(out, base_model_name_or_path, self.clip, processor)
+        cfg = {"type": "clip-adapter", "format": CLIP_ADAPTER_FORMAT, "base_model_name_or_path": base,
+               **self.adapter.config_dict()}
         (out / CLIP_ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
         save_file({k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()},
                   str(out / CLIP_ADAPTER_WEIGHTS))
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):
-        """(ClipWithAdapter, processor) from a dir written by save_pretrained (+ the processor beside it)."""
+        """(ClipWithAdapter, processor) from an adapter folder: its base (`adapter_base`) with the adapter on it,
+        and the processor saved in the folder."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoProcessor
 
@@ -576,10 +590,66 @@ class ClipWithAdapter(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{w_file}: weights do not match the config (missing {missing}, unexpected "
                              f"{unexpected})")
-        clip = AutoModel.from_pretrained(str(path), **kwargs)
+        base = adapter_base(path)
+        try:
+            clip = AutoModel.from_pretrained(base, **kwargs)
+        except OSError as err:
+            raise OSError(f"{cfg_file}: cannot load its base model {base!r} ({err})") from err
         processor = AutoProcessor.from_pretrained(str(path))
         _fix_tokenizer_max_length(processor, clip)
         return cls(clip, adapter), processor
+
+
+def base_reference(folder: Path, base_model_name_or_path: Optional[str], base_model=None, processor=None) -> str:
+    """How an adapter folder names its base: a local folder by its absolute path, a Hub id as given; without a
+    name (a randomly initialised base, which exists nowhere else) ``base_model`` and ``processor`` are saved once
+    in ``folder/BASE_SUBFOLDER`` and named by that relative path."""
+    if base_model_name_or_path:
+        local = Path(base_model_name_or_path)
+        return str(local.resolve()) if local.is_dir() else str(base_model_name_or_path)
+    if base_model is None:
+        raise ValueError(f"{folder}: an adapter whose base has no name needs the base model, to save it beside it")
+    base_model.save_pretrained(folder / BASE_SUBFOLDER)
+    if processor is not None:
+        processor.save_pretrained(folder / BASE_SUBFOLDER)
+    return BASE_SUBFOLDER
+
+
+def adapter_base(folder) -> Optional[str]:
+    """The loadable base of an adapter folder (CLIP-Adapter or peft LoRA), None for a folder that is not one:
+    a relative name is resolved inside the folder; a format-1 CLIP-Adapter folder is its own base."""
+    folder = Path(folder)
+    if (folder / CLIP_ADAPTER_CONFIG).is_file():
+        try:
+            name = json.loads((folder / CLIP_ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        except ValueError as err:
+            raise ValueError(f"{folder / CLIP_ADAPTER_CONFIG}: not valid JSON ({err})") from err
+        if not name and (folder / "config.json").is_file():
+            return str(folder)
+    elif (folder / PEFT_CONFIG).is_file() and not (folder / "config.json").is_file():
+        name = json.loads((folder / PEFT_CONFIG).read_text()).get("base_model_name_or_path")
+    else:
+        return None
+    if not name:
+        raise ValueError(f"{folder}: the adapter names no base model (field 'base_model_name_or_path' is empty)")
+    inside = folder / name
+    return str(inside) if not Path(name).is_absolute() and inside.is_dir() else str(name)
+
+
+def load_clip_lora(path, **kwargs):
+    """(CLIP with the LoRA weights merged, processor) from an unmerged LoRA folder in peft's format."""
+    from peft import PeftModel
+    from transformers import AutoModel, AutoProcessor
+
+    base = adapter_base(path)
+    try:
+        model = AutoModel.from_pretrained(base, **kwargs)
+    except OSError as err:
+        raise OSError(f"{Path(path) / PEFT_CONFIG}: cannot load its base model {base!r} ({err})") from err
+    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    processor = AutoProcessor.from_pretrained(str(path))
+    _fix_tokenizer_max_length(processor, model)
+    return model, processor
 
 
 def clip_embed_dim(model) -> int:

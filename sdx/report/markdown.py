@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from sdx.report.plots import SYNTHETIC_TAG, plot_confusion, plot_kshot, plot_overlays, plot_txty
+from sdx.report.plots import (
+    FEWSHOT_METHOD_LABELS,
+    FEWSHOT_PAPER_METHOD,
+    SYNTHETIC_TAG,
+    plot_confusion,
+    plot_kshot,
+    plot_overlays,
+    plot_txty,
+)
 
 # The paper's numbers (reference section 3), each with the setting it measures (model, data, training); a paper
 # number is printed beside ours only where that setting is the one our row measures.
@@ -35,8 +43,13 @@ PAPER = {
     "zero_shot": {"values": {"t0": 7.57, "t1": 11.27},  # Acc
                   "setting": ("a pretrained CLIP-family model with NO training on SteelDefectX (untuned "
                               f"zero-shot), on {PAPER_VAL}; paper v1")},
-    "few_shot": {  # Acc, approx (read off a figure), k = 1 and 8
+    "few_shot": {"curves": {  # Acc at k = 1 and 8, approximate: read off a figure
         "Long-CLIP-Adapter": {1: 60.0, 8: 88.0}, "Tip-Adapter-F": {1: 55.0, 8: 85.0}},
+        "label": "Long-CLIP ViT-L/14, full release, approx., read off a figure; v1",
+        "setting": ("pretrained Long-CLIP ViT-L/14 (no other training on SteelDefectX) + the method, trained on a "
+                    f"k-shot support of the full release's train split; {PAPER_VAL}; values approximate, read "
+                    "off a figure; the authors' Tip-Adapter-F script keeps its epoch with the best TEST accuracy; "
+                    "paper v1")},
     "transfer": {"rows": [  # (text used in training, aluminium MSD-Cls, steel tube CGFSDS-9)
         ("none (plain zero-shot)", 8.60, 25.11), ("T0", 12.90, 28.31), ("T1", 20.43, 33.79),
         ("raw GPT-4o", 25.27, 34.25), ("refined description (T2)", 29.03, 40.18)],
@@ -167,8 +180,8 @@ def _header_lines(meta: dict, synthetic: bool) -> list[str]:
     return [f"# SteelDefectX benchmark report{flag}", "",
             (f"Generated {meta.get('created')} by eval_benchmark.py; tasks: {', '.join(meta.get('tasks', []))}. "
              f"Few-shot seeds {meta.get('seeds')}, shots {meta.get('shots')}. Percentages throughout. The tables of "
-             "tasks 1, 2 and 4, each zero-shot table, retrieval and localization put a chance row or a trivial "
-             "baseline beside our rows. A paper row (reference section 3) names its "
+             "tasks 1, 2 and 4, each zero-shot and few-shot table, retrieval and localization put a chance row or a "
+             "trivial baseline beside our rows. A paper row (reference section 3) names its "
              "setting (model, data, training) and stands only where it measures the setting of the rows beside "
              "it; data and training still differ unless this run used the full release and the paper's models."),
             ""]
@@ -342,37 +355,77 @@ def _zero_shot_lines(model: str, zs: dict, chance: dict | None, untuned: bool) -
     return L
 
 
-def _few_shot_lines(fs: dict) -> list[str]:
+def _kshot_cell(per_k: dict, k: int, spread: bool = True) -> str:
+    c = per_k.get(str(k))
+    if not c:
+        return "-"
+    return f"{_f(c['acc_mean'])} +- {_f(c['acc_std'])}" if spread else _f(c["acc_mean"])
+
+
+def _few_shot_differences(model: dict | None, n_test: int | None, synthetic: bool) -> list[str]:
+    """How a model's few-shot setting differs from the paper's (an untuned pretrained Long-CLIP ViT-L/14)."""
+    s = model or {}
+    family = (s.get("lineage") or {}).get("family")
+    out = [] if family == PAPER_SETTING["family"] else [f"family {family or 'not recorded'}, the paper's is "
+                                                        f"{PAPER_SETTING['family']}"]
+    if s.get("architecture") != PAPER_SETTING["architecture"]:
+        out.append(f"architecture {s.get('architecture') or 'unknown'}, the paper's is "
+                   f"{PAPER_SETTING['architecture']}")
+    if s.get("metadata"):
+        out.append(f"this model was trained on this run's data ({_setting(s)}), the paper's was not")
+    if synthetic:
+        out.append("synthetic data")
+    if n_test is not None and n_test != PAPER_TEST_IMAGES:
+        out.append(f"{n_test} test images, the paper's val split has {PAPER_TEST_IMAGES:,}")
+    return out
+
+
+def _few_shot_lines(res: dict, model: dict | None, chance: dict | None, synthetic: bool) -> list[str]:
+    """The few-shot table of one model: every method (mean +- std over seeds), the chance row, each paper curve
+    right under the method it belongs to, labelled with the paper's setting and how this model's differs."""
+    fs, text = res["few_shot"], res.get("few_shot_text") or {}
     ks = sorted({int(k) for per in fs.values() for k in per})
-    L = ["", ("Few-shot, test Acc mean +- std over seeds (support from train only; C / alpha, beta "
-              "selected on validation):"), "", "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
-         "|---" * (len(ks) + 1) + "|"]
+    protocol = (res.get("few_shot_protocol") or {}).get("text", "hyper-parameters selected on validation")
+    level = (text.get("level") or "t0").upper()
+    paper = PAPER["few_shot"]
+    L = ["", (f"Few-shot, test Acc mean +- std over seeds (support from train only; {protocol}; class text of the "
+              f"zero-shot terms and the CLIP-Adapter: {level}, {text.get('why', 'T0')}):"), "",
+         "| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     for method, per_k in fs.items():
-        L.append(f"| ours: {md_cell(method)} | " + " | ".join(
-            f"{_f(per_k[str(k)]['acc_mean'])} +- {_f(per_k[str(k)]['acc_std'])}" if str(k) in per_k
-            else "-" for k in ks) + " |")
-    for method, vals in PAPER["few_shot"].items():
-        L.append(f"| paper (approx, figure): {method} | " + " | ".join(
-            f"~{vals[k]:.0f}" if k in vals else "" for k in ks) + " |")
-    return L
+        label = FEWSHOT_METHOD_LABELS.get(method, method) + (f" ({level}, no shots)" if method == "zero_shot" else "")
+        cells = [_kshot_cell(per_k, k, spread=method != "zero_shot") for k in ks]
+        L.append(f"| ours: {md_cell(label)} | " + " | ".join(cells) + " |")
+        curve = paper["curves"].get(FEWSHOT_PAPER_METHOD.get(method))
+        if curve:
+            L.append(f"| paper: {FEWSHOT_PAPER_METHOD[method]} ({paper['label']}) | " + " | ".join(
+                f"~{curve[k]:.0f}" if k in curve else "" for k in ks) + " |")
+    if chance:
+        L.append(f"| {_chance_label(chance)} | " + " | ".join(_chance_cells(chance)[0] for _ in ks) + " |")
+    n_test = next((r["n"] for per in fs.values() for c in per.values() for r in c["runs"]), None)
+    diff = "; ".join(_few_shot_differences(model, n_test, synthetic)) or "none known"
+    return L + ["", f"This model's setting differs from the paper curves' in: {diff}."]
 
 
 def _task3_lines(t3: dict, warn: list[str], results: dict) -> list[str]:
     L = ["## Task 3: zero-shot and few-shot", ""] + warn
-    trained = {m["name"] for m in _all_models(results) if m.get("metadata")}
+    models = {m["name"]: m for m in _all_models(results)}
+    trained = {name for name, m in models.items() if m.get("metadata")}
     chance = (results.get("chance") or {}).get("test")
     for model, res in t3.items():
         L += _zero_shot_lines(model, res.get("zero_shot", {}), chance, untuned=model not in trained)
         if res.get("few_shot_skipped"):
             L += ["", f"Few-shot skipped: {res['few_shot_skipped']}."]
         if res.get("few_shot"):
-            L += _few_shot_lines(res["few_shot"])
+            L += _few_shot_lines(res, models.get(model), chance, bool(warn))
         L.append("")
     if any(model in trained for model in t3):
         zs = PAPER["zero_shot"]
         L += [(f"Paper, untuned zero-shot ({zs['setting']}): T0 {zs['values']['t0']:.2f}, T1 "
                f"{zs['values']['t1']:.2f} Acc. Not beside the models above that were trained on this run's data "
                "(see Models): a different setting."), ""]
+    if any(res.get("few_shot") for res in t3.values()):
+        L += [(f"Paper few-shot rows' setting: {PAPER['few_shot']['setting']}. Each stands under the method it "
+               "belongs to (ours: every hyper-parameter selected on validation); recipes: docs/benchmark.md."), ""]
     return L + ["![k-shot curve](kshot_curve.png)", ""]
 
 
@@ -587,7 +640,9 @@ def write_report(results: dict, output_dir: str | Path, artifacts: dict | None =
             if p:
                 plots.append(p)
     if results.get("task3"):
-        p = plot_kshot(results["task3"], out / "kshot_curve.png", f"few-shot test Acc{tag}")
+        fs = PAPER["few_shot"]
+        p = plot_kshot(results["task3"], out / "kshot_curve.png", f"few-shot test Acc{tag}", fs["curves"], fs["label"],
+                       (results.get("chance") or {}).get("test"))
         if p:
             plots.append(p)
     for (target, model), items in ((artifacts or {}).get("overlays") or {}).items():

@@ -45,32 +45,66 @@ def plot_confusion(conf: dict, path: Path, title: str) -> Path:
     return path
 
 
-def plot_kshot(task3: dict, path: Path, title: str) -> Path | None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    drawn = False
-    for model, res in task3.items():
-        for method, per_k in (res.get("few_shot") or {}).items():
-            ks = sorted(int(k) for k in per_k)
-            if not ks:
-                continue
-            mean = np.array([per_k[str(k)]["acc_mean"] for k in ks])
-            std = np.array([per_k[str(k)]["acc_std"] for k in ks])
-            ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=f"{model}: {method}")
-            drawn = True
-        zs = (res.get("zero_shot") or {}).get("t0", {})
-        if zs.get("available"):
-            ax.axhline(zs["acc"], ls="--", lw=1, color="grey", label=f"{model}: zero-shot T0")
-    if not drawn:
-        plt.close(fig)
-        return None
+# task 3's methods as the report names them, and the paper curve each one is drawn beside
+FEWSHOT_METHOD_LABELS = {"zero_shot": "zero-shot", "linear_probe": "linear probe",
+                         "tip_adapter": "Tip-Adapter (training-free)", "tip_adapter_f": "Tip-Adapter-F",
+                         "clip_adapter": "CLIP-Adapter"}
+FEWSHOT_PAPER_METHOD = {"clip_adapter": "Long-CLIP-Adapter", "tip_adapter_f": "Tip-Adapter-F"}
+
+
+def _kshot_axes(ax, model: str, fs: dict, text_level: str, paper: dict, paper_label: str, colors: dict,
+                legend: dict) -> None:
+    """One model's panel: a curve per method (mean +- std), its zero-shot line, the paper points of a method
+    beside it (hollow squares in the method's colour, no line: two points read off a figure). Legend entries go
+    to ``legend`` (label -> handle) in drawing order."""
+    for method, per_k in fs.items():
+        ks = sorted(int(k) for k in per_k)
+        mean = np.array([per_k[str(k)]["acc_mean"] for k in ks])
+        color = colors.setdefault(method, f"C{len(colors)}")
+        label = FEWSHOT_METHOD_LABELS.get(method, method)
+        if method == "zero_shot":
+            label = f"ours: {label} ({text_level.upper()} prompts)"
+            legend.setdefault(label, ax.axhline(mean[0], ls="--", lw=1, color=color))
+            continue
+        std = np.array([per_k[str(k)]["acc_std"] for k in ks])
+        legend.setdefault(f"ours: {label}", ax.errorbar(ks, mean, yerr=std, marker="o", ms=4, capsize=3,
+                                                        color=color))
+        points = paper.get(FEWSHOT_PAPER_METHOD.get(method), {})
+        if points:
+            pk = sorted(points)
+            handle = ax.plot(pk, [points[k] for k in pk], ls="none", marker="s", ms=7, mfc="none", color=color)[0]
+            legend.setdefault(f"paper: {FEWSHOT_PAPER_METHOD[method]} ({paper_label})", handle)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({int(k) for per in fs.values() for k in per}))
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
     ax.set_xlabel("shots per class (k)")
-    ax.set_ylabel("test Acc (%)  mean +- std over seeds")
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.12, bottom=0.12, right=0.97, top=0.92)
-    fig.savefig(path, dpi=110)
+    ax.set_title(model, fontsize=8)
+
+
+def plot_kshot(task3: dict, path: Path, title: str, paper: dict | None = None, paper_label: str = "",
+               chance: dict | None = None) -> Path | None:
+    """Few-shot test Acc against k: one panel per model (every method with its mean +- std over seeds, the
+    model's zero-shot line, the paper's curves ({paper method: {k: Acc}}, labelled ``paper_label``) beside the
+    method each belongs to, the majority-class Acc of ``chance`` as a grey line), one legend outside the panels."""
+    models = [(m, r) for m, r in task3.items() if r.get("few_shot")]
+    if not models:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(models), figsize=(1.5 + 3.6 * len(models), 4.0), sharey=True, squeeze=False)
+    colors: dict[str, str] = {}
+    legend: dict = {}
+    for ax, (model, res) in zip(axes[0], models):
+        _kshot_axes(ax, model, res["few_shot"], (res.get("few_shot_text") or {}).get("level", "t0"), paper or {},
+                    paper_label, colors, legend)
+        if chance:
+            legend.setdefault(f"chance: always the majority class ({chance['classes']} classes)",
+                              ax.axhline(chance["majority_acc"], ls=":", lw=1, color="grey"))
+    axes[0][0].set_ylabel("test Acc (%), mean +- std over seeds")
+    fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7,
+               frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

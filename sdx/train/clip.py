@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
@@ -18,12 +19,16 @@ from sdx.data.naming import describe_data
 from sdx.metrics import accuracy, mean_class_accuracy
 from sdx.models.classifiers import convert_to_rgb
 from sdx.models.clip import (
+    BASE_SUBFOLDER,
+    CLIP_ADAPTER_CONFIG,
+    CLIP_ADAPTER_WEIGHTS,
     KEEP_POSITIONS,
     TRUNCATION_WARNING_SHARE,
     ClipAdapter,
     ClipWithAdapter,
     TruncationCounter,
     apply_clip_lora,
+    base_reference,
     build_clip_from_scratch,
     clip_embed_dim,
     encode_images,
@@ -44,7 +49,7 @@ from sdx.models.clip import (
     update_lineage,
     zero_shot_predict,
 )
-from sdx.models.prompts import caption_mean_embeddings
+from sdx.models.prompts import caption_mean_embeddings, distinct_captions
 from sdx.train.args import (
     DataArguments,
     JobArguments,
@@ -131,6 +136,9 @@ class ClipModelArguments:
     lora_r: int = field(default=8, metadata=arg_help("LoRA rank"))
     lora_alpha: int = field(default=16, metadata=arg_help("LoRA alpha"))
     lora_dropout: float = field(default=0.0, metadata=arg_help("LoRA dropout"))
+    merge_lora: bool = field(default=True, metadata=arg_help(
+        "method lora: save the merged CLIPModel (the LoRA weights alone in lora/); --no_merge_lora saves only the "
+        "LoRA weights in peft's format, naming the base (a random-init base is saved once in base/)"))
     adapter_alpha: float = field(default=0.2, metadata=arg_help("CLIP-Adapter residual ratio"))
     adapter_reduction: int = field(default=4, metadata=arg_help("CLIP-Adapter bottleneck reduction"))
     loss: Literal["class_aware", "infonce", "long_clip"] = field(default="class_aware", metadata=arg_help(
@@ -163,6 +171,8 @@ class ClipModelArguments:
     def __post_init__(self) -> None:
         if self.method != "full" and (self.freeze_vision_model or self.freeze_text_model):
             raise ValueError("--freeze_vision_model / --freeze_text_model apply to --method full only")
+        if not self.merge_lora and self.method != "lora":
+            raise ValueError("--no_merge_lora applies to --method lora only")
         if self.freeze_vision_model and self.freeze_text_model:
             raise ValueError("--freeze_vision_model and --freeze_text_model together leave nothing to train")
         check_ranges(self, dict.fromkeys(("lora_r", "adapter_reduction", "tokenizer_vocab_size", "image_size"), ">= 1"))
@@ -524,7 +534,7 @@ class CaptionMeans:
 
     def distinct(self) -> list[str]:
         """The distinct non-empty captions, in the order caption_mean_embeddings encodes them."""
-        return sorted({t for t in self.texts if t and t.strip()})
+        return distinct_captions(self.texts)[1]
 
     def embed(self, emb: torch.Tensor, class_ids: Sequence[int], t1: torch.Tensor) -> torch.Tensor:
         """[len(class_ids), D] class embeddings from `emb`, the embeddings of `distinct()` with the current weights
@@ -741,16 +751,19 @@ class ClipJob(Job):
                 "lineage": self.lineage}
 
     def save(self, model, out, results):
-        clip = model.clip
+        """The adapter alone for --method adapter and unmerged LoRA (the base named, see docs/training.md), the
+        full model otherwise; the processor always."""
+        m, clip = self.args.model, model.clip
         if self.held_positions:
             release_position_rows(clip)                        # a plain position table for every reader
         budget = self.processor.tokenizer.model_max_length
         self.processor.tokenizer.model_max_length = text_positions(clip)   # readers get every position
-        if self.method == "lora":
-            clip.save_pretrained(str(out / "lora"))          # the LoRA weights alone (peft format)
-            clip = clip.merge_and_unload()                     # a plain CLIPModel for every reader
-            model.clip = clip
-        clip.save_pretrained(str(out))
+        if self.method == "adapter":
+            clip.save_pretrained(out, base_model_name_or_path=named_base(m), processor=self.processor)
+        elif self.method == "lora":
+            model.clip = save_lora(clip, out, named_base(m), self.processor, merge=m.merge_lora)
+        else:
+            clip.save_pretrained(str(out))
         self.processor.save_pretrained(str(out))
         self.processor.tokenizer.model_max_length = budget     # a save while training (--hub_strategy) keeps it
 
@@ -760,7 +773,7 @@ class ClipJob(Job):
                 "caption_levels_used": caption_shares(self.caption_usage),
                 "details": {"lora_towers": m.lora_towers if m.method == "lora" else None, "frozen": self.frozen,
                             "max_seq_length": self.max_seq_length, "lineage": self.lineage,
-                            "held_positions": KEEP_POSITIONS if self.held_positions else 0}}
+                            "held_positions": KEEP_POSITIONS if self.held_positions else 0, "saved": saved_form(m)}}
 
     @property
     def frozen(self) -> list[str]:
@@ -771,6 +784,67 @@ class ClipJob(Job):
         card = clip_model_card(self.args, results, self.frozen)
         card["extra_sections"]["Text length"] = text_budget_section(self.text_budget, self.lineage)
         return card
+
+
+def save_lora(peft_model, out, base: Optional[str], processor, merge: bool):
+    """Save a LoRA run; returns the model to keep. Merged: the merged CLIPModel in ``out`` and the LoRA weights
+    alone in ``out/lora`` (peft's format, written only when the base has a name: a random-init base exists nowhere
+    else). Unmerged: peft's format in ``out`` only, ``base_model_name_or_path`` set (`base_reference`: a
+    random-init base saved once in ``out/BASE_SUBFOLDER``)."""
+    config = peft_model.peft_config["default"]
+    if merge:
+        if base:
+            config.base_model_name_or_path = base_reference(out, base)
+            peft_model.save_pretrained(str(out / "lora"), save_embedding_layers=False)
+        merged = peft_model.merge_and_unload()
+        merged.save_pretrained(str(out))
+        return merged
+    config.base_model_name_or_path = base_reference(out, base) if base else BASE_SUBFOLDER
+    # LoRA targets attention projections only; False also skips peft's look-up of the base's config on the Hub
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    if not base:
+        base_reference(out, None, peft_model.unload(), processor)  # the frozen random-init base, LoRA removed
+    return peft_model
+
+
+def named_base(m: ClipModelArguments) -> Optional[str]:
+    """The base an adapter folder names: --model_name_or_path as loaded; None (the base saved beside the adapter)
+    for a random-init base or one changed here (--stretch_positions, --model_family), which exist nowhere else."""
+    changed = m.stretch_positions or m.model_family
+    return None if changed else m.model_name_or_path
+
+
+def saved_form(m: ClipModelArguments) -> str:
+    if m.method == "adapter" or (m.method == "lora" and not m.merge_lora):
+        return "adapter only"
+    return "merged" if m.method == "lora" else "full model"
+
+
+def loading_section(m: ClipModelArguments, folder: str) -> str | None:
+    """The model card's "How to load" text for a folder that holds an adapter only (None otherwise)."""
+    if saved_form(m) != "adapter only":
+        return None
+    named, folder = named_base(m), Path(folder).resolve().name   # no local path in a card: folder names only
+    if named and Path(named).is_dir():
+        base = f"`{Path(named).resolve().name}` (a local folder, its path in the adapter's config)"
+    else:
+        base = (f"`{named}`" if named else
+                f"the {'changed' if m.model_name_or_path else 'random-init'} CLIP saved once in `{BASE_SUBFOLDER}/`")
+    if m.method == "adapter":
+        held = (f"a CLIP-Adapter only (`{CLIP_ADAPTER_WEIGHTS}`, `{CLIP_ADAPTER_CONFIG}`: ratio "
+                f"{m.adapter_alpha}, reduction {m.adapter_reduction})")
+        other = ""
+    else:
+        held = "LoRA weights only, in peft's format (`adapter_config.json`, `adapter_model.safetensors`)"
+        base_path = f"{folder}/{BASE_SUBFOLDER}" if not named else base.split("`")[1]
+        other = (f" With peft alone: `PeftModel.from_pretrained(CLIPModel.from_pretrained(\"{base_path}\"), "
+                 f"\"{folder}\")`.")
+    return (f"This folder holds {held} and the processor; its base model is {base}. It is **not** a full "
+            "transformers model: `CLIPModel.from_pretrained` and `pipeline(...)` refuse it (no `config.json`), "
+            "they never silently run the base without the adapter. Load base + adapter with the SteelDefectX "
+            f"package:\n\n```python\nfrom sdx.models.clip import load_clip\n\nmodel, processor = "
+            f"load_clip(\"{folder}\")  # a local folder (download a Hub repo first)\n```\n\n"
+            f"`eval_benchmark.py --model_name_or_path {folder}` evaluates it." + other)
 
 
 def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequence[str]) -> dict[str, Any]:
@@ -799,13 +873,20 @@ def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequ
                + ("\n- **data: the embedded SYNTHETIC demo set, not steel photographs; these numbers say nothing "
                   "about SteelDefectX**" if synthetic else ""))
     flat = args.flat()
+    sections = {"Caption level, method, initial weights": section}
+    loading = loading_section(m, str(t.output_dir))
+    if loading:
+        sections["How to load"] = loading
+    library = {"full model": "transformers", "merged": "transformers"}.get(saved_form(m),
+                                                                          "peft" if m.method == "lora" else "")
     return dict(task="zero-shot-image-classification", tags=["clip", "contrastive", f"caption-{level}", m.method],
+                library_name=library,
                 dataset={**data, "config": d.dataset_config_name or T.LEVEL_CONFIGS.get(level, "mixed"),
                          "caption_level": level, "caption_levels_used": used_text, "splits": results["splits"]},
                 metrics={k: v for k, v in results.items()
                          if k.startswith(("validation_", "test_")) and not k.endswith("num_samples")},
                 hyperparameters={k: flat[k] for k in CARD_HYPERPARAMETERS},
-                extra_sections={"Caption level, method, initial weights": section})
+                extra_sections=sections)
 
 
 CARD_HYPERPARAMETERS = ("method", "caption_level", "loss", "recipe", "learning_rate", "optimizer", "num_train_epochs",

@@ -308,8 +308,10 @@ def write_model_card(output_dir: str | os.PathLike, *, model_name: str, task: st
                                metric_type=k.split("_", 1)[-1], metric_name=k, metric_value=v)
                     for k, v in scal.items()] if hub_id else []
     licence, licence_text = card_licence(dataset, init, base_model)
-    library = library_name or ("peft" if (out / "adapter_config.json").is_file() else "transformers")
-    data = ModelCardData(model_name=model_name, library_name=library, pipeline_tag=task,
+    # library_name "": no library loads the folder alone (a CLIP-Adapter folder: sdx.models.clip.load_clip does)
+    library = library_name if library_name is not None else (
+        "peft" if (out / "adapter_config.json").is_file() else "transformers")
+    data = ModelCardData(model_name=model_name, library_name=library or None, pipeline_tag=task,
                          tags=list(tags) + ["steeldefectx"] + (["synthetic-data"] if dataset.get("synthetic") else []),
                          base_model=base_model if on_hub_base else None, datasets=[hub_id] if hub_id else None,
                          eval_results=eval_results or None, **licence)
