@@ -21,6 +21,17 @@ def pyplot():
     return plt
 
 
+def _save_heatmap(plt, fig, ax, im, label: str, title: str, path: Path, margins: tuple[float, float, float]) -> Path:
+    """Colour bar, title and margins (left, bottom, top) of a heatmap figure; written to ``path`` and closed."""
+    fig.colorbar(im, ax=ax, fraction=0.04, label=label)
+    ax.set_title(title, fontsize=9)
+    left, bottom, top = margins
+    fig.subplots_adjust(left=left, bottom=bottom, right=0.95, top=top)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_confusion(conf: dict, path: Path, title: str) -> Path:
     plt = pyplot()
     m = np.asarray(conf["matrix"], dtype=float)
@@ -37,12 +48,7 @@ def plot_confusion(conf: dict, path: Path, title: str) -> Path:
             if m[i, j]:
                 ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
                         color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.04, label="row share")
-    ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.3, bottom=0.3, right=0.95, top=0.92)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_heatmap(plt, fig, ax, im, "row share", title, path, (0.3, 0.3, 0.92))
 
 
 # task 3's methods as the report names them, and the paper curve each one is drawn beside
@@ -130,12 +136,7 @@ def plot_txty(task2: dict, path: Path, metric: str, title: str) -> Path | None:
         for j in range(len(levels)):
             ax.text(j, i, "n/a" if np.isnan(m[i, j]) else f"{m[i, j]:.1f}", ha="center", va="center",
                     fontsize=7, color="black" if np.isnan(m[i, j]) or m[i, j] > 60 else "white")
-    fig.colorbar(im, ax=ax, fraction=0.04, label=f"{metric} (%)")
-    ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.4, bottom=0.2, right=0.95, top=0.88)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_heatmap(plt, fig, ax, im, f"{metric} (%)", title, path, (0.4, 0.2, 0.88))
 
 
 def plot_overlays(items: list, path: Path, title: str) -> Path | None:
