@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sdx.annotate.engine import analyze
-from sdx.annotate.folder import read_labels_csv, scan_folder
+from sdx.annotate.folder import add_folder_arguments, read_labels_csv, scan_folder
 from sdx.annotate.images import load_pair
 from sdx.annotate.llm import ChatClient, add_endpoint_args, endpoint_from_args, run_items, write_json_atomic
 from sdx.annotate.phrases import count_phrase, fix_articles, orientation_phrase, position_phrase, size_adjective, tone
@@ -391,9 +391,7 @@ def register_cli(subparsers: Any) -> None:
                     "Labels as for annotate (--labels CSV, class sub-folders, or file-name prefixes). Writes "
                     "records in the official schema with T2 only: pass them to annotate --descriptions. "
                     "Answers are cached: an interrupted run resumes, a re-run makes no request.")
-    p.add_argument("--image_dir", required=True, help="folder of images (flat, or one sub-folder per class)")
-    p.add_argument("--mask_dir", default=None, help="masks <image stem>.png (used by --no_model only)")
-    p.add_argument("--labels", default=None, metavar="CSV", help="CSV with columns image_name,class_name")
+    add_folder_arguments(p, mask_required=False, mask_help="masks <image stem>.png (used by --no_model only)")
     p.add_argument("--output", required=True, metavar="FILE.json", help="records file to write (T2 only)")
     p.add_argument("--no_model", action="store_true", help="geometric sentences from the masks; no endpoint")
     p.add_argument("--prompt_file", default=None, help="text file with the open prompt; if not given, ours (the "

@@ -442,6 +442,13 @@ def verify_main(args: argparse.Namespace) -> dict:
     return report
 
 
+def add_folder_arguments(p: argparse.ArgumentParser, mask_required: bool, mask_help: str) -> None:
+    """--image_dir, --mask_dir and --labels: the input folder flags of annotate and describe."""
+    p.add_argument("--image_dir", required=True, help="folder of images (flat, or one sub-folder per class)")
+    p.add_argument("--mask_dir", required=mask_required, default=None, help=mask_help)
+    p.add_argument("--labels", default=None, metavar="CSV", help="CSV with columns image_name,class_name")
+
+
 def register_cli(subparsers: Any) -> None:
     """Add the ``annotate`` and ``verify`` subcommands (func returns the summary / report dict)."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -453,9 +460,7 @@ def register_cli(subparsers: Any) -> None:
                     "Direction and Spatial Distribution from mask geometry, or the authors' fallbacks with "
                     "--fallback_fields). Labels come from --labels, else class sub-folders of --image_dir, else "
                     "the official file-name prefixes (<prefix>_<n>.jpg). Masks: <mask_dir>/<stem>.png.")
-    p.add_argument("--image_dir", required=True, help="folder of images (flat, or one sub-folder per class)")
-    p.add_argument("--mask_dir", required=True, help="folder of masks named <image stem>.png")
-    p.add_argument("--labels", default=None, metavar="CSV", help="CSV with columns image_name,class_name")
+    add_folder_arguments(p, mask_required=True, mask_help="folder of masks named <image stem>.png")
     p.add_argument("--descriptions", default=None, metavar="JSON",
                    help="T2 source: records in the official schema or {image_name: text}; T2 is '' otherwise")
     p.add_argument("--output", required=True, metavar="FILE.json", help="records file to write")
