@@ -317,6 +317,7 @@ def test_rerun_reuses_cache(full_run, layout, hf_cache, models, external):
     assert again["task2"] == res["task2"] and again["localization"] == res["localization"]
 
 
+@pytest.mark.slow
 def test_cache_invalidated_by_new_weights(small_ds, models, tmp_path):
     import shutil
 
@@ -428,6 +429,7 @@ def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # synthetic data and the real fixture
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_synthetic_data_flagged(tmp_path):
     ds = load_steeldefectx("synthetic")  # the default datasets cache: shared with other tests, keyed by the data
     clip = tiny_clip(tmp_path / "clip", _vocab_texts(ds))

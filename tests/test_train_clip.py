@@ -216,7 +216,8 @@ def test_pixel_cache_equals_per_batch_processing(data_dir, cache_dir, tiny_clip)
 # -------------------------------------------------------------------------------------------------------------
 # training runs
 # -------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("level", ["t0", "t1", "t2", "t3", "t4", "mixed"])
+@pytest.mark.parametrize("level", ["t0", "t3", *(pytest.param(lv, marks=pytest.mark.slow)
+                                                  for lv in ("t1", "t2", "t4", "mixed"))])
 def test_every_caption_level_trains(tmp_path, data_dir, cache_dir, tiny_clip, level):
     res, out = _run(tmp_path, level, data_dir, cache_dir, tiny_clip, "--caption_level", level, steps=1)
     assert res["caption_level"] == level and res["train_completed_steps"] == 1
@@ -236,6 +237,7 @@ def test_every_caption_level_trains(tmp_path, data_dir, cache_dir, tiny_clip, le
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_from_scratch_runs_are_reproducible(tmp_path, data_dir, cache_dir):
     """No --model_name_or_path: a random tiny preset with a tokenizer trained on the captions; the same seed
     gives the same tokenizer and the same weights."""
@@ -260,6 +262,7 @@ def test_from_scratch_runs_are_reproducible(tmp_path, data_dir, cache_dir):
     assert json.loads((a / "sdx_run.json").read_text())["origin"] == "random-init"
 
 
+@pytest.mark.slow
 def test_best_epoch_is_chosen_on_the_training_levels_own_prompts(tmp_path, data_dir, cache_dir, tiny_clip):
     """A T4 run selects on T4 class embeddings (each class's mean of its training T4 captions), says so in
     sdx_run.json, all_results.json and the card; an explicit metric and mixed (mean over T0-T4) are stated too."""
@@ -304,6 +307,7 @@ def test_validation_class_embeddings_are_the_benchmarks(data_dir, cache_dir, tin
         assert ours.shape == bench.shape and abs(ours - bench).max() < 1e-5, level
 
 
+@pytest.mark.slow
 def test_absent_caption_level_is_refused_or_recorded_on_the_real_fixture(tmp_path, real_subset, caplog):
     """The real fixture has no T2: --caption_level t2 stops with the counts unless --allow_caption_fallback, and a
     run with it warns and records the levels used (metadata, results, card)."""
@@ -327,6 +331,7 @@ def test_absent_caption_level_is_refused_or_recorded_on_the_real_fixture(tmp_pat
     assert "caption level used for training" not in card
 
 
+@pytest.mark.slow
 def test_origin_follows_the_starting_folder(tmp_path, data_dir, cache_dir):
     """A run continued from a random-init folder stays random-init (naming the folder), in all_results.json, the
     metadata, the card and the benchmark's model table; a folder without our metadata or a Hub id is pretrained."""
@@ -407,7 +412,7 @@ def test_lora_vision_only_changes_vision_attention(tmp_path, data_dir, cache_dir
     assert type(model).__name__ == "CLIPModel"
 
 
-@pytest.mark.parametrize("level", ["t1", "t4"])
+@pytest.mark.parametrize("level", ["t1", pytest.param("t4", marks=pytest.mark.slow)])
 def test_adapter_trains_only_the_adapter_and_reloads(tmp_path, data_dir, cache_dir, tiny_clip, level):
     from sdx.models.clip import CLIP_ADAPTER_CONFIG, ClipWithAdapter, encode_images, load_clip
 

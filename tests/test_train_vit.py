@@ -156,6 +156,7 @@ def test_pixel_cache_equals_per_batch_processing(tiny_model):
     assert torch.equal(on_the_fly["labels"], cached["labels"])
 
 
+@pytest.mark.slow
 def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):
     from sdx.data.levels import CLASS_NAMES
 
@@ -172,6 +173,7 @@ def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):
                                                                        "Slag inclusion", "Finishing roll printing"}
 
 
+@pytest.mark.slow
 def test_lora_adapter_and_merged_runs_agree(tmp_path, tiny_model, synthetic_names, monkeypatch):
     from huggingface_hub import HfApi
     from peft import PeftModel
@@ -301,6 +303,7 @@ def test_two_process_cpu_run_counts_each_sample_once(tmp_path, tiny_model):
     assert sum(r["support"] for r in res["test_per_class"]) == 37
 
 
+@pytest.mark.slow
 def test_cnn_from_scratch_with_lora_tracking_and_config_file(tmp_path):
     """The paper's CNN rows run through the same flags: a random ResNet preset (edited), LoRA on its convolutions,
     bf16 autocast, gradient accumulation and TensorBoard tracking, all read from a YAML --config."""
