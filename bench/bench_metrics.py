@@ -12,7 +12,10 @@ In ONE process, each pair interleaved (A, B, A, B, ...; best of --rounds):
    --dims; each compared with the fully converged fit (max_iter 20000, tol 1e-12): test predictions that differ;
 3. the validation accuracies task 3's selections compute (per model: 5 k x 3 seeds x (5 C + 36 Tip-Adapter
    pairs) = 615 calls on the real fixture's 220 validation labels): sdx.metrics.accuracy (numpy) vs
-   scikit-learn's accuracy_score.
+   scikit-learn's accuracy_score;
+4. the test mAcc of the few-shot grid (per model: 5 methods x 5 k x 3 seeds = 75 calls on the real fixture's
+   test labels, random predictions): sdx.metrics.mean_class_accuracy (numpy) vs scikit-learn's
+   balanced_accuracy_score.
 
 Example::
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from functools import partial
@@ -31,15 +35,16 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_curve, roc_auc_score
 from threadpoolctl import threadpool_limits
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's sdx, not an installed one
 
 from sdx import metrics as M
 from sdx.bench import probe
 from sdx.bench.data import ImageSet
 from sdx.data.builder import load_steeldefectx
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_of(rounds: int, *fns):
@@ -155,6 +160,18 @@ def accuracy_part(rounds: int, calls: int = 615, n: int = 220, n_classes: int = 
             "max_diff": float(np.max(np.abs(np.subtract(ours, lib))))}
 
 
+def macc_part(data_dir: str, rounds: int, calls: int = 75) -> dict:
+    labels = np.asarray(load_steeldefectx(data_dir)["test"]["label"])
+    rng = np.random.default_rng(0)
+    preds = [rng.choice(labels, labels.size) for _ in range(calls)]
+    warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+    (t_ours, t_lib), (ours, lib) = best_of(rounds, lambda: [M.mean_class_accuracy(labels, p) for p in preds],
+                                           lambda: [100 * balanced_accuracy_score(labels, p) for p in preds])
+    return {"calls": calls, "labels": int(labels.size), "classes": int(np.unique(labels).size), "ours_s": t_ours,
+            "sklearn_s": t_lib, "sklearn_over_ours": t_lib / t_ours,
+            "max_diff": float(np.max(np.abs(np.subtract(ours, lib))))}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_data = ROOT.parent / "shared" / "data" / "steeldefectx-real-subset"
@@ -163,7 +180,7 @@ def main(argv=None) -> dict:
     p.add_argument("--dims", default="128,512", help="embedding sizes of the probe problems")
     p.add_argument("--shots", default="1,2,4,8,16")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--parts", default="pixels,probe,accuracy", help="which comparisons to run")
+    p.add_argument("--parts", default="pixels,probe,accuracy,macc", help="which comparisons to run")
     args = p.parse_args(argv)
     parts = args.parts.split(",")
     out = {}
@@ -174,6 +191,8 @@ def main(argv=None) -> dict:
                                          [int(k) for k in args.shots.split(",")], args.rounds)
     if "accuracy" in parts:
         out["selection_accuracy"] = accuracy_part(args.rounds)
+    if "macc" in parts:
+        out["fewshot_macc"] = macc_part(args.data_dir, args.rounds)
     print(json.dumps(out, indent=1))
     return out
 

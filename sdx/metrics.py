@@ -6,12 +6,10 @@ Every function rejects empty input and shape mismatches with a ValueError naming
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import (
-    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
@@ -49,9 +47,11 @@ def mean_class_accuracy(y_true, y_pred) -> float:
     """mAcc: mean per-class recall over the classes present in y_true, in percent (a class without true samples
     has no recall and is left out, never counted as 0 or 1)."""
     t, p = _check_pair(y_true, y_pred)
-    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": those are left out, as intended
-        warnings.simplefilter("ignore", UserWarning)
-        return float(100.0 * balanced_accuracy_score(t, p))
+    # numpy, not balanced_accuracy_score: 29x and 43x faster on the few-shot grid's 75 test mAcc calls in two runs
+    # (bench/bench_metrics.py --parts macc)
+    classes, t_idx = np.unique(t, return_inverse=True)
+    recall = np.bincount(t_idx, weights=t == p, minlength=classes.size) / np.bincount(t_idx, minlength=classes.size)
+    return float(100.0 * recall.mean())
 
 
 def macro_f1(y_true, y_pred) -> float:

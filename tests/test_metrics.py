@@ -175,3 +175,21 @@ def test_retrieval_chance_is_the_mean_recall_of_random_rankings():
     for k in (1, 5, 10):
         assert ch[f"R@{k}"] == pytest.approx(np.mean([r[f"R@{k}"] for r in runs]), abs=1.0)
     assert ch["R@10"] == pytest.approx(100.0)  # 9 items: every query hits at 10
+
+
+def test_macc_equals_sklearn_balanced_accuracy_on_random_labels():
+    """The numpy mAcc is scikit-learn's balanced accuracy, including classes absent from the predictions and
+    predicted classes absent from the truth (left out)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    absent = {"from_pred": 0, "from_true": 0}
+    for n, n_true, n_pred in ((7, 5, 3), (50, 13, 13), (300, 25, 30), (40, 3, 25)):
+        y_true, y_pred = rng.integers(0, n_true, n), rng.integers(0, n_pred, n)
+        absent["from_pred"] += bool(set(y_true) - set(y_pred))
+        absent["from_true"] += bool(set(y_pred) - set(y_true))
+        with warnings.catch_warnings():  # "y_pred contains classes not in y_true"
+            warnings.simplefilter("ignore", UserWarning)
+            expected = 100 * balanced_accuracy_score(y_true, y_pred)
+        assert M.mean_class_accuracy(y_true, y_pred) == pytest.approx(expected, abs=1e-9)
+    assert absent["from_pred"] and absent["from_true"]

@@ -72,7 +72,7 @@ class AdapterFit:
 @contextlib.contextmanager
 def single_thread():
     """torch on one intra-op thread while training on cached features: the tensors are tiny, and on the shared
-    2-core machine the default pool made the grid's CLIP-Adapter training 4.6x and 13.7x slower in two runs of
+    2-core machine the default pool made the grid's CLIP-Adapter training 4.6x to 19.3x slower in four runs of
     bench/bench_fewshot.py (load 7-9)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -104,8 +104,8 @@ class AdapterBank(torch.nn.Module):
     """M CLIP-Adapters of one shape as stacked weights, each with its own ratio and input: adapter m computes
     exactly what ``export(m)`` (a sdx.models.clip.ClipAdapter) computes (tests check it). Training the ratio grid
     of every seed of a k as one bank takes one set of batched kernels per step instead of one per adapter: on
-    these tiny matrices the launches, not the arithmetic, are the cost (the seeds of a k as one bank: 1.2x and 1.4x
-    faster than one seed at a time in two runs of bench/bench_fewshot.py)."""
+    these tiny matrices the launches, not the arithmetic, are the cost (the seeds of a k as one bank: 1.2x to 1.4x
+    faster than one seed at a time in four runs of bench/bench_fewshot.py)."""
 
     def __init__(self, adapters: Sequence[ClipAdapter]):
         super().__init__()
