@@ -62,17 +62,17 @@ PRESETS = {
     # model is a small CNN: a from-scratch ViT stays near chance in that budget (docs/training.md, "The demo's
     # models"); --vit_model_type vit trains the ViT instead. The CLIPs' vision towers are ViTs: they learn slowly.
     "demo": {"vit_model_type": "resnet", "vit_epochs": 25, "clip_model_size": "tiny", "clip_epochs": 60,
-             "image_size": 64, "batch_size": 32, "vit_lr": 5e-3, "clip_lr": 2e-3, "vit_config": CNN_COMPACT,
+             "clip_vision_config": "patch_size=8", "image_size": 64, "batch_size": 32, "vit_lr": 5e-3, "clip_lr": 2e-3, "vit_config": CNN_COMPACT,
              "shots": "1,2,4", "seeds": "1,2", "max_train_samples": None, "max_eval_samples": None,
              "synthetic_size": (30, 10)},
     # smallest: tests (checks the plumbing, learns nothing)
     "smoke": {"vit_model_type": "vit", "vit_epochs": 1, "clip_model_size": "tiny", "clip_epochs": 1,
-              "image_size": 32, "batch_size": 8, "vit_lr": 1e-3, "clip_lr": 1e-3, "vit_config": VIT_COMPACT,
+              "clip_vision_config": None, "image_size": 32, "batch_size": 8, "vit_lr": 1e-3, "clip_lr": 1e-3, "vit_config": VIT_COMPACT,
               "shots": "1,2", "seeds": "1", "max_train_samples": 48, "max_eval_samples": 24,
               "synthetic_size": (12, 6)},
     # the full protocol of the benchmark (k up to 16, three seeds), for a GPU or pretrained checkpoints
     "full": {"vit_model_type": "vit", "vit_epochs": 30, "clip_model_size": "tiny", "clip_epochs": 20,
-             "image_size": 224, "batch_size": 32, "vit_lr": 1e-3, "clip_lr": 1e-4, "vit_config": None,
+             "clip_vision_config": None, "image_size": 224, "batch_size": 32, "vit_lr": 1e-3, "clip_lr": 1e-4, "vit_config": None,
              "shots": "1,2,4,8,16", "seeds": "1,2,3", "max_train_samples": None, "max_eval_samples": None,
              "synthetic_size": (100, 40)},
 }
@@ -104,7 +104,9 @@ class PipelineArguments:
         "config overrides of the random vision model, e.g. 'hidden_size=96,num_hidden_layers=4' (default: the "
         "preset's when --vit_model_type is the preset's, else none)"))
     clip_model_size: Literal["tiny", "small", "base"] | None = field(default=None, metadata=_help(
-        "size preset of the random CLIPs (default: the preset's: small for demo, tiny for smoke and full)"))
+        "size preset of the random CLIPs (default: the preset's, tiny)"))
+    clip_vision_config: str | None = field(default=None, metadata=_help(
+        "vision-tower overrides of the random CLIPs, e.g. 'patch_size=8,hidden_size=64' (default: the preset's)"))
     clip_model_name_or_path: str | None = field(default=None, metadata=_help(
         "CLIP to fine-tune (Hub id or local dir); default: a random tiny CLIP with a local tokenizer"))
     clip_levels: str = field(default="t0,t1,t4", metadata=_help(
@@ -212,7 +214,8 @@ def _clip_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, clip_d
             "--warmup_steps", "30", "--per_device_train_batch_size", str(s["batch_size"]), *_sample_limits(s)]
     if args.clip_model_name_or_path:
         return argv + ["--model_name_or_path", args.clip_model_name_or_path]
-    return argv + ["--model_size", s["clip_model_size"], "--image_size", str(s["image_size"])]
+    return argv + ["--model_size", s["clip_model_size"], "--image_size", str(s["image_size"]),
+                   *_optional("--vision_config_overrides", s["clip_vision_config"])]
 
 
 def _bench_argv(args: PipelineArguments, s: dict[str, Any], data_dir: str, bench_dir: Path, vit_dir: Path,

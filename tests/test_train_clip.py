@@ -540,3 +540,18 @@ def test_help_lists_every_flag(capsys):
         assert flag in text, flag
     assert "--dataset_cache_dir" not in text
     assert "paper: method=adapter, optimizer=adam, learning_rate=0.0001, num_train_epochs=20" in text
+
+
+def test_vision_config_overrides_replace_the_presets_vision_tower():
+    """--vision_config_overrides (the demo's patch 8) reaches the vision tower and its processor; a patch that
+    does not divide the image is refused by name."""
+    from sdx.models.clip import build_clip_from_scratch
+
+    model, processor = build_clip_from_scratch("tiny", ["a crack", "a scratch"], vocab_size=300, image_size=64,
+                                               vision_overrides="patch_size=8,hidden_size=48", seed=0)
+    v = model.config.vision_config
+    assert (v.patch_size, v.hidden_size, v.image_size, v.num_hidden_layers) == (8, 48, 64, 2)
+    assert model.config.text_config.hidden_size == 32
+    assert processor.image_processor.crop_size == {"height": 64, "width": 64}
+    with pytest.raises(ValueError, match="patch size 12"):
+        build_clip_from_scratch("tiny", ["a crack"], vocab_size=300, image_size=64, vision_overrides="patch_size=12")

@@ -33,11 +33,12 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
+from sdx.models.classifiers import parse_config_overrides
 from sdx.models.tokenizer import build_clip_tokenizer
 
 CLIP_PRESETS: dict[str, dict[str, Any]] = {
@@ -70,11 +71,12 @@ def _clip_image_processor(image_size: int):
 
 def build_clip_from_scratch(size: str, texts: Iterable[str], vocab_size: int = 2000,
                             max_text_length: Optional[int] = None, image_size: Optional[int] = None,
-                            seed: Optional[int] = None):
+                            seed: Optional[int] = None, vision_overrides: str | Mapping[str, Any] | None = None):
     """A randomly initialised CLIPModel of a size preset, with a locally trained tokenizer and its processor.
 
-    Returns (model, processor); processor.tokenizer is the CLIPTokenizer, processor.image_processor resizes to
-    the preset's image size (shortest edge, then centre crop)."""
+    vision_overrides: vision-tower config values in place of the preset's ("patch_size=8,hidden_size=64", as
+    `parse_config_overrides` reads them). Returns (model, processor); processor.tokenizer is the CLIPTokenizer,
+    processor.image_processor resizes to the preset's image size (shortest edge, then centre crop)."""
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
     if size not in CLIP_PRESETS:
@@ -82,24 +84,27 @@ def build_clip_from_scratch(size: str, texts: Iterable[str], vocab_size: int = 2
     p = CLIP_PRESETS[size]
     tokenizer = build_clip_tokenizer(texts, vocab_size=vocab_size)
     image_size = int(image_size or p["image_size"])
-    if image_size % p["patch_size"]:
-        raise ValueError(f"image_size {image_size} is not a multiple of the patch size {p['patch_size']}")
     th, tl, ta, tm = p["text"]
     vh, vl, va, vm = p["vision"]
+    vision = dict(hidden_size=vh, num_hidden_layers=vl, num_attention_heads=va, intermediate_size=vm,
+                  image_size=image_size, patch_size=p["patch_size"])
+    vision.update(parse_config_overrides(vision_overrides))
+    if vision["image_size"] % vision["patch_size"]:
+        raise ValueError(f"image_size {vision['image_size']} is not a multiple of the patch size "
+                         f"{vision['patch_size']}")
     config = CLIPConfig(
         text_config=dict(hidden_size=th, num_hidden_layers=tl, num_attention_heads=ta, intermediate_size=tm,
                          vocab_size=len(tokenizer), max_position_embeddings=int(max_text_length or
                                                                                  p["max_text_length"]),
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=vh, num_hidden_layers=vl, num_attention_heads=va, intermediate_size=vm,
-                           image_size=image_size, patch_size=p["patch_size"]),
+        vision_config=vision,
         projection_dim=p["projection_dim"])
     if seed is not None:
         torch.manual_seed(seed)
     model = CLIPModel(config)
     tokenizer.model_max_length = config.text_config.max_position_embeddings
-    processor = CLIPProcessor(image_processor=_clip_image_processor(image_size), tokenizer=tokenizer)
+    processor = CLIPProcessor(image_processor=_clip_image_processor(vision["image_size"]), tokenizer=tokenizer)
     return model, processor
 
 

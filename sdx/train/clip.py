@@ -126,6 +126,8 @@ class ClipModelArguments:
         "BPE vocabulary size of the tokenizer trained for a model from scratch"))
     image_size: Optional[int] = field(default=None, metadata=arg_help(
         "image size of a model from scratch (None: the preset's)"))
+    vision_config_overrides: Optional[str] = field(default=None, metadata=arg_help(
+        "vision-tower config of a model from scratch in place of the preset's, e.g. 'patch_size=8,hidden_size=64'"))
     method: Literal["full", "lora", "adapter"] = field(default="full", metadata=arg_help(
         "full: both towers (+ freezing flags); lora: peft LoRA; adapter: frozen CLIP + CLIP-Adapter. The method "
         "changes no other flag: --recipe paper gives the paper's adapter recipe (Adam 1e-4, 20 epochs, constant)"))
@@ -457,7 +459,8 @@ def build_clip(m: ClipModelArguments, seed: int, train_split, all_ds) -> tuple[n
         _, t0s, t1s = class_prompts(all_ds)
         texts += t0s + t1s
         model, processor = build_clip_from_scratch(m.model_size, texts, vocab_size=m.tokenizer_vocab_size,
-                                                   image_size=m.image_size, seed=seed)
+                                                   image_size=m.image_size, seed=seed,
+                                                   vision_overrides=m.vision_config_overrides)
         origin = weights_origin(None)
     if m.model_family:
         update_lineage(model, family=m.model_family)
@@ -858,7 +861,9 @@ def clip_model_card(args: JobArguments, results: Mapping[str, Any], frozen: Sequ
         "adapter": f"CLIP-Adapter (alpha={m.adapter_alpha}, reduction={m.adapter_reduction}) on a frozen CLIP",
     }[m.method]
     init_text = (f"`{results['init']}`" if m.model_name_or_path else
-                 f"random initialisation (preset `{m.model_size}`, tokenizer trained on the training captions)")
+                 f"random initialisation (preset `{m.model_size}`"
+                 + (f", vision tower `{m.vision_config_overrides}`" if m.vision_config_overrides else "")
+                 + ", tokenizer trained on the training captions)")
     chosen = (f"the best epoch by {results['select_rule']}" if t.eval_strategy == "epoch"
               else "the last epoch (--eval_strategy no)")
     used = results["caption_levels_used"]
