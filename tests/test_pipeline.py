@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from test_report import assert_report_baselines, loc_target
@@ -84,6 +85,27 @@ def test_arguments_from_flags_yaml_and_json(tmp_path):
         pipeline.parse_args(["--synthetic_size", "5"])
     with pytest.raises(SystemExit):
         pipeline.parse_args(["--preset", "huge"])
+
+
+def test_demo_preset_sizes_reach_the_trainers():
+    """The demo's CNN at vit_image_size (96 px), its CLIPs at image_size with the preset's vision overrides;
+    --vit_image_size and --clip_vision_config replace them; a CLIP checkpoint takes none of them."""
+    args = pipeline.parse_args([])
+    s = args.settings()
+    vit = pipeline._vit_argv(args, s, "D", Path("v"))
+    clip = pipeline._clip_argv(args, s, "D", Path("c"), "t0", [])
+    assert vit[vit.index("--image_size") + 1] == "96" and clip[clip.index("--image_size") + 1] == "64"
+    assert clip[clip.index("--vision_config_overrides") + 1] == "patch_size=8"
+    args = pipeline.parse_args(["--vit_image_size", "64", "--clip_vision_config", "patch_size=16"])
+    s = args.settings()
+    vit = pipeline._vit_argv(args, s, "D", Path("v"))
+    assert vit[vit.index("--image_size") + 1] == "64"
+    assert "patch_size=16" in pipeline._clip_argv(args, s, "D", Path("c"), "t0", [])
+    smoke = pipeline.parse_args(["--preset", "smoke"])
+    vit = pipeline._vit_argv(smoke, smoke.settings(), "D", Path("v"))
+    assert vit[vit.index("--image_size") + 1] == "32"
+    ckpt = pipeline.parse_args(["--clip_model_name_or_path", "m"])
+    assert "--vision_config_overrides" not in pipeline._clip_argv(ckpt, ckpt.settings(), "D", Path("c"), "t0", [])
 
 
 def test_clip_runs_one_per_level_and_one_on_the_seen_classes():
