@@ -243,10 +243,22 @@ def _near_axis_angle(rng: np.random.Generator, surf: Surface, spread_deg: float,
     return surf.rolling_angle + math.radians(rng.normal(0, spread_deg))
 
 
+def _canvas(surf: Surface) -> tuple[int, float, np.ndarray]:
+    """(image side, scale relative to 256 px, an empty alpha map): what every drawer starts from."""
+    return surf.size, surf.size / 256.0, np.zeros((surf.size, surf.size))
+
+
+def _placements(rng, n_px: int, s: float, count: int, radius: tuple[float, float], centre: tuple[float, float]):
+    """(radius x s, cx, cy) of each of ``count`` defects; each drawn when it is asked for, so draws the caller makes
+    in between keep their place in the random stream."""
+    for _ in range(count):
+        r = rng.uniform(*radius) * s
+        cx, cy = rng.uniform(*centre, size=2) * n_px
+        yield r, cx, cy
+
+
 def _draw_scratch(rng, surf: Surface, bright: bool) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     delta = np.zeros((n_px, n_px))
     count = int(rng.integers(1, 4 if bright else 5))
     angle = _near_axis_angle(rng, surf, 6.0, 0.35)
@@ -283,8 +295,7 @@ def _draw_dark_scratch(rng, surf):
 
 
 def _draw_crazing(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
+    n_px, s, _ = _canvas(surf)
     # jittered-grid seeds (no two seeds nearly coincide, which would give a thick dark wedge)
     g = int(rng.integers(4, 8))
     cells = (np.stack(np.meshgrid(np.arange(g), np.arange(g)), -1).reshape(-1, 2) + 0.5
@@ -316,9 +327,7 @@ def _draw_crazing(rng, surf: Surface) -> Drawn:
 
 
 def _draw_crescent(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     r = rng.uniform(22, 48) * s
     side = int(rng.integers(4))
     t = rng.uniform(0.2, 0.8) * n_px
@@ -341,9 +350,7 @@ def _draw_crescent(rng, surf: Surface) -> Drawn:
 
 
 def _draw_inclusion(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     chains = int(rng.integers(1, 4))
     angle = surf.rolling_angle + math.radians(rng.normal(0, 4))
     c, sn = math.cos(angle), math.sin(angle)
@@ -371,9 +378,7 @@ def _draw_inclusion(rng, surf: Surface) -> Drawn:
 
 
 def _draw_oil_spot(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     count = int(rng.integers(1, 4))
     lobe_amp = rng.uniform(0.03, 0.3)
     diameters = []
@@ -406,9 +411,7 @@ def _draw_patches(rng, surf: Surface) -> Drawn:
 
 
 def _draw_pits(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     count = int(rng.integers(12, 71))
     cx0, cy0 = rng.uniform(0.25, 0.75, size=2) * n_px
     band = rng.random() < 0.5
@@ -432,14 +435,9 @@ def _draw_pits(rng, surf: Surface) -> Drawn:
 
 
 def _draw_punching(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
-    count = 1 if rng.random() < 0.8 else 2
+    n_px, s, alpha = _canvas(surf)
     diameters = []
-    for _ in range(count):
-        r = rng.uniform(9, 26) * s
-        cx, cy = rng.uniform(0.15, 0.85, size=2) * n_px
+    for r, cx, cy in _placements(rng, n_px, s, 1 if rng.random() < 0.8 else 2, (9, 26), (0.15, 0.85)):
         box = _box(cx, cy, r + 2, n_px, n_px)
         a = np.clip(r + 0.5 - np.hypot(box[1] - cx, box[2] - cy), 0, 1)
         _stamp(alpha, box, a)
@@ -452,9 +450,7 @@ def _draw_punching(rng, surf: Surface) -> Drawn:
 
 
 def _draw_rolled_scale(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     count = int(rng.integers(8, 31))
     angle = surf.rolling_angle
     lengths = []
@@ -474,9 +470,7 @@ def _draw_rolled_scale(rng, surf: Surface) -> Drawn:
 
 
 def _draw_water_spot(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     delta = np.zeros((n_px, n_px))
     count = int(rng.integers(1, 5))
     rim_dark = rng.uniform(30, 60)
@@ -502,8 +496,7 @@ def _draw_water_spot(rng, surf: Surface) -> Drawn:
 
 
 def _draw_welding_line(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
+    n_px, s, _ = _canvas(surf)
     angle = surf.rolling_angle + math.pi / 2 + math.radians(rng.normal(0, 2))
     width = rng.uniform(4, 13) * s
     pos = rng.uniform(0.15, 0.85) * n_px
@@ -551,8 +544,7 @@ def _fold(n_px: int, cx: float, cy: float, length: float, width: float, angle: f
 
 
 def _draw_crease(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
+    n_px, s, _ = _canvas(surf)
     alpha, delta = np.zeros((n_px, n_px)), np.zeros((n_px, n_px))
     angle = surf.rolling_angle + math.pi / 2 + math.radians(rng.normal(0, 5))
     count = int(rng.integers(1, 3))
@@ -570,8 +562,7 @@ def _draw_crease(rng, surf: Surface) -> Drawn:
 
 
 def _draw_roll_printing(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
+    n_px, s, _ = _canvas(surf)
     alpha, delta = np.zeros((n_px, n_px)), np.zeros((n_px, n_px))
     pitch = rng.uniform(20, 32) * s
     x0, y0 = rng.uniform(0.05, 0.35, size=2) * n_px
@@ -596,14 +587,9 @@ def _draw_roll_printing(rng, surf: Surface) -> Drawn:
 
 
 def _draw_scale_compression(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
-    count = 1 if rng.random() < 0.7 else 2
+    n_px, s, alpha = _canvas(surf)
     diameters = []
-    for _ in range(count):
-        r = rng.uniform(28, 55) * s
-        cx, cy = rng.uniform(0.25, 0.75, size=2) * n_px
+    for r, cx, cy in _placements(rng, n_px, s, 1 if rng.random() < 0.7 else 2, (28, 55), (0.25, 0.75)):
         lobes = [(rng.uniform(0.1, 0.3), rng.uniform(0, 2 * math.pi)) for _ in range(5)]
         box = _box(cx, cy, r * 2.0, n_px, n_px)
         _stamp(alpha, box, _blob_alpha(box[1], box[2], cx, cy, r, r * rng.uniform(0.55, 0.9), rng.uniform(0, math.pi),
@@ -617,9 +603,7 @@ def _draw_scale_compression(rng, surf: Surface) -> Drawn:
 
 
 def _draw_sheet_ash(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     cx, cy = rng.uniform(0.3, 0.7, size=2) * n_px
     rx, ry = rng.uniform(45, 90, size=2) * s
     yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32)
@@ -638,9 +622,7 @@ def _draw_sheet_ash(rng, surf: Surface) -> Drawn:
 
 
 def _draw_plate_oxide(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     count = int(rng.integers(2, 6))
     across = surf.rolling_angle + math.pi / 2 + math.radians(rng.normal(0, 12))
     along = surf.rolling_angle
@@ -665,9 +647,7 @@ def _draw_plate_oxide(rng, surf: Surface) -> Drawn:
 
 
 def _draw_temperature_oxide(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
+    n_px, s, alpha = _canvas(surf)
     count = int(rng.integers(15, 45))
     sizes = []
     for _ in range(count):
@@ -696,8 +676,7 @@ def _draw_red_iron(rng, surf: Surface) -> Drawn:
 
 
 def _draw_rolled_pit(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
+    n_px, s, _ = _canvas(surf)
     alpha, delta = np.zeros((n_px, n_px)), np.zeros((n_px, n_px))
     count = int(rng.integers(2, 6))
     angle = surf.rolling_angle + math.radians(rng.normal(0, 3))
@@ -723,8 +702,7 @@ def _draw_rolled_pit(rng, surf: Surface) -> Drawn:
 
 
 def _draw_rust_skin(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
+    n_px, s, _ = _canvas(surf)
     f = _smooth_field(rng, n_px, n_px, int(rng.integers(3, 6)))
     alpha = np.clip(0.5 + (f - np.quantile(f, 1.0 - rng.uniform(0.3, 0.55))) / 0.15, 0.0, 1.0)
     # flakes: Voronoi cells, each its own shade, thin light seams between them
@@ -748,8 +726,7 @@ def _draw_rust_skin(rng, surf: Surface) -> Drawn:
 
 
 def _draw_silk_spot(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
+    n_px, s, _ = _canvas(surf)
     yy, xx = np.mgrid[0:n_px, 0:n_px].astype(np.float32)
     along, across = (yy, xx) if surf.axis == 0 else (xx, yy)
     wavelength = rng.uniform(9, 16) * s
@@ -768,14 +745,9 @@ def _draw_silk_spot(rng, surf: Surface) -> Drawn:
 
 
 def _draw_slag(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
-    count = int(rng.integers(2, 6))
+    n_px, s, alpha = _canvas(surf)
     sizes = []
-    for _ in range(count):
-        r = rng.uniform(5, 14) * s
-        cx, cy = rng.uniform(0.15, 0.85, size=2) * n_px
+    for r, cx, cy in _placements(rng, n_px, s, int(rng.integers(2, 6)), (5, 14), (0.15, 0.85)):
         k = int(rng.integers(3, 7))                                      # an angular shard of k corners
         corners = np.sort(rng.uniform(0, 2 * math.pi, size=k))
         radii = r * rng.uniform(0.3, 1.0, size=k)
@@ -792,8 +764,7 @@ def _draw_slag(rng, surf: Surface) -> Drawn:
 
 
 def _draw_waist_folding(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
+    n_px, s, _ = _canvas(surf)
     alpha, delta = np.zeros((n_px, n_px)), np.zeros((n_px, n_px))
     angle = rng.uniform(0, math.pi)
     c, sn = math.cos(angle), math.sin(angle)
@@ -814,14 +785,9 @@ def _draw_waist_folding(rng, surf: Surface) -> Drawn:
 
 
 def _draw_white_rust(rng, surf: Surface) -> Drawn:
-    n_px = surf.size
-    s = n_px / 256.0
-    alpha = np.zeros((n_px, n_px))
-    count = int(rng.integers(1, 5))
+    n_px, s, alpha = _canvas(surf)
     diameters = []
-    for _ in range(count):
-        r = rng.uniform(14, 36) * s
-        cx, cy = rng.uniform(0.15, 0.85, size=2) * n_px
+    for r, cx, cy in _placements(rng, n_px, s, int(rng.integers(1, 5)), (14, 36), (0.15, 0.85)):
         lobes = [(rng.uniform(0.05, 0.25), rng.uniform(0, 2 * math.pi)) for _ in range(4)]
         box = _box(cx, cy, r * 1.6 + 8 * s, n_px, n_px)
         _stamp(alpha, box, _blob_alpha(box[1], box[2], cx, cy, r, r * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi),

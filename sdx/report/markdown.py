@@ -284,8 +284,12 @@ def _setting_differences(row: dict, n_test: int | None, synthetic: bool) -> list
         out.append(f"architecture {s.get('architecture')}, the paper's is {PAPER_SETTING['architecture']}")
     if s.get("train_method") != PAPER_SETTING["method"]:
         out.append(f"method {s.get('train_method')}, the paper's is the CLIP-Adapter")
-    if synthetic:
-        out.append("synthetic data")
+    return out + _data_differences(n_test, synthetic)
+
+
+def _data_differences(n_test: int | None, synthetic: bool) -> list[str]:
+    """How a run's test data differ from the paper's (synthetic, or another number of test images)."""
+    out = ["synthetic data"] if synthetic else []
     if n_test is not None and n_test != PAPER_TEST_IMAGES:
         out.append(f"{n_test} test images, the paper's val split has {PAPER_TEST_IMAGES:,}")
     return out
@@ -373,11 +377,7 @@ def _few_shot_differences(model: dict | None, n_test: int | None, synthetic: boo
                    f"{PAPER_SETTING['architecture']}")
     if s.get("metadata"):
         out.append(f"this model was trained on this run's data ({_setting(s)}), the paper's was not")
-    if synthetic:
-        out.append("synthetic data")
-    if n_test is not None and n_test != PAPER_TEST_IMAGES:
-        out.append(f"{n_test} test images, the paper's val split has {PAPER_TEST_IMAGES:,}")
-    return out
+    return out + _data_differences(n_test, synthetic)
 
 
 def _few_shot_lines(res: dict, model: dict | None, chance: dict | None, synthetic: bool) -> list[str]:
