@@ -293,6 +293,7 @@ def _assert_same_rows(ours: datasets.DatasetDict, plain: datasets.DatasetDict) -
                    {k: v for k, v in y.items() if k not in ("image", "mask")}
 
 
+@pytest.mark.slow
 def test_export_round_trips_every_config_with_each_image_once(layout, cache, tmp_path):
     out = tmp_path / "export"
     result = steeldefectx.main(["export", str(out), "--data_dir", str(layout), "--cache_dir", cache])

@@ -194,6 +194,7 @@ def test_overwrite_removes_only_what_our_runs_write(tmp_path, caplog):
 # ---------------------------------------------------------------------------------------------------------------
 # 3. checkpoints whole or not at all; the limit prunes only after the new one is complete
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_kill_during_save_with_total_limit_1_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     from accelerate import Accelerator
 

@@ -509,6 +509,7 @@ def test_248_position_clip_trains_on_real_t3_and_the_evaluator_reads_every_token
     assert cut["cache"]["text"]["encoded"] > 0 and cut["cache"]["image"]["encoded"] == 0   # texts: a new budget
 
 
+@pytest.mark.slow
 def test_trainer_counts_and_warns_about_truncated_captions(tmp_path, caplog):
     import train_clip
     from sdx.data.synthetic import generate

@@ -249,6 +249,7 @@ def _pixel_features(path: Path, side: int = 64) -> np.ndarray:
     return np.array(feats)
 
 
+@pytest.mark.slow
 def test_small_classifier_learns_the_classes(default_data):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
