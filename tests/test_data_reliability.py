@@ -13,22 +13,13 @@ import datasets
 import numpy as np
 import pytest
 from PIL import Image
-from test_dataset import _assert_counts_balance, _jpeg, _records, _write_records, make_layout
+from test_dataset import (  # noqa: F401 (cache and layout are fixtures, used by name)
+    _assert_counts_balance, _jpeg, _records, _write_records, cache, layout)
 
 import steeldefectx
 from sdx.annotate import images
 from sdx.data import builder as D
 from sdx.data.export import export_dataset
-
-
-@pytest.fixture
-def layout(tmp_path) -> Path:
-    return make_layout(tmp_path / "raw")
-
-
-@pytest.fixture
-def cache(tmp_path) -> str:
-    return str(tmp_path / "cache")
 
 
 def _rows(ds) -> dict:
