@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from sdx.data import levels as T
 from sdx.models import clip as C
 from sdx.models.convert import convert_clip
 from sdx.train.losses import contrastive_loss, long_clip_loss, principal_reconstruction
+from test_losses import free_port, gloo_rank
 
 WORDS = ("steel surface defect scratch patch inclusion crazing pitted rolled scale bright dark spot line edge "
          "left right upper lower central region small large irregular elongated").split()
@@ -262,12 +262,9 @@ def _long_clip_grads(x_img, x_long, x_short, labels, w, slices, pca_dim):
 
 def _long_clip_worker(rank, world, port, out_path):
     import torch.distributed as dist
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+
+    with gloo_rank(rank, world, port, SIZES) as sl:
         x_img, x_long, x_short, labels, w = _long_clip_batch()
-        start = sum(SIZES[:rank])
-        sl = slice(start, start + SIZES[rank])
         wi = w.clone().requires_grad_(True)
         loss = long_clip_loss(x_img[sl] @ wi, x_long[sl] @ w, x_short[sl] @ w, 1.0, labels=labels[sl], pca_dim=2)
         loss.backward()
@@ -275,17 +272,12 @@ def _long_clip_worker(rank, world, port, out_path):
         wi.grad /= world
         if rank == 0:
             torch.save((loss.detach(), wi.grad), out_path)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_long_clip_loss_over_two_processes(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "dist.pt"
-    mp.spawn(_long_clip_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    mp.spawn(_long_clip_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     loss, grad = torch.load(out)
     slices = [slice(0, SIZES[0]), slice(SIZES[0], sum(SIZES))]
     ref_loss, ref_grad = _long_clip_grads(*_long_clip_batch(), slices, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -210,14 +211,26 @@ def _loss_and_grads(x_img, x_txt, labels, w_img, w_txt, kind):
     return loss.detach(), wi.grad, wt.grad, ls.grad
 
 
-def _worker(rank, world, port, out_path):
+@contextlib.contextmanager
+def gloo_rank(rank: int, world: int, port: int, sizes: tuple[int, ...]):
+    """A gloo process group on 127.0.0.1 for this rank of a spawned test; yields the rank's slice of a global batch
+    split into ``sizes``."""
     import torch.distributed as dist
+
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        start = sum(sizes[:rank])
+        yield slice(start, start + sizes[rank])
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank, world, port, out_path):
+    import torch.distributed as dist
+
+    with gloo_rank(rank, world, port, SIZES) as sl:
         x_img, x_txt, labels, w_img, w_txt = _global_batch()
-        start = sum(SIZES[:rank])
-        sl = slice(start, start + SIZES[rank])
         results = {}
         for kind in ("class_aware", "infonce"):
             loss, gi, gt, gs = _loss_and_grads(x_img[sl], x_txt[sl], labels[sl], w_img, w_txt, kind)
@@ -231,11 +244,9 @@ def _worker(rank, world, port, out_path):
             results[kind] = (loss, gi, gt, gs)
         if rank == 0:
             torch.save(results, out_path)
-    finally:
-        dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -244,7 +255,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_process_gather_equals_single_process(tmp_path):
     out = tmp_path / "dist.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     got = torch.load(out)
     x_img, x_txt, labels, w_img, w_txt = _global_batch()
     for kind in ("class_aware", "infonce"):
