@@ -156,6 +156,28 @@ def test_pixel_cache_equals_per_batch_processing(tiny_model):
     assert torch.equal(on_the_fly["labels"], cached["labels"])
 
 
+def test_cached_flips_equal_per_batch_flips(tiny_model):
+    """--hflip / --vflip on cached pixel values: the same draws and the same pixels as flipping each image before
+    the processor, so flips no longer force per-batch decoding."""
+    from transformers import AutoImageProcessor
+
+    from sdx.data.builder import load_steeldefectx
+    from sdx.train.pixels import CachedPixels, pixel_cache
+    from sdx.train.vit import ImageTransform, collate
+
+    processor = AutoImageProcessor.from_pretrained(tiny_model)
+    split = load_steeldefectx("synthetic")["validation"].select_columns(["image", "label"])
+    pixels = pixel_cache(split, processor, budget_mb=64)
+    rows = list(range(len(split)))
+    torch.manual_seed(3)
+    transform = ImageTransform(processor, True, hflip=True, vflip=True)
+    on_the_fly = collate([split.with_transform(transform)[i] for i in rows])
+    torch.manual_seed(3)
+    cached = collate([CachedPixels(pixels, split["label"], hflip=True, vflip=True)[i] for i in rows])
+    assert torch.equal(on_the_fly["pixel_values"], cached["pixel_values"])
+    assert not torch.equal(cached["pixel_values"], pixels)  # some rows were flipped
+
+
 @pytest.mark.slow
 def test_real_fixture_grayscale_and_rgb(tmp_path, real_subset):
     from sdx.data.levels import CLASS_NAMES

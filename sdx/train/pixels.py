@@ -48,15 +48,24 @@ class PixelBudget:
 
 
 class CachedPixels(torch.utils.data.Dataset):
-    """Rows of cached pixel values with their labels: {"pixel_values", "labels"}."""
+    """Rows of cached pixel values with their labels: {"pixel_values", "labels"}; `hflip` / `vflip` flip a row's
+    pixel values with probability 0.5 each, drawn from torch's global RNG in the order the per-batch transform
+    draws them. Flipping after the processor equals flipping before it for a resize without an off-centre crop
+    (tested on the project's processors), so flips keep the cache."""
 
-    def __init__(self, pixels: torch.Tensor, labels: Sequence[int]):
+    def __init__(self, pixels: torch.Tensor, labels: Sequence[int], *, hflip: bool = False, vflip: bool = False):
         if len(pixels) != len(labels):
             raise ValueError(f"{len(pixels)} cached images for {len(labels)} labels")
         self.pixels, self.labels = pixels, torch.as_tensor(list(labels), dtype=torch.long)
+        self.hflip, self.vflip = hflip, vflip
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"pixel_values": self.pixels[i], "labels": self.labels[i]}
+        pixels = self.pixels[i]
+        if self.hflip and float(torch.rand(1)) < 0.5:
+            pixels = pixels.flip(-1)
+        if self.vflip and float(torch.rand(1)) < 0.5:
+            pixels = pixels.flip(-2)
+        return {"pixel_values": pixels, "labels": self.labels[i]}

@@ -339,10 +339,10 @@ class VitJob(Job):
         return model
 
     def train_loader(self, split):
-        """Cached pixel values when no random augmentation applies (and they fit), else the per-batch path."""
+        """Cached pixel values unless --random_resized_crop applies (flips act on the cached values), when they
+        fit; else the per-batch path."""
         d, t = self.args.data, self.args.training
-        random_aug = d.random_resized_crop or d.hflip or d.vflip
-        pixels = None if random_aug else self.pixels.cache(split, self.processor, "train images")
+        pixels = None if d.random_resized_crop else self.pixels.cache(split, self.processor, "train images")
         sampler = ClassBalancedSampler(split["label"], t.seed) if d.class_balanced_sampling else None
         return torch.utils.data.DataLoader(
             self._dataset(split, pixels, train=True), sampler=sampler, batch_size=t.per_device_train_batch_size,
@@ -356,9 +356,9 @@ class VitJob(Job):
             collate_fn=collate, num_workers=t.dataloader_num_workers)
 
     def _dataset(self, split, pixels: Optional[torch.Tensor], train: bool):
-        if pixels is not None:
-            return CachedPixels(pixels, split["label"])
         d = self.args.data
+        if pixels is not None:
+            return CachedPixels(pixels, split["label"], hflip=train and d.hflip, vflip=train and d.vflip)
         transform = ImageTransform(self.processor, train, random_crop=d.random_resized_crop, crop_scale=d.crop_scale,
                                    hflip=d.hflip, vflip=d.vflip)
         return split.select_columns(["image", "label"]).with_transform(transform)
