@@ -11,12 +11,13 @@ Steps (each one calls the `main(argv)` of the matching command line, so nothing 
 
 1. data     build the dataset with the builder (``steeldefectx``); print its build report; draw a gallery of
             images with their masks and every text level (``OUT/gallery.png``)
-2. vit      train the vision-only classifier (``train_vit.py``): a random model of the preset's family (a small
-            CNN for demo, a tiny ViT otherwise; ``--vit_model_type``) unless a checkpoint is given
-3. clip     train one CLIP per caption level in ``--clip_levels`` (``train_clip.py``), for the Tx-Ty matrix,
-            and one more on the seen classes only (every 4th class with images, from the 2nd, held out), for
-            the cross-class zero-shot transfer of task 4
-4. bench    run every benchmark task on them (``eval_benchmark.py``), with any ``--external_data`` set as a
+2. models   train, side by side (``--jobs`` processes; by default one per CPU, one on a GPU machine), the
+            vision-only classifier (``train_vit.py``: a random model of the preset's family, a small CNN for demo
+            and a tiny ViT otherwise, ``--vit_model_type``, unless a checkpoint is given), one CLIP per caption
+            level in ``--clip_levels`` (``train_clip.py``), for the Tx-Ty matrix, and one more on the seen
+            classes only (every 4th class with images, from the 2nd, held out), for the cross-class zero-shot
+            transfer of task 4; with several processes each one's output goes to ``OUT/logs/<name>.log``
+3. bench    run every benchmark task on them (``eval_benchmark.py``), with any ``--external_data`` set as a
             transfer (and localization) target: ``OUT/bench/report.md`` and its plots; Task 2 also gets the
             paper's rows, a CLIP-Adapter per level of ``--adapter_levels`` trained on the cached features of the
             frozen base (``--clip_model_name_or_path``, else a random-init CLIP saved once in ``OUT/clip_base``)
@@ -46,9 +47,9 @@ from sdx.data.synthetic import default_dataset_dir
 from sdx.redact import redact
 from sdx.report.gallery import data_gallery
 from sdx.train import clip as train_clip
-from sdx.train import vit as train_vit
 from sdx.train.args import check_ranges
 from sdx.train.outputs import output_lock, refuse_foreign_folder
+from sdx.train.parallel import TrainingJob, auto_workers, run_trainings
 from sdx.train.runmeta import RunMetadata
 
 PIPELINE_FILE = "pipeline.json"
@@ -126,6 +127,10 @@ class PipelineArguments:
         "help": "an external image set for zero-shot transfer (task 4) and, where it has masks, localization; "
                 "passed to eval_benchmark.py's --external_data (e.g. "
                 "../shared/data/transfer-magnetic-tile/magnetic_tile). Repeatable."})
+    jobs: int = field(default=0, metadata=_help(
+        "models trained at the same time, each in its own process with an equal share of the CPU threads "
+        "(0: one per CPU up to the number of models, and 1 when a GPU is present; 1: one after another in this "
+        "process, output on the console)"))
     seed: int = 42
     overwrite_output_dir: bool = field(default=False, metadata=_help("replace an earlier run in --output_dir"))
     vit_epochs: int | None = field(default=None, metadata=_help("override the preset's vit_epochs"))
@@ -147,8 +152,9 @@ class PipelineArguments:
             folder = item.partition("=")[0]
             if not Path(folder).is_dir():
                 raise ValueError(f"--external_data: folder {folder} not found")
-        check_ranges(self, dict.fromkeys(("vit_epochs", "clip_epochs", "image_size", "vit_image_size", "batch_size",
-                                          "max_train_samples", "max_eval_samples"), ">= 1"))
+        positive = ("vit_epochs", "clip_epochs", "image_size", "vit_image_size", "batch_size", "max_train_samples",
+                    "max_eval_samples")
+        check_ranges(self, {"jobs": ">= 0", **dict.fromkeys(positive, ">= 1")})
         for flag, value in (("--shots", self.shots), ("--seeds", self.seeds)):
             if value is not None:
                 bench_cli.int_list(flag, value)
@@ -268,6 +274,12 @@ def _clip_runs(args: PipelineArguments, class_names: list[str]) -> tuple[list[tu
     return runs, unseen
 
 
+def _longest_first(runs: list[tuple[str, str, list[str]]]) -> list[tuple[str, str, list[str]]]:
+    """The CLIP runs in the order side-by-side training starts them: longer captions first (a T4 epoch costs about
+    1.5x a T0 one on the demo), the seen-classes run, on fewer images, last."""
+    return sorted(runs, key=lambda r: (bool(r[2]), -T.LEVELS.index(r[1]) if r[1] in T.LEVELS else 0))
+
+
 def _prepare(args: PipelineArguments, s: dict[str, Any]) -> tuple[Path, str]:
     """(the output folder, emptied or new; the data folder every step reads)."""
     out = Path(args.output_dir)
@@ -295,33 +307,36 @@ def _run_steps(args: PipelineArguments) -> dict:
     out, data_dir = _prepare(args, s)
     timings: dict[str, float] = {}
 
-    t = _step("1/4 data")
+    t = _step("1/3 data")
     ds = load_steeldefectx(data_dir, "default")
     print(format_report(build_report(ds)))
     gallery = data_gallery(ds, out / "gallery.png")
     print(f"gallery: {gallery}")
     timings["data_s"] = time.perf_counter() - t
 
-    t = _step("2/4 vision-only classifier (train_vit.py)")
-    vit = train_vit.main(_vit_argv(args, s, data_dir, out / "vit"))
-    timings["vit_s"] = time.perf_counter() - t
-
     runs, unseen = _clip_runs(args, ds["train"]["class_name"])
-    t = _step(f"3/4 CLIP per caption level {', '.join(r[1].upper() for r in runs if not r[2])}"
+    jobs = [TrainingJob("vit", "vit", tuple(_vit_argv(args, s, data_dir, out / "vit"))),
+            *(TrainingJob(name, "clip", tuple(_clip_argv(args, s, data_dir, out / name, level, extra)))
+              for name, level, extra in _longest_first(runs))]
+    workers = args.jobs or auto_workers(len(jobs))
+    t = _step(f"2/3 vision-only classifier (train_vit.py) and a CLIP per caption level "
+              f"{', '.join(r[1].upper() for r in runs if not r[2])}"
               + (f", and {runs[-1][0]} without {unseen}" if runs and runs[-1][2] else "") + " (train_clip.py)")
-    clip_dirs, clips = {}, {}
-    for name, level, extra in runs:
-        clips[name] = train_clip.main(_clip_argv(args, s, data_dir, out / name, level, extra))
-        clip_dirs[name] = (level, out / name)
-    timings["clip_s"] = time.perf_counter() - t
+    trained = run_trainings(jobs, workers, out / "logs")
+    vit = trained["vit"][0]
+    clips = {name: trained[name][0] for name, _, _ in runs}
+    clip_dirs = {name: (level, out / name) for name, level, _ in runs}
+    timings["models_s"] = time.perf_counter() - t
+    model_times = {name: round(seconds, 1) for name, (_, seconds) in trained.items()}
 
-    t = _step("4/4 benchmark (eval_benchmark.py)")
+    t = _step("3/3 benchmark (eval_benchmark.py)")
     base = _adapter_base(args, s, ds, out, data_dir)
     results = bench_cli.main(_bench_argv(args, s, data_dir, out / "bench", out / "vit", clip_dirs, base))
     timings["bench_s"] = time.perf_counter() - t
 
     summary = {"output_dir": str(out), "gallery": str(gallery), "report": results["meta"]["outputs"]["report"],
                "vit": vit, "clip": clips, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+               "model_times_s": model_times, "workers": workers,
                "settings": s, "data_dir": args.data_dir, "external_data": list(args.external_data)}
     (out / PIPELINE_FILE).write_text(json.dumps(redact(summary), indent=2, default=str))
     print(f"\nDone in {sum(timings.values()):.0f} s.\n  report:   {summary['report']} (plots beside it)\n"

@@ -24,7 +24,9 @@ def _run(tmp_path, *extra):
 @pytest.mark.slow
 def test_demo_pipeline_on_synthetic_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STEELDEFECTX_CACHE", str(tmp_path / "syn"))
-    out, summary, report = _run(tmp_path)
+    out, summary, report = _run(tmp_path, "--jobs", "2")   # side by side: each model's output in logs/
+    assert {p.name for p in (out / "logs").iterdir()} == {"vit.log", "clip_t0.log", "clip_t4.log", "clip_t1_seen.log"}
+    assert summary["workers"] == 2 and "training: 100%" in (out / "logs" / "vit.log").read_text()
     last = capsys.readouterr().out.rsplit("Done in", 1)[1]  # the last message names every output
     for path in (out / "bench" / "report.md", out / "gallery.png", out / "pipeline.json"):
         assert str(path) in last
@@ -57,7 +59,8 @@ def test_pipeline_refuses_to_overwrite_a_run(tmp_path):
 def test_pipeline_on_the_real_fixture(tmp_path, real_subset, magnetic_tile):
     """The README's real-data command (at the smoke preset): the magnetic-tile set is a target of its own."""
     out, summary, report = _run(tmp_path, "--data_dir", str(real_subset), "--transfer_level", "none",
-                                "--external_data", str(magnetic_tile))
+                                "--external_data", str(magnetic_tile), "--jobs", "1")   # one after another
+    assert summary["workers"] == 1 and not (out / "logs").exists()
     assert "SYNTHETIC" not in report.splitlines()[0]
     assert "steeldefectx-real-subset" in report
     assert "random-init" in report and "subsampled" in report
@@ -116,3 +119,24 @@ def test_clip_runs_one_per_level_and_one_on_the_seen_classes():
                     ("clip_t1_seen", "t1", ["--exclude_classes", "B", "F"])]
     runs, _ = pipeline._clip_runs(pipeline.parse_args(["--clip_levels", "t4", "--transfer_level", "none"]), names)
     assert runs == [("clip_t4", "t4", [])]
+
+
+def test_side_by_side_training_starts_the_longest_runs_first():
+    runs, _ = pipeline._clip_runs(pipeline.parse_args(["--clip_levels", "t0,t1,t4"]), ["A", "B", "C"])
+    assert [r[0] for r in pipeline._longest_first(runs)] == ["clip_t4", "clip_t1", "clip_t0", "clip_t1_seen"]
+    assert pipeline.parse_args(["--jobs", "2"]).jobs == 2
+    with pytest.raises(ValueError, match="--jobs must be >= 0"):
+        pipeline.parse_args(["--jobs", "-1"])
+
+
+@pytest.mark.slow
+def test_a_failed_side_by_side_training_names_its_job_and_log(tmp_path):
+    from sdx.train.parallel import TrainingJob, run_trainings
+
+    bad = TrainingJob("clip_bad", "clip", ("--data_dir", str(tmp_path / "missing"), "--output_dir",
+                                           str(tmp_path / "out")))
+    with pytest.raises(RuntimeError, match="training 'clip_bad' failed") as err:
+        run_trainings([bad], 2, tmp_path / "logs")
+    log = tmp_path / "logs" / "clip_bad.log"
+    assert str(log) in str(err.value)
+    assert "Traceback" in log.read_text() and "missing" in log.read_text()
