@@ -179,6 +179,7 @@ def test_all_tasks_end_to_end(full_run, small_ds):
     # Task 1
     t1 = res["task1"]
     assert t1["n"] == len(small_ds["test"]) and 0 <= t1["acc"] <= 100
+    assert t1["model"]["architecture"] == "vit"  # the classifier's config.model_type, shown in its report row
     assert {r["class"] for r in t1["per_class"]} >= {names[i] for i in set(small_ds["test"]["label"])}
     assert np.asarray(t1["confusion"]["matrix"]).sum() == len(small_ds["test"])
     # Task 2: one row per checkpoint, train level from the tag / from the checkpoint metadata

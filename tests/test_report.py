@@ -200,6 +200,8 @@ def test_paper_rows_name_their_setting_and_the_unverified_row_is_left_out():
     assert ("| paper: Long-CLIP ViT-L/14 + CLIP-Adapter (T3; trained on the full release; v2) | 94.45 / 93.66 |  |"
             in task2)
     assert "ours: clip_t1 (random-init, trained on `../shared/data/real` without B)" in task1
+    t1["model"] = t1["model"] | {"architecture": "resnet"}   # the row names the architecture a folder may not
+    assert "ours: clip_t1 (resnet, random-init, trained on" in markdown.render_markdown({"meta": {}, "task1": t1})
 
 
 def test_vit_confusion_plot_is_tagged_on_synthetic_data(tmp_path, monkeypatch):

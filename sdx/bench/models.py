@@ -169,4 +169,5 @@ class VisionClassifier:
                          f"the dataset classes {list(class_names)[:5]}...")
 
     def describe(self) -> dict:
-        return _describe(self, "image-classifier", self.run.method if self.run else type(self.model).__name__)
+        return {**_describe(self, "image-classifier", self.run.method if self.run else type(self.model).__name__),
+                "architecture": self.model.config.model_type}

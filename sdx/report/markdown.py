@@ -202,7 +202,8 @@ def _task1_lines(t1: dict, warn: list[str], results: dict) -> list[str]:
     if t1.get("skipped"):
         return L + [f"Skipped: {t1['skipped']}.", ""]
     m, restricted = t1["model"], t1.get("restricted")
-    ours = md_cell(f"{m['name']} ({_setting(m)})")
+    arch = f"{m['architecture']}, " if m.get("architecture") else ""   # the folder name may not say (demo: vit/)
+    ours = md_cell(f"{m['name']} ({arch}{_setting(m)})")
     L += ["| row | Acc | mAcc | macro-F1 | n |", "|---|---|---|---|---|",
           f"| ours: {ours} | {_f(t1['acc'])} | {_f(t1['macc'])} | {_f(t1['macro_f1'])} | {t1['n']} |"]
     if restricted and t1.get("labels_not_present"):
@@ -610,7 +611,8 @@ def render_markdown(results: dict) -> str:
     """report.md of a results dict: header, data, models, one section per task run, selections, run facts."""
     meta = results.get("meta", {})
     synthetic = data_is_synthetic(meta.get("data", {}))
-    warn = ["> Synthetic data: not SteelDefectX; paper numbers shown only as the target scale.", ""] if synthetic else []
+    warn = ["> Synthetic data, not SteelDefectX: a paper row below is the paper's own setting (the full release, its "
+            "models), never comparable with a row measured here.", ""] if synthetic else []
     lines = _header_lines(meta, synthetic) + _data_lines(meta) + _model_lines(results)
     lines += _text_budget_lines(results.get("text_budget"))
     for key, section in TASK_SECTIONS:
