@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from sdx.annotate.engine import analyze  # noqa: E402
+from sdx.annotate.engine import analyze, analyze_pairs  # noqa: E402
 from sdx.annotate.images import load_gray  # noqa: E402
 from sdx.data.levels import PREFIX_TO_CLASS  # noqa: E402
 
@@ -62,8 +62,9 @@ def decode_floor(part) -> None:
 
 SIDES = {
     "decode-only floor": decode_floor,
-    "all nine fields (geometry rules)": lambda part: [analyze(i, m, c, geometry=True) for i, m, c in part],
-    "rule fields only": lambda part: [analyze(i, m, c, geometry=False) for i, m, c in part],
+    "all nine fields (geometry rules)": lambda part: analyze_pairs(part, geometry=True),
+    "rule fields only": lambda part: analyze_pairs(part, geometry=False),
+    "all nine fields, one analyze a pair": lambda part: [analyze(i, m, c, geometry=True) for i, m, c in part],
 }
 
 

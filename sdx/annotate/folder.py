@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sdx.annotate.engine import RULE_FIELDS, analyze
+from sdx.annotate.engine import RULE_FIELDS, analyze_pairs
 from sdx.annotate.geometry import FALLBACK_DIRECTION, FALLBACK_DISTRIBUTION, FALLBACK_SHAPE
 from sdx.annotate.images import list_files, masks_by_stem
 from sdx.annotate.llm import write_json_atomic
@@ -33,17 +33,24 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MISSING_MASK_CHOICES = ("keep", "skip", "error")
 
 
-def _progress(iterable, total: int, desc: str, quiet: bool):
-    return iterable if quiet else tqdm(iterable, total=total, desc=desc, unit="image")
-
-
-def _map(func, jobs: list, workers: int, desc: str, quiet: bool) -> list:
-    """Ordered map over jobs with a progress bar; ``workers > 1`` uses a process pool."""
-    if workers and workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context().Pool(workers) as pool:
-            chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
-            return list(_progress(pool.imap(func, jobs, chunksize=chunk), len(jobs), desc, quiet))
-    return [func(job) for job in _progress(jobs, len(jobs), desc, quiet)]
+def _map_chunks(func, jobs: list, workers: int, desc: str, quiet: bool, size: int = 64) -> list:
+    """Ordered map of ``func`` (a list of jobs -> a list of results) over chunks of at most ``size`` jobs, with a
+    progress bar in jobs; ``workers > 1`` uses a process pool, with at least 8 chunks a worker."""
+    if workers and workers > 1:
+        size = max(1, min(size, len(jobs) // (workers * 8) or 1))
+    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    out: list = []
+    with tqdm(total=len(jobs), desc=desc, unit="image", disable=quiet) as bar:
+        if workers and workers > 1 and len(chunks) > 1:
+            with multiprocessing.get_context().Pool(workers) as pool:
+                for res in pool.imap(func, chunks):
+                    out.extend(res)
+                    bar.update(len(res))
+        else:
+            for res in map(func, chunks):
+                out.extend(res)
+                bar.update(len(res))
+    return out
 
 
 def _is_image(path: Path) -> bool:
@@ -185,18 +192,25 @@ def scan_folder(image_dir: Path, mask_dir: Path | None, labels: dict[str, str] |
     return items, mode
 
 
-def _annotate_job(job: tuple) -> dict:
-    image, mask, cls, t2, fallback, resize = job
+def _annotate_chunk(jobs: list[tuple]) -> list[dict]:
+    """The records of a chunk of (image, mask, class, T2, fallback, resize) jobs (fallback and resize the same in all),
+    the pairs with a mask analysed together (``analyze_pairs``)."""
+    fallback, resize = jobs[0][4], jobs[0][5]
+    kw = {"shape": FALLBACK_SHAPE, "direction": FALLBACK_DIRECTION,
+          "distribution": FALLBACK_DISTRIBUTION} if fallback else {}
+    with_mask = [(image, mask, cls) for image, mask, cls, *_ in jobs if mask is not None]
+    analysed = iter(analyze_pairs(with_mask, resize_mask=resize, geometry=not fallback, **kw))
+    return [_annotate_result(job, None if job[1] is None else next(analysed)) for job in jobs]
+
+
+def _annotate_result(job: tuple, res: dict | ValueError | None) -> dict:
+    image, _, cls, t2 = job[:4]
     rec = {"image_name": Path(image).name, "class_name": cls, "natural_language_description": t2,
            "structured_attributes": None, "template_sentence": ""}
-    if mask is None:
+    if res is None:
         return {"record": rec, "status": "no_mask"}
-    try:
-        kw = {"shape": FALLBACK_SHAPE, "direction": FALLBACK_DIRECTION,
-              "distribution": FALLBACK_DISTRIBUTION} if fallback else {}
-        res = analyze(image, mask, cls, resize_mask=resize, geometry=not fallback, **kw)
-    except ValueError as exc:
-        return {"record": rec, "status": "error", "error": str(exc)}
+    if isinstance(res, ValueError):
+        return {"record": rec, "status": "error", "error": str(res)}
     rec["structured_attributes"] = res["attributes"]
     rec["template_sentence"] = res["t4"]
     if res["statistics"]["component_count"] == 0:
@@ -241,7 +255,7 @@ def annotate_folder(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, o
         items = [it for it in items if it["mask"] is not None]
     jobs = [(str(it["image"]), None if it["mask"] is None else str(it["mask"]), it["class_name"],
              t2_map.get(it["name"], ""), fallback_fields, resize_mask) for it in items]
-    results = _map(_annotate_job, jobs, workers, "annotate", quiet)
+    results = _map_chunks(_annotate_chunk, jobs, workers, "annotate", quiet)
     records, errors = [], []
     status = collections.Counter()
     for res in results:
@@ -289,21 +303,28 @@ def _same_field(field: str, want: Any, got: Any) -> bool:
         return False
 
 
-def _verify_job(job: tuple) -> dict:
-    image, mask, rec = job
+def _verify_chunk(jobs: list[tuple]) -> list[dict]:
+    """The verify results of a chunk of (image, mask, record) jobs, the pairs with attributes and a mask analysed
+    together (``analyze_pairs``, rule fields only)."""
+    todo = [(image, mask, rec.get("class_name") or "?") for image, mask, rec in jobs
+            if isinstance(rec.get("structured_attributes"), dict) and mask is not None]
+    analysed = iter(analyze_pairs(todo, geometry=False))
+    return [_verify_result(rec, next(analysed) if isinstance(rec.get("structured_attributes"), dict)
+                           and mask is not None else None) for _, mask, rec in jobs]
+
+
+def _verify_result(rec: dict, res: dict | ValueError | None) -> dict:
     sa = rec.get("structured_attributes")
     out: dict[str, Any] = {"image_name": rec.get("image_name"), "status": "ok", "mismatch": {}}
     if not isinstance(sa, dict):
         out["status"] = "no_attributes"
         return out
-    if mask is None:
+    if res is None:
         out["status"] = "no_mask"
         return out
-    try:
-        res = analyze(image, mask, rec.get("class_name") or "?", geometry=False)
-    except ValueError as exc:
+    if isinstance(res, ValueError):
         out["status"] = "unreadable"
-        out["error"] = str(exc)
+        out["error"] = str(res)
         return out
     got = res["attributes"]
     for field in RULE_FIELDS:
@@ -374,7 +395,7 @@ def _verify_file(data_dir: Path, path: Path, workers: int, quiet: bool,
         stem = Path(rec["image_name"]).stem
         mask = data_dir / f"{split}_mask" / f"{stem}.png"
         jobs.append((str(data_dir / split / rec["image_name"]), str(mask) if mask.is_file() else None, rec))
-    results = _map(_verify_job, jobs, workers, f"verify {path.name}", quiet)
+    results = _map_chunks(_verify_chunk, jobs, workers, f"verify {path.name}", quiet)
     status = collections.Counter(r["status"] for r in results)
     mism = collections.Counter(f for r in results for f in r["mismatch"])
     bad = [r for r in results if r["mismatch"]]

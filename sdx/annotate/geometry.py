@@ -17,8 +17,8 @@ from scipy.spatial import ConvexHull, QhullError
 
 from sdx.annotate.images import load_mask_array
 
-__all__ = ["BINARY_THRESHOLD", "Components", "Grid", "merge", "label_components", "compute_geometry", "axis_direction",
-           "FALLBACK_SHAPE", "FALLBACK_DIRECTION", "FALLBACK_DISTRIBUTION"]
+__all__ = ["BINARY_THRESHOLD", "Components", "Grid", "merge", "label_components", "label_stack", "compute_geometry",
+           "axis_direction", "FALLBACK_SHAPE", "FALLBACK_DIRECTION", "FALLBACK_DISTRIBUTION"]
 
 BINARY_THRESHOLD = 127          # mask > 127 is defect (statistics, components, geometry)
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -134,22 +134,56 @@ class Components:
 
 
 def label_components(binary: np.ndarray) -> Components:
-    """8-connected components of a bool mask (scipy.ndimage.label with a 3x3 structure of ones) on the merged
-    grid of its union bounding box: same labels and numbering as on the pixels, with scipy labelling a few
-    hundred cells instead of up to every pixel (labelling the pixels was a quarter of the engine's time)."""
-    # the whole mask merged once, its empty margins one cell row or column each, then cropped: no bounding-box
-    # passes first (label_components 195-200 -> 140-170 us a fixture mask)
-    grid = merge(binary)
-    row_any, col_any = grid.cells.any(axis=1), grid.cells.any(axis=0)
-    (u, v), (h, w) = grid.cells.shape, binary.shape
-    r0, r1, c0, c1 = int(not row_any[0]), u - int(not row_any[-1]), int(not col_any[0]), v - int(not col_any[-1])
-    if r0 >= r1:
+    """8-connected components of a bool mask (``label_stack`` of a stack of one)."""
+    return label_stack(binary[None])[0]
+
+
+def label_stack(binary: np.ndarray) -> list[Components]:
+    """8-connected components of each bool mask of an (N, H, W) stack, as scipy.ndimage.label with a 3x3 structure
+    of ones labels each mask: same labels and numbering. Each mask's runs of equal consecutive rows are merged into
+    one row, the merged masks are laid one under the other with an empty row between two, and scipy labels them in
+    one call (labelling each mask's pixels was a quarter of the engine's time, one call a mask a fifth of the rest);
+    ``_slice_components`` then merges each mask's equal columns and crops its union bounding box."""
+    n, h, w = binary.shape
+    new_row = np.empty((n, h), bool)
+    new_row[:, 0] = True
+    np.any(binary[:, 1:] != binary[:, :-1], axis=2, out=new_row[:, 1:])
+    starts = np.flatnonzero(new_row)                 # merged rows, over the flattened (N * H) rows
+    row_len = _lengths(starts, n * h)                # every mask's first row starts a run: runs end at masks
+    ends = np.cumsum(np.count_nonzero(new_row, axis=1))
+    first = np.concatenate(([0], ends[:-1]))
+    canvas = np.zeros((len(starts) + n, w), bool)    # merged rows of mask k at first[k] + k: one empty row after each
+    canvas[np.arange(len(starts)) + np.repeat(np.arange(n), ends - first)] = binary.reshape(n * h, w)[starts]
+    labels, _ = ndimage.label(canvas, structure=EIGHT_CONNECTED)
+    top = np.maximum.reduceat(labels.max(axis=1), first + np.arange(n))   # the highest label of each mask (0: none)
+    offset = np.maximum.accumulate(np.concatenate(([0], top[:-1])))
+    return [_slice_components(binary[k], canvas[first[k] + k:ends[k] + k], labels[first[k] + k:ends[k] + k],
+                              row_len[first[k]:ends[k]].copy(), max(int(top[k] - offset[k]), 0), int(offset[k]))
+            for k in range(n)]
+
+
+def _slice_components(binary: np.ndarray, rows: np.ndarray, row_labels: np.ndarray, row_len: np.ndarray,
+                      count: int, offset: int) -> Components:
+    """The Components of one mask of ``label_stack``: its merged rows and their labels (numbered from offset + 1)
+    with equal consecutive columns merged and empty margins cropped. ``row_len`` is the mask's own array: the moments'
+    BLAS dot products round by the alignment of their operands, and this keeps that of a mask labelled alone."""
+    if count == 0:
         return Components(binary)
-    top, left = int(grid.rows[0]) if r0 else 0, int(grid.cols[0]) if c0 else 0
-    bbox = (top, h - (int(grid.rows[-1]) if r1 < u else 0), left, w - (int(grid.cols[-1]) if c1 < v else 0))
-    box = Grid(grid.cells[r0:r1, c0:c1], grid.rows[r0:r1], grid.cols[c0:c1])
-    cell_labels, count = ndimage.label(box.cells, structure=EIGHT_CONNECTED)
-    return Components(binary, box, cell_labels, int(count), bbox)
+    h, w = binary.shape
+    new_col = np.empty(w, bool)
+    new_col[0] = True
+    np.any(rows[:, 1:] != rows[:, :-1], axis=0, out=new_col[1:])
+    cells, col_len = rows[:, new_col], _lengths(np.flatnonzero(new_col), w)
+    row_any, col_any = cells.any(axis=1), cells.any(axis=0)
+    u, v = cells.shape
+    r0, r1, c0, c1 = int(not row_any[0]), u - int(not row_any[-1]), int(not col_any[0]), v - int(not col_any[-1])
+    top, left = int(row_len[0]) if r0 else 0, int(col_len[0]) if c0 else 0
+    bbox = (top, h - (int(row_len[-1]) if r1 < u else 0), left, w - (int(col_len[-1]) if c1 < v else 0))
+    box = Grid(cells[r0:r1, c0:c1], row_len[r0:r1], col_len[c0:c1])
+    cell_labels = np.ascontiguousarray(row_labels[r0:r1][:, new_col][:, c0:c1])   # C order, as scipy returns it
+    if offset:
+        np.subtract(cell_labels, offset, out=cell_labels, where=box.cells)
+    return Components(binary, box, cell_labels, count, bbox)
 
 
 # ----------------------------------------------------------------------------------------------------------
