@@ -82,20 +82,11 @@ def _grid_edges(n: int) -> list[int]:
 def compute_position(mask: Any) -> list[list[Any]]:
     """Position in the release form [[cell, share], ...] from a mask (pixels > 0 count; docs/annotation.md)."""
     m = mask if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2 else load_mask_array(mask)
-    return _positions(m[None])[0]
-
-
-def _positions(stack: np.ndarray) -> list[list[list[Any]]]:
-    """compute_position of each uint8 mask of an (N, H, W) stack: nine counting calls a stack, not a mask."""
-    _, h, w = stack.shape
+    h, w = m.shape
     ys, xs = _grid_edges(h), _grid_edges(w)
-    # count_nonzero of the uint8 masks counts their pixels > 0 without a thresholding pass
-    counts = np.stack([np.count_nonzero(stack[:, ys[r]:ys[r + 1], xs[c]:xs[c + 1]], axis=(1, 2))
-                       for r in range(3) for c in range(3)], axis=1).tolist()
-    return [_position_shares(row) for row in counts]
-
-
-def _position_shares(counts: list[int]) -> list[list[Any]]:
+    # count_nonzero of the uint8 mask counts its pixels > 0 without a thresholding pass (39 -> 30 us a fixture mask);
+    # mask by mask: counting a stack of masks per cell (axis=(1, 2)) took twice as long (65 vs 35 us a mask)
+    counts = [int(np.count_nonzero(m[ys[r]:ys[r + 1], xs[c]:xs[c + 1]])) for r in range(3) for c in range(3)]
     total = sum(counts)
     if total == 0:
         return []
@@ -198,8 +189,8 @@ def analyze_arrays(grays: Sequence[np.ndarray], masks: Sequence[np.ndarray], cla
                    geometry: bool = True, full_features: bool = False) -> list[dict[str, Any]]:
     """``analyze`` of pairs already read (uint8 (H, W) arrays, each mask the size of its image; ``load_pair``).
 
-    Masks of one size are thresholded, labelled (``label_stack``) and counted for Position as one stack, so the
-    per-call cost of numpy and scipy is paid once a stack, not once a pair; each rule has one definition either way.
+    Masks of one size are thresholded and labelled as one stack (``label_stack``), so that part's per-call cost of
+    numpy and scipy is paid once a stack, not once a pair; each rule has one definition either way.
     """
     for class_name in class_names:
         _check_class(class_name)
@@ -212,9 +203,9 @@ def analyze_arrays(grays: Sequence[np.ndarray], masks: Sequence[np.ndarray], cla
         step = max(1, STACK_PIXELS // max(1, size[0] * size[1]))
         for part in (idx[s:s + step] for s in range(0, len(idx), step)):
             stack = masks[part[0]][None] if len(part) == 1 else np.stack([masks[i] for i in part])
-            comps, positions = label_stack(stack > BINARY_THRESHOLD), _positions(stack)
-            for i, c, position in zip(part, comps, positions):
-                out[i] = _result(grays[i], c, position, class_names[i], given, geometry, full_features)
+            for i, comps in zip(part, label_stack(stack > BINARY_THRESHOLD)):
+                out[i] = _result(grays[i], comps, compute_position(masks[i]), class_names[i], given, geometry,
+                                 full_features)
     return out
 
 
