@@ -176,7 +176,8 @@ def _slice_components(binary: np.ndarray, rows: np.ndarray, row_labels: np.ndarr
     new_col = np.empty(w, bool)
     new_col[0] = True
     np.any(rows[:, 1:] != rows[:, :-1], axis=0, out=new_col[1:])
-    cells, col_len = rows[:, new_col], _lengths(np.flatnonzero(new_col), w)
+    col_idx = np.flatnonzero(new_col)
+    cells, col_len = rows[:, col_idx], _lengths(col_idx, w)     # integer columns gather faster than a bool mask
     row_any, col_any = cells.any(axis=1), cells.any(axis=0)
     u, v = cells.shape
     r0, r1, c0, c1 = int(not row_any[0]), u - int(not row_any[-1]), int(not col_any[0]), v - int(not col_any[-1])
@@ -188,7 +189,9 @@ def _slice_components(binary: np.ndarray, rows: np.ndarray, row_labels: np.ndarr
     if row_labels is None:
         cell_labels, count = ndimage.label(box.cells, structure=EIGHT_CONNECTED)
         return Components(binary, box, cell_labels, int(count), bbox)
-    cell_labels = np.ascontiguousarray(row_labels[r0:r1][:, new_col][:, c0:c1])   # C order, as scipy returns it
+    if count == 1:  # its labels are its cells: no gather of the label columns (a fifth of label_stack's time)
+        return Components(binary, box, box.cells.astype(np.int32), count, bbox)
+    cell_labels = np.ascontiguousarray(row_labels[r0:r1, col_idx[c0:c1]])   # C order, as scipy's
     if offset:
         np.subtract(cell_labels, offset, out=cell_labels, where=box.cells)
     return Components(binary, box, cell_labels, count, bbox)
