@@ -1,9 +1,10 @@
 """Benchmark of the annotation engine: image+mask pairs per second on one core, decoding included, and the engine
 against the decode-only floor of the same pairs.
 
-Runs sdx.annotate.engine.analyze over the real fixture's 1,800 masked pairs (train_mask + val_mask with their images)
-twice: all nine fields (geometry rules included) and the rule-based fields only (geometry=False, as when the
-three model fields are given), and times the floor: decoding the same image (as 8-bit gray, the decoder's cheapest
+Runs sdx.annotate.engine.analyze_pairs (what the folder annotator runs: each chunk's pairs read, then analysed
+together) over the real fixture's 1,800 masked pairs (train_mask + val_mask with their images) twice: all nine
+fields (geometry rules included) and the rule-based fields only (geometry=False, as when the three model fields
+are given), and one ``analyze`` call a pair (all nine fields) for comparison, and times the floor: decoding the same image (as 8-bit gray, the decoder's cheapest
 exact path) and mask with PIL, nothing else. One process, one thread (OMP/BLAS threads pinned to 1 before numpy
 loads). CPU time (time.process_time) is the headline figure because the machine is shared; wall time is printed
 too. Each chunk of 100 pairs is timed --repeat times per side, the sides interleaved, and each side's best time

@@ -701,3 +701,55 @@ def test_merged_grid_keeps_labels_runs_and_holes():
         h_runs = int(np.count_nonzero(padded[:, 1:] > padded[:, :-1]))
         v_runs = int(np.count_nonzero(padded[1:] > padded[:-1]))
         assert geometry._runs_and_euler(grid) == (h_runs, v_runs, 1 - holes)
+
+
+def _assorted_masks(rng: np.random.Generator, h: int, w: int, n: int) -> list[np.ndarray]:
+    """n uint8 masks of one size: empty, one pixel, touching the borders, noise, blobs, repeated rows/columns."""
+    from scipy import ndimage
+    out = [np.zeros((h, w), np.uint8)]
+    one = np.zeros((h, w), np.uint8)
+    one[rng.integers(h), rng.integers(w)] = 255
+    out.append(one)
+    while len(out) < n:
+        b = ndimage.binary_dilation(rng.random((h, w)) < rng.choice([0.02, 0.2, 0.5]),
+                                    iterations=int(rng.integers(0, 3)))
+        if len(out) % 3 == 0:
+            b = np.kron(b, np.ones((3, 2), bool))[:h, :w]
+        m = b.astype(np.uint8) * np.uint8(rng.choice([128, 255]))
+        if len(out) % 4 == 0:
+            m[0], m[:, -1] = 255, 200
+        out.append(m)
+    return out[:n]
+
+
+def test_label_stack_labels_each_mask_as_label_components():
+    rng = np.random.default_rng(11)
+    for h, w in [(1, 1), (1, 9), (7, 1), (23, 31), (64, 40)]:
+        masks = [m > geometry.BINARY_THRESHOLD for m in _assorted_masks(rng, h, w, 9)]
+        for m, got in zip(masks, geometry.label_stack(np.stack(masks))):
+            want = geometry.label_components(m)
+            assert (got.count, got.area, got.bbox) == (want.count, want.area, want.bbox)
+            assert np.array_equal(got.labels, want.labels)
+            if want.count > 1:
+                assert np.array_equal(got.sizes, want.sizes)
+
+
+def test_analyze_arrays_and_pairs_equal_analyze_pair_by_pair(tmp_path):
+    # many pairs at once (masks of mixed sizes, stacked by size) give what analyze gives each pair alone
+    rng = np.random.default_rng(12)
+    masks = [m for h, w in [(48, 64), (17, 5), (48, 64), (1, 1), (30, 30)] for m in _assorted_masks(rng, h, w, 6)]
+    rng.shuffle(masks)
+    grays = [rng.integers(0, 256, m.shape).astype(np.uint8) for m in masks]
+    names = [f"Class {i % 3}" for i in range(len(masks))]
+    for kw in ({}, {"geometry": False}, {"full_features": True}, {"shape": "linear", "distribution": "clustered"}):
+        want = [A.analyze(g, m, c, **kw) for g, m, c in zip(grays, masks, names)]
+        assert repr(A.analyze_arrays(grays, masks, names, **kw)) == repr(want)   # repr: NaN equals NaN, floats exact
+    for i in (3, 7):
+        Image.fromarray(grays[i]).save(tmp_path / f"{i}.png")
+        Image.fromarray(masks[i]).save(tmp_path / f"{i}_mask.png")
+    got = A.analyze_pairs([(tmp_path / "3.png", tmp_path / "3_mask.png", "A"), (tmp_path / "x.png", masks[7], "B"),
+                           (tmp_path / "7.png", tmp_path / "7_mask.png", "C")])
+    assert repr([got[0], got[2]]) == repr([A.analyze(grays[3], masks[3], "A"), A.analyze(grays[7], masks[7], "C")])
+    assert isinstance(got[1], ValueError) and "x.png" in str(got[1])
+    with pytest.raises(ValueError, match="class_name"):
+        A.analyze_arrays(grays[:2], masks[:2], ["A", ""])

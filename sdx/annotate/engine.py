@@ -202,8 +202,10 @@ def analyze_arrays(grays: Sequence[np.ndarray], masks: Sequence[np.ndarray], cla
     for size, idx in by_size.items():
         step = max(1, STACK_PIXELS // max(1, size[0] * size[1]))
         for part in (idx[s:s + step] for s in range(0, len(idx), step)):
-            stack = masks[part[0]][None] if len(part) == 1 else np.stack([masks[i] for i in part])
-            for i, comps in zip(part, label_stack(stack > BINARY_THRESHOLD)):
+            binary = np.empty((len(part), *size), bool)   # thresholded into the stack: no stacked copy of the
+            for k, i in enumerate(part):                    # masks (stack + threshold took 4x as long)
+                np.greater(masks[i], BINARY_THRESHOLD, out=binary[k])
+            for i, comps in zip(part, label_stack(binary)):
                 out[i] = _result(grays[i], comps, compute_position(masks[i]), class_names[i], given, geometry,
                                  full_features)
     return out
