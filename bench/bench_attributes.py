@@ -1,15 +1,16 @@
 """Benchmark of the annotation engine: image+mask pairs per second on one core, decoding included, and the engine
 against the decode-only floor of the same pairs.
 
-Runs sdx.annotate.engine.analyze_pairs (what the folder annotator runs: each chunk's pairs read, then analysed
-together) over the real fixture's 1,800 masked pairs (train_mask + val_mask with their images) twice: all nine
-fields (geometry rules included) and the rule-based fields only (geometry=False, as when the three model fields
-are given), and one ``analyze`` call a pair (all nine fields) for comparison, and times the floor: decoding the same image (as 8-bit gray, the decoder's cheapest
-exact path) and mask with PIL, nothing else. One process, one thread (OMP/BLAS threads pinned to 1 before numpy
-loads). CPU time (time.process_time) is the headline figure because the machine is shared; wall time is printed
-too. Each chunk of 100 pairs is timed --repeat times per side, the sides interleaved, and each side's best time
-kept, to filter out the slices other processes steal; --repeat 1 gives a single plain pass. Also: reading the
-fixture's colour JPEGs as gray, the engine's way (the decoder's luma) vs decoding RGB and converting.
+Runs sdx.annotate.engine.analyze_pairs over the real fixture's 1,800 masked pairs (train_mask + val_mask with their
+images) in the folder annotator's chunks (sdx.annotate.folder.CHUNK_PAIRS pairs read, then analysed together), twice:
+all nine fields (geometry rules included) and the rule-based fields only (geometry=False, as when the three model
+fields are given); one ``analyze`` call a pair (all nine fields) for comparison; and the floor: decoding the same
+image (as 8-bit gray, the decoder's cheapest exact path) and mask with PIL, nothing else. One process, one thread
+(OMP/BLAS threads pinned to 1 before numpy loads). CPU time (time.process_time) is the headline figure because the
+machine is shared; wall time is printed too. Each chunk is timed --repeat times per side, the sides interleaved,
+and each side's best time kept, to filter out the slices other processes steal; --repeat 1 gives a single plain
+pass. Also: reading the fixture's colour JPEGs as gray, the engine's way (the decoder's luma) vs decoding RGB and
+converting.
 
     python bench/bench_attributes.py [--data_dir ../shared/data/steeldefectx-real-subset] [--repeat 3]
                                      [--limit N] [--out rows.md]
@@ -35,6 +36,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sdx.annotate.engine import analyze, analyze_pairs  # noqa: E402
+from sdx.annotate.folder import CHUNK_PAIRS  # noqa: E402
 from sdx.annotate.images import load_gray  # noqa: E402
 from sdx.data.levels import PREFIX_TO_CLASS  # noqa: E402
 
@@ -69,7 +71,7 @@ SIDES = {
 }
 
 
-def run(pairs, repeat: int, chunk: int = 100) -> dict[str, tuple[float, float]]:
+def run(pairs, repeat: int, chunk: int = CHUNK_PAIRS) -> dict[str, tuple[float, float]]:
     """{side: (wall, cpu)} seconds for one pass, each chunk of ``chunk`` pairs timed ``repeat`` times per side
     (sides interleaved) and each side's best kept.
 
@@ -112,7 +114,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "steeldefectx-real-subset")
     ap.add_argument("--repeat", type=int, default=3,
-                    help="times each chunk of 100 pairs is timed (its best time is kept; 1 = a single plain pass)")
+                    help=f"times each chunk of {CHUNK_PAIRS} pairs is timed (its best time is kept; 1 = a single "
+                         f"plain pass)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs (0 = all)")
     ap.add_argument("--out", default="",
                     help="also append the result rows to this markdown file (default: print only)")
@@ -147,7 +150,7 @@ def main(argv=None) -> dict:
             for label, r in ((k, v) for k, v in results.items() if "pairs" in v):
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
                 fh.write(f"| `python bench/bench_attributes.py` | {label}, {r['pairs']} fixture pairs, 1 core, "
-                         f"decode included, best of {args.repeat} per 100-pair chunk | "
+                         f"decode included, best of {args.repeat} per {CHUNK_PAIRS}-pair chunk | "
                          f"{r['pairs_per_s_cpu']:.0f} pairs/s (CPU time; {r['pairs_per_s_wall']:.0f}/s wall; "
                          f"load average {load:.1f}) | {r['vs_floor_cpu']:.2f}x the decode-only floor | "
                          f"{r['pairs_per_s_cpu'] / GOAL:.2f} | {machine} |\n")

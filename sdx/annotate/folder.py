@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MISSING_MASK_CHOICES = ("keep", "skip", "error")
+CHUNK_PAIRS = 64    # pairs read, then analysed together (analyze_pairs); fewer when workers share the images
 
 
-def _map_chunks(func, jobs: list, workers: int, desc: str, quiet: bool, size: int = 64) -> list:
+def _map_chunks(func, jobs: list, workers: int, desc: str, quiet: bool, size: int = CHUNK_PAIRS) -> list:
     """Ordered map of ``func`` (a list of jobs -> a list of results) over chunks of at most ``size`` jobs, with a
     progress bar in jobs; ``workers > 1`` uses a process pool, with at least 8 chunks a worker."""
     if workers and workers > 1:

@@ -47,6 +47,8 @@ FRAGMENTED_MAX_LARGEST = 0.35    # largest component holds < 35% of the mask
 ISOLATED_MIN_LARGEST = 0.9       # one component holds >= 90% of the mask -> still "isolated"
 CLUSTERED_MAX_EXTENT = 0.5       # union bounding box spans at most half the image in both directions
 CLUSTERED_MIN_UNION_FILL = 0.5   # ... or the pieces fill at least half of their union bounding box
+SHARED_MAX_WIDTH = 128          # a merged box at most this wide and with at most SHARED_MAX_CELLS cells is labelled
+SHARED_MAX_CELLS = 4096         # on one canvas with the stack's other small boxes; larger ones alone
 DIRECTION_MIN_PIECES = 3         # a row of >= 3 pieces gives a direction even when each piece is compact
 DIAGONAL_BAND = (22.5, 67.5)     # orientation (degrees from horizontal): < 22.5 horizontal, > 67.5 vertical
 
@@ -140,39 +142,30 @@ def label_components(binary: np.ndarray) -> Components:
 
 def label_stack(binary: np.ndarray) -> list[Components]:
     """8-connected components of each bool mask of an (N, H, W) stack, as scipy.ndimage.label with a 3x3 structure
-    of ones labels each mask: same labels and numbering. Each mask's runs of equal consecutive rows are merged into
-    one row, the merged masks are laid one under the other with an empty row between two, and scipy labels them in
-    one call (labelling each mask's pixels was a quarter of the engine's time, one call a mask a fifth of the rest);
-    ``_slice_components`` then merges each mask's equal columns and crops its union bounding box."""
+    of ones labels each mask: same labels and numbering, computed on each mask's merged ``Grid`` cropped to its
+    union bounding box. The rows of all masks are merged in one pass over the stack; ``_label_boxes`` labels the
+    boxes (labelling each mask's pixels was a quarter of the engine's time)."""
     n, h, w = binary.shape
     new_row = np.empty((n, h), bool)
     new_row[:, 0] = True
     np.any(binary[:, 1:] != binary[:, :-1], axis=2, out=new_row[:, 1:])
-    if n == 1:  # one mask: scipy labels its merged cells (the canvas below costs a tenth of the engine's time)
-        return [_slice_components(binary[0], binary[0][new_row[0]], None, _lengths(np.flatnonzero(new_row[0]), h))]
+    if n == 1:  # one mask: no bookkeeping of where each mask's rows start (a tenth of a one-pair analyze)
+        return _label_boxes(binary, [_merged_box(binary[0][new_row[0]], _lengths(np.flatnonzero(new_row[0]), h),
+                                                 h, w)])
     starts = np.flatnonzero(new_row)                 # merged rows, over the flattened (N * H) rows
     row_len = _lengths(starts, n * h)                # every mask's first row starts a run: runs end at masks
     ends = np.cumsum(np.count_nonzero(new_row, axis=1))
     first = np.concatenate(([0], ends[:-1]))
-    canvas = np.zeros((len(starts) + n, w), bool)    # merged rows of mask k at first[k] + k: one empty row after each
-    canvas[np.arange(len(starts)) + np.repeat(np.arange(n), ends - first)] = binary.reshape(n * h, w)[starts]
-    labels, _ = ndimage.label(canvas, structure=EIGHT_CONNECTED)
-    top = np.maximum.reduceat(labels.max(axis=1), first + np.arange(n))   # the highest label of each mask (0: none)
-    offset = np.maximum.accumulate(np.concatenate(([0], top[:-1])))
-    return [_slice_components(binary[k], canvas[first[k] + k:ends[k] + k], labels[first[k] + k:ends[k] + k],
-                              row_len[first[k]:ends[k]].copy(), max(int(top[k] - offset[k]), 0), int(offset[k]))
-            for k in range(n)]
+    merged = binary.reshape(n * h, w)[starts]
+    # row_len copied: each mask's own array, as when labelled alone (the moments' BLAS dot products round by the
+    # alignment of their operands)
+    boxes = [_merged_box(merged[first[k]:ends[k]], row_len[first[k]:ends[k]].copy(), h, w) for k in range(n)]
+    return _label_boxes(binary, boxes)
 
 
-def _slice_components(binary: np.ndarray, rows: np.ndarray, row_labels: np.ndarray | None, row_len: np.ndarray,
-                      count: int = 0, offset: int = 0) -> Components:
-    """The Components of one mask of ``label_stack``: its merged rows and their labels (numbered from offset + 1;
-    None: labelled here, after the merge) with equal consecutive columns merged and empty margins cropped.
-    ``row_len`` is the mask's own array: the moments' BLAS dot products round by the alignment of their operands,
-    and this keeps that of a mask labelled alone."""
-    if row_labels is not None and count == 0:
-        return Components(binary)
-    h, w = binary.shape
+def _merged_box(rows: np.ndarray, row_len: np.ndarray, h: int, w: int) -> tuple[Grid, tuple[int, ...]] | None:
+    """(the merged Grid of a mask's union bounding box, the box (y0, y1, x0, x1)) from the mask's merged rows and
+    their lengths; None for an empty mask."""
     new_col = np.empty(w, bool)
     new_col[0] = True
     np.any(rows[:, 1:] != rows[:, :-1], axis=0, out=new_col[1:])
@@ -182,19 +175,42 @@ def _slice_components(binary: np.ndarray, rows: np.ndarray, row_labels: np.ndarr
     u, v = cells.shape
     r0, r1, c0, c1 = int(not row_any[0]), u - int(not row_any[-1]), int(not col_any[0]), v - int(not col_any[-1])
     if r0 >= r1:   # an empty mask merges to one empty row
-        return Components(binary)
+        return None
     top, left = int(row_len[0]) if r0 else 0, int(col_len[0]) if c0 else 0
     bbox = (top, h - (int(row_len[-1]) if r1 < u else 0), left, w - (int(col_len[-1]) if c1 < v else 0))
-    box = Grid(cells[r0:r1, c0:c1], row_len[r0:r1], col_len[c0:c1])
-    if row_labels is None:
-        cell_labels, count = ndimage.label(box.cells, structure=EIGHT_CONNECTED)
-        return Components(binary, box, cell_labels, int(count), bbox)
-    if count == 1:  # its labels are its cells: no gather of the label columns (a fifth of label_stack's time)
-        return Components(binary, box, box.cells.astype(np.int32), count, bbox)
-    cell_labels = np.ascontiguousarray(row_labels[r0:r1, col_idx[c0:c1]])   # C order, as scipy's
-    if offset:
-        np.subtract(cell_labels, offset, out=cell_labels, where=box.cells)
-    return Components(binary, box, cell_labels, count, bbox)
+    return Grid(cells[r0:r1, c0:c1], row_len[r0:r1], col_len[c0:c1]), bbox
+
+
+def _label_boxes(binary: np.ndarray, boxes: list) -> list[Components]:
+    """Components from ``_merged_box``'s boxes: a large box labelled alone, the small ones laid one under the other
+    (an empty row between two) and labelled in one scipy call (one call a mask was a fifth of the labelling)."""
+    out = [Components(binary[k]) for k in range(len(boxes))]
+    small = [k for k, b in enumerate(boxes) if b is not None and b[0].cells.shape[1] <= SHARED_MAX_WIDTH
+             and b[0].cells.size <= SHARED_MAX_CELLS]
+    shared = set(small) if len(small) > 1 else set()
+    for k, box in enumerate(boxes):
+        if box is not None and k not in shared:
+            cell_labels, count = ndimage.label(box[0].cells, structure=EIGHT_CONNECTED)
+            out[k] = Components(binary[k], box[0], cell_labels, int(count), box[1])
+    if not shared:
+        return out
+    heights = [boxes[k][0].cells.shape[0] + 1 for k in small]
+    at = np.concatenate(([0], np.cumsum(heights)))
+    canvas = np.zeros((int(at[-1]), max(boxes[k][0].cells.shape[1] for k in small)), bool)
+    for k, y in zip(small, at):
+        cells = boxes[k][0].cells
+        canvas[y:y + cells.shape[0], :cells.shape[1]] = cells
+    labels, _ = ndimage.label(canvas, structure=EIGHT_CONNECTED)
+    top = np.maximum.reduceat(labels.max(axis=1), at[:-1])   # each box holds a component: labels rise box by box
+    for k, y, hi, lo in zip(small, at, top.tolist(), [0] + top[:-1].tolist()):
+        grid, bbox = boxes[k]
+        if hi - lo == 1:  # one component: its labels are its cells
+            cell_labels = grid.cells.astype(np.int32)
+        else:
+            cell_labels = labels[y:y + grid.cells.shape[0], :grid.cells.shape[1]].copy()
+            np.subtract(cell_labels, lo, out=cell_labels, where=grid.cells)
+        out[k] = Components(binary[k], grid, cell_labels, hi - lo, bbox)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
