@@ -184,7 +184,7 @@ def _merged_box(rows: np.ndarray, row_len: np.ndarray, h: int, w: int) -> tuple[
 def _label_boxes(binary: np.ndarray, boxes: list) -> list[Components]:
     """Components from ``_merged_box``'s boxes: a large box labelled alone, the small ones laid one under the other
     (an empty row between two) and labelled in one scipy call (one call a mask was a fifth of the labelling)."""
-    out = [Components(binary[k]) for k in range(len(boxes))]
+    out: list = [Components(binary[k]) if box is None else None for k, box in enumerate(boxes)]
     small = [k for k, b in enumerate(boxes) if b is not None and b[0].cells.shape[1] <= SHARED_MAX_WIDTH
              and b[0].cells.size <= SHARED_MAX_CELLS]
     shared = set(small) if len(small) > 1 else set()
