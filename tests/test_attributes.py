@@ -753,3 +753,7 @@ def test_analyze_arrays_and_pairs_equal_analyze_pair_by_pair(tmp_path):
     assert isinstance(got[1], ValueError) and "x.png" in str(got[1])
     with pytest.raises(ValueError, match="class_name"):
         A.analyze_arrays(grays[:2], masks[:2], ["A", ""])
+    with pytest.raises(ValueError, match="pair 1: image and mask must be uint8"):
+        A.analyze_arrays([grays[0], grays[0]], [masks[0], masks[0] > 0], ["A", "B"])
+    with pytest.raises(ValueError, match="one each a pair"):
+        A.analyze_arrays(grays[:2], masks[:1], ["A", "B"])

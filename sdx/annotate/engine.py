@@ -171,7 +171,7 @@ def analyze_pairs(pairs: Iterable[tuple[Any, Any, str]], *, resize_mask: bool = 
                   **kw: Any) -> list[dict[str, Any] | ValueError]:
     """``analyze`` of many (image, mask, class_name) pairs, in order: each pair's result, or the ValueError that
     reading it raised (the file named). The pairs read are analysed together (``analyze_arrays``): the folder
-    annotator's way, 1.3x faster than one ``analyze`` a pair on the fixture (docs/performance.md)."""
+    annotator's way, 1.2-1.3x faster than one ``analyze`` a pair on the fixture (docs/performance.md)."""
     read: list[Any] = []
     for image, mask, class_name in pairs:
         try:
@@ -192,8 +192,14 @@ def analyze_arrays(grays: Sequence[np.ndarray], masks: Sequence[np.ndarray], cla
     Masks of one size are thresholded and labelled as one stack (``label_stack``), so that part's per-call cost of
     numpy and scipy is paid once a stack, not once a pair; each rule has one definition either way.
     """
-    for class_name in class_names:
+    if not len(grays) == len(masks) == len(class_names):
+        raise ValueError(f"{len(grays)} images, {len(masks)} masks and {len(class_names)} class names: one each a pair")
+    for i, (gray, m, class_name) in enumerate(zip(grays, masks, class_names)):
         _check_class(class_name)
+        if not all(isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 2 for a in (gray, m)) \
+                or gray.shape != m.shape:
+            raise ValueError(f"pair {i}: image and mask must be uint8 (H, W) arrays of one size (load_pair reads "
+                             f"them), got {getattr(gray, 'shape', gray)!r} and {getattr(m, 'shape', m)!r}")
     given = _given(shape, direction, distribution)
     out: list[dict[str, Any]] = [{} for _ in masks]
     by_size: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
