@@ -419,6 +419,29 @@ def test_linear_probe_selects_first_best_c_on_validation():
     assert fit.C == grid[int(np.argmax(accs))] and fit.val_acc == max(accs)
 
 
+def test_text_pass_one_batch_on_one_thread_same_rows(models):
+    """A class table (one batch) is encoded on one torch thread, row for row what the encoder gives, and the
+    thread count is restored; a pass of several batches keeps the pool."""
+    import torch
+
+    from sdx.bench.embeddings import EmbeddingCache
+    from sdx.bench.models import TEXT_BATCH, BenchClip
+
+    enc = BenchClip(str(models["clip_t1"]))
+    table = [f"a photo of class {i}" for i in range(25)]
+    many = [f"caption {i} of a scratch" for i in range(TEXT_BATCH + 3)]
+    seen = []
+    encode = enc.encode_texts
+    enc.encode_texts = lambda texts: seen.append(torch.get_num_threads()) or encode(texts)
+    threads = torch.get_num_threads()
+    cache = EmbeddingCache(None, progress=False)
+    rows = cache.texts(enc, table, "t0")
+    assert seen == [1] and torch.get_num_threads() == threads
+    np.testing.assert_array_equal(rows, encode(table))
+    seen.clear()
+    assert cache.texts(enc, many, "t2").shape[0] == len(many) and seen == [threads, threads]
+
+
 def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
     names = small_ds["train"].features["label"].names
     order = list(reversed(range(len(names))))

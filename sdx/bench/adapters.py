@@ -5,7 +5,6 @@ where they differ from the released code: docs/benchmark.md ("Adapter recipes").
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sdx import metrics as M
+from sdx.bench.models import single_thread
 from sdx.models.clip import ClipAdapter
 from sdx.train.losses import class_text_loss, contrastive_loss, scale_from_logit_scale
 
@@ -67,19 +67,6 @@ class AdapterFit:
         """Adapted, re-normalised features of cached (normalised) features ``x``."""
         with torch.no_grad(), single_thread():
             return F.normalize(self.adapter(_t(x)), dim=-1).numpy()
-
-
-@contextlib.contextmanager
-def single_thread():
-    """torch on one intra-op thread while training on cached features: the tensors are tiny, and on the shared
-    2-core machine the default pool made the grid's CLIP-Adapter training 4.6x to 19.3x slower in four runs of
-    bench/bench_fewshot.py (load 7-9)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _t(x) -> torch.Tensor:

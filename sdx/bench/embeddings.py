@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from sdx.bench.cache import ArrayStore, sha1
 from sdx.bench.data import ImageSet
-from sdx.bench.models import TEXT_BATCH, BenchClip, VisionClassifier
+from sdx.bench.models import TEXT_BATCH, BenchClip, VisionClassifier, single_thread
 
 
 def batches(n: int, size: int):
@@ -47,9 +47,9 @@ class EmbeddingCache:
             d["discarded"] += st.discarded
         return out
 
-    def _loop(self, n: int, size: int, desc: str, step: Callable[[slice], np.ndarray], quiet: bool = False):
+    def _loop(self, n: int, size: int, desc: str, step: Callable[[slice], np.ndarray]):
         parts = [step(sl) for sl in tqdm(list(batches(n, size)), desc=desc, leave=False,
-                                         disable=not self.progress or quiet)]
+                                         disable=not self.progress)]
         return np.concatenate(parts)
 
     def images(self, enc: BenchClip, iset: ImageSet, rows: Sequence[int] | None = None) -> np.ndarray:
@@ -96,8 +96,11 @@ class EmbeddingCache:
         enc.truncation.add(level, texts)
 
         def encode(pos: list[int]) -> np.ndarray:
+            if len(pos) <= size:  # one batch (a class table): too little work for torch's thread pool
+                with single_thread():
+                    return enc.encode_texts([texts[p] for p in pos])
             return self._loop(len(pos), size, f"encode texts [{enc.label}]",
-                              lambda sl: enc.encode_texts([texts[p] for p in pos[sl]]), quiet=len(pos) <= size)
+                              lambda sl: enc.encode_texts([texts[p] for p in pos[sl]]))
 
         return self.store("text", enc.text_fingerprint).get([sha1(t) for t in texts], encode).astype(np.float32)
 

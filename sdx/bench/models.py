@@ -3,6 +3,7 @@ classifiers (task 1), each with its name, run metadata and cache fingerprint."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,20 @@ from sdx.models.clip import (TRUNCATION_WARNING_SHARE, ClipEncoder, TruncationCo
 from sdx.train.runmeta import RUN_META_FILE, RunMetadata
 
 TEXT_BATCH = 128  # texts per text-encoder batch (at least --batch_size)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """torch on one intra-op thread for small work: cached-feature training and one batch of texts. Each op of
+    the default pool waits for every pool thread, and on the shared 2-core machine a busy core made that a
+    scheduler tick per op: the grid's CLIP-Adapter training 4.6x to 19.3x slower in four runs of
+    bench/bench_fewshot.py (load 7-9), 25 T0 prompts 1.0 s on 2 threads vs 0.05 s on one (load 4)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
