@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     bench = Benchmark(ds, clip_models=[f"t2={clip_dir}"], shots=shots, seeds=seeds, progress=False,
                         max_eval_samples=args.max_eval_samples, batch_size=args.batch_size)
     test, val, train = bench.split("test"), bench.split("validation"), bench.split("train")
-    support_rows = sorted({r for rows in fewshot.support_sets(ds["train"], shots, seeds).values() for r in rows})
+    support_rows = fewshot.support_union(fewshot.support_sets(ds["train"], shots, seeds))
     clip_images = [(test, i) for i in range(len(test.keys))] + [(val, i) for i in range(len(val.keys))] + \
                   [(train, r) for r in support_rows]
     enc = BenchClip(str(clip_dir), batch_size=args.batch_size)

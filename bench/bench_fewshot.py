@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     probe_bench = benchmark(None)
     test, val, train = (probe_bench.split(s) for s in ("test", "validation", "train"))
     supports = fewshot.support_sets(ds["train"], shots, seeds)
-    rows = sorted({r for rr in supports.values() for r in rr})
+    rows = fewshot.support_union(supports)
     images = [(test, i) for i in range(len(test.keys))] + [(val, i) for i in range(len(val.keys))] + \
              [(train, r) for r in rows]
     enc = BenchClip(str(clip_dir), batch_size=args.batch_size)

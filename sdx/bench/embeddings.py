@@ -28,7 +28,7 @@ class EmbeddingCache:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress
         self._stores: dict[tuple[str, str], ArrayStore] = {}
-        self._memo: dict[tuple[str, str], np.ndarray] = {}  # whole-set image embeddings, per model and set
+        self._memo: dict[tuple, np.ndarray] = {}  # image embeddings per (model, set, rows or None: all)
 
     def store(self, kind: str, fingerprint: str) -> ArrayStore:
         key = (kind, fingerprint)
@@ -53,31 +53,47 @@ class EmbeddingCache:
         return np.concatenate(parts)
 
     def images(self, enc: BenchClip, iset: ImageSet, rows: Sequence[int] | None = None) -> np.ndarray:
-        """Image embeddings of ``rows`` of ``iset`` (all rows when None). On a cache miss over the whole set the
-        patch tokens of ``iset.patch_rows`` are stored from the same forward pass, so no image is encoded twice."""
-        memo = (enc.fingerprint, iset.fingerprint) if rows is None else None
-        if memo in self._memo:
-            return self._memo[memo]
-        idx = list(range(len(iset.keys))) if rows is None else list(rows)
-        store = self.store("image", enc.fingerprint)
-        want = iset.patch_rows if rows is None and enc.can_localize else set()
-        patch_store = self.store("patch", enc.fingerprint) if want else None
+        """Image embeddings of ``rows`` of ``iset`` (all rows when None): ``images_of`` with one request."""
+        return self.images_of(enc, [(iset, rows)])[0]
 
-        def encode(pos: list[int]) -> np.ndarray:
-            def step(sl: slice) -> np.ndarray:
-                batch_rows = [idx[p] for p in pos[sl]]
-                with_patches = any(r in want for r in batch_rows)
-                emb, patches = enc.encode_images([iset.pil(r) for r in batch_rows], with_patches=with_patches)
-                if with_patches:
-                    keep = [j for j, r in enumerate(batch_rows) if r in want]
-                    patch_store.put([iset.keys[batch_rows[j]] for j in keep], patches[keep].astype(np.float16))
-                return emb
-            return self._loop(len(pos), enc.batch_size, f"encode {iset.name} [{enc.label}]", step)
+    def images_of(self, enc: BenchClip, requests: Sequence[tuple[ImageSet, Sequence[int] | None]]
+                  ) -> list[np.ndarray]:
+        """Image embeddings of each (set, rows) request (rows None: the whole set), each computed once per
+        process. The images the cache lacks are encoded in ONE stream of batches in request order, as one plain
+        pass over them would be (no short batch at the end of each set). On a whole-set request the patch tokens
+        of the set's ``patch_rows`` are stored from the same forward pass, so no image is encoded twice."""
+        memo = [(enc.fingerprint, iset.fingerprint, None if rows is None else tuple(rows)) for iset, rows in requests]
+        todo = [i for i, m in enumerate(memo) if m not in self._memo]
+        items: list[tuple[ImageSet, int, bool]] = []  # (set, row, its patch tokens wanted) per image asked for
+        patches = False
+        for i in todo:
+            iset, rows = requests[i]
+            want = iset.patch_rows if rows is None and enc.can_localize else set()
+            patches = patches or bool(want)
+            items += [(iset, r, r in want) for r in (range(len(iset.keys)) if rows is None else rows)]
+        patch_store = self.store("patch", enc.fingerprint) if patches else None
+        emb = self.store("image", enc.fingerprint).get(
+            [iset.keys[r] for iset, r, _ in items],
+            lambda pos: self._encode(enc, [items[p] for p in pos], patch_store)).astype(np.float32)
+        ends = np.cumsum([len(memo[i][2]) if memo[i][2] is not None else len(requests[i][0].keys) for i in todo])
+        for i, part in zip(todo, np.split(emb, ends[:-1]) if todo else []):
+            self._memo[memo[i]] = part
+        return [self._memo[m] for m in memo]
 
-        emb = store.get([iset.keys[i] for i in idx], encode).astype(np.float32)
-        if memo:
-            self._memo[memo] = emb
-        return emb
+    def _encode(self, enc: BenchClip, items: list[tuple[ImageSet, int, bool]], patch_store: ArrayStore | None
+                ) -> np.ndarray:
+        """Embeddings of ``items`` in batches of ``enc.batch_size``; the wanted patch tokens go to ``patch_store``."""
+        def step(sl: slice) -> np.ndarray:
+            batch = items[sl]
+            with_patches = any(want for _, _, want in batch)
+            emb, patches = enc.encode_images([iset.pil(r) for iset, r, _ in batch], with_patches=with_patches)
+            if with_patches:
+                keep = [j for j, (_, _, want) in enumerate(batch) if want]
+                patch_store.put([batch[j][0].keys[batch[j][1]] for j in keep], patches[keep].astype(np.float16))
+            return emb
+
+        names = "+".join(dict.fromkeys(iset.name for iset, _, _ in items))
+        return self._loop(len(items), enc.batch_size, f"encode {names} [{enc.label}]", step)
 
     def patch_tokens(self, enc: BenchClip, iset: ImageSet, rows: Sequence[int]) -> np.ndarray:
         """Projected, normalised patch tokens [len(rows), P, D] (stored as float16)."""

@@ -43,6 +43,11 @@ def support_sets(train_ds, shots: Sequence[int], seeds: Sequence[int]) -> dict[t
     return draws(column(train_ds, "image_name"), column(train_ds, "label"), shots, seeds)
 
 
+def support_union(supports: dict[tuple[int, int], list[int]]) -> list[int]:
+    """The train rows of every support set, sorted (each image encoded once for the whole grid)."""
+    return sorted({r for rows in supports.values() for r in rows})
+
+
 def validation_sets(bench: Benchmark) -> dict[int, list[int]] | None:
     """{seed: rows of the validation split} of the strict protocol (--fewshot_validation N: the builder's N-shot
     draw from validation, per seed); None for the default protocol (the whole carve-out)."""
@@ -198,7 +203,7 @@ def few_shot(bench: Benchmark, enc: BenchClip, supports: dict[tuple[int, int], l
     """(the five methods' summaries, the text used) for one model over every (k, seed)."""
     train = bench.split("train")
     ctx = context(bench, enc)
-    union_rows = sorted({r for rows in supports.values() for r in rows})
+    union_rows = support_union(supports)
     union_emb = bench.cache.images(enc, train, union_rows)
     row_pos = {r: i for i, r in enumerate(union_rows)}
     val_sets = validation_sets(bench)
@@ -234,9 +239,10 @@ def run(bench: Benchmark) -> dict:
     test, val = bench.split("test"), bench.split("validation")
     cands = bench.candidates()
     supports = checked_supports(bench)
+    grid = [(val, None), (bench.split("train"), support_union(supports))] if supports and len(val.keys) else []
     out: dict[str, Any] = {}
     for enc in bench.encoders():
-        img = bench.cache.images(enc, test)
+        img = bench.cache.images_of(enc, [(test, None), *grid])[0]  # the images the task needs, as one pass
         res: dict[str, Any] = {"zero_shot": {lv: bench.zero_shot.evaluate(enc, img, test.labels, lv, cands)
                                              for lv in bench.levels}}
         if supports and len(val.keys) == 0:  # nothing to select on: never select on test
