@@ -442,6 +442,25 @@ def test_text_pass_one_batch_on_one_thread_same_rows(models):
     assert cache.texts(enc, many, "t2").shape[0] == len(many) and seen == [threads, threads]
 
 
+def test_images_of_one_stream_of_batches(small_ds, models):
+    """Several requests are encoded as one stream of full batches (as one plain pass over them), each image
+    once, with the rows of separate requests; a repeated request is served from memory, not counted again."""
+    bench = Benchmark(small_ds, clip_models=[str(models["clip_t1"])], batch_size=4, progress=False)
+    enc, test, train = bench.encoders()[0], bench.split("test"), bench.split("train")
+    rows = [5, 0, 3, 0]  # a duplicate row: encoded once
+    sizes = []
+    encode = enc.encode_images
+    enc.encode_images = lambda images, **kw: sizes.append(len(images)) or encode(images, **kw)
+    got = bench.cache.images_of(enc, [(test, None), (train, rows)])
+    n = len(test.keys) + 3
+    assert sizes == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    alone = Benchmark(small_ds, clip_models=[str(models["clip_t1"])], batch_size=4, progress=False)
+    np.testing.assert_allclose(got[0], alone.cache.images(enc, test), atol=1e-6)
+    np.testing.assert_allclose(got[1], alone.cache.images(enc, train, rows), atol=1e-6)
+    counts = dict(bench.cache.counts()["image"])
+    assert bench.cache.images(enc, train, rows) is got[1] and bench.cache.counts()["image"] == counts
+
+
 def test_task1_maps_labels_by_name(small_ds, models, tmp_path):
     names = small_ds["train"].features["label"].names
     order = list(reversed(range(len(names))))
