@@ -10,7 +10,8 @@ tagged as trained with T0 so the class texts are the 25-or-fewer T0 prompts:
    needs: test, validation and the union of all support sets; taken before AND after step 3 (the machine is
    shared: the figure uses their mean, and CPU time beside wall time);
 3. cold: ``Benchmark.run(["task3"])`` (zero-shot at T0, then zero-shot, linear probe, Tip-Adapter, Tip-Adapter-F
-   and CLIP-Adapter for every k and seed) into an empty embedding cache: every image encoded once, then the grid.
+   and CLIP-Adapter for every k and seed) into an empty embedding cache: every image encoded once, in one stream
+   of batches in the reference's order, then the grid.
    The data and the model are loaded before the clock starts, as they are for the reference;
 4. warm: the same again from the cache (no encoder call): the grid's own cost;
 5. the two speed choices of sdx.bench.adapters on this grid's CLIP-Adapter part: the seeds of a k trained as one
