@@ -64,20 +64,20 @@ class EmbeddingCache:
         of the set's ``patch_rows`` are stored from the same forward pass, so no image is encoded twice."""
         memo = [(enc.fingerprint, iset.fingerprint, None if rows is None else tuple(rows)) for iset, rows in requests]
         todo = [i for i, m in enumerate(memo) if m not in self._memo]
-        items: list[tuple[ImageSet, int, bool]] = []  # (set, row, its patch tokens wanted) per image asked for
-        patches = False
-        for i in todo:
-            iset, rows = requests[i]
-            want = iset.patch_rows if rows is None and enc.can_localize else set()
-            patches = patches or bool(want)
-            items += [(iset, r, r in want) for r in (range(len(iset.keys)) if rows is None else rows)]
-        patch_store = self.store("patch", enc.fingerprint) if patches else None
-        emb = self.store("image", enc.fingerprint).get(
-            [iset.keys[r] for iset, r, _ in items],
-            lambda pos: self._encode(enc, [items[p] for p in pos], patch_store)).astype(np.float32)
-        ends = np.cumsum([len(memo[i][2]) if memo[i][2] is not None else len(requests[i][0].keys) for i in todo])
-        for i, part in zip(todo, np.split(emb, ends[:-1]) if todo else []):
-            self._memo[memo[i]] = part
+        if todo:
+            items: list[tuple[ImageSet, int, bool]] = []  # (set, row, its patch tokens wanted) per image asked for
+            ends = []
+            for i in todo:
+                iset, rows = requests[i]
+                want = iset.patch_rows if rows is None and enc.can_localize else set()
+                items += [(iset, r, r in want) for r in (range(len(iset.keys)) if rows is None else rows)]
+                ends.append(len(items))
+            patch_store = self.store("patch", enc.fingerprint) if any(want for *_, want in items) else None
+            emb = self.store("image", enc.fingerprint).get(
+                [iset.keys[r] for iset, r, _ in items],
+                lambda pos: self._encode(enc, [items[p] for p in pos], patch_store)).astype(np.float32)
+            for i, part in zip(todo, np.split(emb, ends[:-1])):
+                self._memo[memo[i]] = part
         return [self._memo[m] for m in memo]
 
     def _encode(self, enc: BenchClip, items: list[tuple[ImageSet, int, bool]], patch_store: ArrayStore | None
