@@ -16,7 +16,8 @@ sdx/models/         classifiers.py (image classifiers, LoRA), clip.py (CLIP load
                     token budget, Long-CLIP stretch), tokenizer.py (a CLIP BPE trained locally), convert.py
                     (OpenAI-layout CLIP checkpoints to transformers: convert-clip)
 sdx/train/          args.py, job.py (the one trainer skeleton), loop.py, checkpoints.py, outputs.py, pixels.py,
-                    losses.py, runmeta.py (the run-metadata record), vit.py, clip.py
+                    losses.py, runmeta.py (the run-metadata record), vit.py, clip.py, parallel.py (trainings side
+                    by side, for the main job)
 sdx/bench/          tasks.py (orchestrator), vision/txty/fewshot/probe/transfer/retrieval/localize.py (one per
                     task), adapters.py (CLIP-Adapter, Tip-Adapter(-F) on cached features), zeroshot.py,
                     models.py, data.py, embeddings.py, cache.py, cli.py
