@@ -308,6 +308,35 @@ def test_support_leak_is_refused(small_ds, models):
         fewshot.checked_supports(bench)
 
 
+def test_support_images_with_the_bytes_of_held_out_images_are_reported(small_ds, models):
+    """Disjoint by name is not disjoint by content: a train image with a test image's bytes (another name), and a
+    validation image with a test image's bytes, are listed in the support records and the report warns."""
+    import datasets
+
+    from sdx.report.markdown import _same_bytes_lines
+
+    raw = datasets.Image(decode=False)
+    test_bytes = [r["bytes"] for r in small_ds["test"].cast_column("image", raw)["image"][:2]]
+
+    def with_bytes(split, blob):
+        ds = small_ds[split].cast_column("image", raw)
+        ds = ds.map(lambda r, i: {"image": {"bytes": blob, "path": None} if i == 0 else r["image"]},
+                    with_indices=True)
+        return ds.cast_column("image", datasets.Image())
+
+    ds = datasets.DatasetDict({"train": with_bytes("train", test_bytes[0]),
+                               "validation": with_bytes("validation", test_bytes[1]), "test": small_ds["test"]})
+    bench = Benchmark(ds, clip_models=[str(models["clip_t1"])], shots=(len(ds["train"]),), seeds=(1,),
+                      progress=False)
+    fewshot.checked_supports(bench)
+    (record,) = bench.support_sets
+    assert record["same_bytes_as_held_out"] == [ds["train"][0]["image_name"]]
+    assert record["validation"]["same_bytes_as_test"] == [ds["validation"][0]["image_name"]]
+    warning = "\n".join(_same_bytes_lines(bench.support_sets))
+    assert "1 support image(s)" in warning and "1 validation image(s)" in warning
+    assert _same_bytes_lines([{**record, "same_bytes_as_held_out": [], "validation": {}}]) == []
+
+
 @pytest.mark.slow
 def test_rerun_reuses_cache(full_run, layout, hf_cache, models, external):
     res, out = full_run

@@ -60,21 +60,29 @@ def validation_sets(bench: Benchmark) -> dict[int, list[int]] | None:
 
 def checked_supports(bench: Benchmark) -> dict[tuple[int, int], list[int]]:
     """The support sets of the run, each checked disjoint from the validation images its selections use and from
-    test, and recorded in the results (with those validation images under the strict protocol)."""
+    test, and recorded in the results (with those validation images under the strict protocol). Disjoint by name;
+    an image whose bytes equal a held-out image's under another name (a fault of the data) is recorded in
+    ``same_bytes_as_held_out`` (the support's) or the validation record's ``same_bytes_as_test``."""
     train = bench.ds["train"]
     train_names = column(train, "image_name")
     val, test = bench.split("validation"), set(column(bench.ds["test"], "image_name"))
     val_sets = validation_sets(bench)
     held = set(column(bench.ds["validation"], "image_name")) | test
     supports = support_sets(train, bench.shots, bench.seeds)
+    train_keys, test_keys = (bench.split("train").keys, set(bench.split("test").keys)) if supports else ([], set())
     for (k, seed), rows in supports.items():
         names = [train_names[r] for r in rows]
-        val_names = [val.image_names[r] for r in (val_sets[seed] if val_sets else range(len(val.keys)))]
+        val_rows = val_sets[seed] if val_sets else range(len(val.keys))
+        val_names = [val.image_names[r] for r in val_rows]
         leak = sorted(set(names) & held) + sorted(set(val_names) & (test | set(names)))
         if leak:
             raise RuntimeError(f"support set k={k} seed={seed} overlaps validation/test images: {leak[:5]}")
+        held_keys = test_keys | {val.keys[r] for r in val_rows}
         record = {"k": k, "seed": seed, "split": "train", "image_names": names,
-                  "validation": {"split": "validation", "images": len(val_names)}}
+                  "same_bytes_as_held_out": [train_names[r] for r in rows if train_keys[r] in held_keys],
+                  "validation": {"split": "validation", "images": len(val_names),
+                                 "same_bytes_as_test": [val.image_names[r] for r in val_rows
+                                                        if val.keys[r] in test_keys]}}
         if val_sets:
             record["validation"]["image_names"] = val_names
         bench.support_sets.append(record)

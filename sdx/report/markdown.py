@@ -425,9 +425,24 @@ def _task3_lines(t3: dict, warn: list[str], results: dict) -> list[str]:
                f"{zs['values']['t1']:.2f} Acc. Not beside the models above that were trained on this run's data "
                "(see Models): a different setting."), ""]
     if any(res.get("few_shot") for res in t3.values()):
+        L += _same_bytes_lines(results.get("support_sets") or [])
         L += [(f"Paper few-shot rows' setting: {PAPER['few_shot']['setting']}. Each stands under the method it "
                "belongs to (ours: every hyper-parameter selected on validation); recipes: docs/benchmark.md."), ""]
     return L + ["![k-shot curve](kshot_curve.png)", ""]
+
+
+def _same_bytes_lines(records: list[dict]) -> list[str]:
+    """A warning when a support or validation image has the same bytes as a held-out image under another name."""
+    support = sorted({n for r in records for n in r.get("same_bytes_as_held_out", [])})
+    val = sorted({n for r in records for n in (r.get("validation") or {}).get("same_bytes_as_test", [])})
+    if not support and not val:
+        return []
+    parts = ([f"{len(support)} support image(s) ({', '.join(support[:5])}) equal a validation or test image"]
+             if support else []) + ([f"{len(val)} validation image(s) ({', '.join(val[:5])}) equal a test image"]
+                                   if val else [])
+    return [(f"> **Duplicates in the data:** {'; '.join(parts)}, byte for byte under another name (`support_sets` "
+             "in results.json lists them per cell). The splits are disjoint by name only there: the cells using "
+             "them may read high."), ""]
 
 
 def _cross_class_lines(t4: dict) -> list[str]:
