@@ -265,7 +265,7 @@ def _adapter_base(args: PipelineArguments, s: dict[str, Any], ds, out: Path, dat
 
 def _clip_runs(args: PipelineArguments, class_names: list[str]) -> tuple[list[tuple[str, str, list[str]]], list]:
     """([(run name, caption level, extra flags)], unseen classes): one CLIP per level, and one on seen classes."""
-    levels = [T.normalize_level(lv) for lv in args.clip_levels.split(",") if lv.strip()]
+    levels = T.parse_levels(args.clip_levels, "--clip_levels")
     unseen = sorted(set(class_names))[1::4]
     runs = [(f"clip_{level}", level, []) for level in levels]
     if args.transfer_level != "none" and unseen:

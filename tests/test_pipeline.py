@@ -119,6 +119,13 @@ def test_clip_runs_one_per_level_and_one_on_the_seen_classes():
                     ("clip_t1_seen", "t1", ["--exclude_classes", "B", "F"])]
     runs, _ = pipeline._clip_runs(pipeline.parse_args(["--clip_levels", "t4", "--transfer_level", "none"]), names)
     assert runs == [("clip_t4", "t4", [])]
+    with pytest.raises(ValueError, match="--clip_levels: unknown text level 't9'"):
+        pipeline._clip_runs(pipeline.parse_args(["--clip_levels", "t0,t9"]), names)
+    from sdx.bench.cli import parse_benchmark_args as bench_args   # the evaluator's level flags: the same parser
+
+    for flag in ("--levels", "--adapter_levels"):
+        with pytest.raises(SystemExit, match=f"{flag}: unknown text level 'x'"):
+            bench_args(["--output_dir", "o", flag, "t1,x"])
 
 
 def test_side_by_side_training_starts_the_longest_runs_first():

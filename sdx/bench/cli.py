@@ -17,7 +17,7 @@ from sdx.bench.models import ModelSpec, parse_model_arg
 from sdx.bench.tasks import TASKS, Benchmark
 from sdx.data import naming
 from sdx.data.builder import build_report
-from sdx.data.levels import LEVELS, normalize_level
+from sdx.data.levels import LEVELS, parse_levels
 from sdx.data.naming import DatasetArguments, choose_data
 from sdx.data.source import level_presence_line, load_rows, text_level_report
 from sdx.models.clip import TRUNCATION_WARNING_SHARE
@@ -155,17 +155,11 @@ class BenchmarkArguments(DatasetArguments):
 
     @property
     def level_list(self) -> list[str]:
-        try:
-            return [normalize_level(lv) for lv in self.levels.split(",") if lv.strip()]
-        except ValueError as err:
-            raise ValueError(f"--levels: {err}") from None
+        return parse_levels(self.levels, "--levels")
 
     @property
     def adapter_level_list(self) -> list[str]:
-        try:
-            return [normalize_level(lv) for lv in self.adapter_levels.split(",") if lv.strip()]
-        except ValueError as err:
-            raise ValueError(f"--adapter_levels: {err}") from None
+        return parse_levels(self.adapter_levels, "--adapter_levels")
 
     @property
     def shot_list(self) -> list[int]:

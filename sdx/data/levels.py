@@ -117,6 +117,15 @@ def normalize_level(level: str) -> str:
     return key
 
 
+def parse_levels(text: str, flag: str) -> list[str]:
+    """The canonical levels of a comma list given to ``flag`` (e.g. "t0,coarse" -> ["t0", "t1"]); a ValueError
+    naming the flag for an unknown one."""
+    try:
+        return [normalize_level(lv) for lv in text.split(",") if lv.strip()]
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
+
+
 def t0_prompt(class_name: str) -> str:
     return T0_TEMPLATE.format(class_name)
 
