@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 SELECT_LEVEL = "t0"  # adapters are selected by validation accuracy with T0 prompts (the paper tests with T0)
 
 
-def _texts(bench: Benchmark, base: BenchClip, level: str, labels: np.ndarray):
+def _texts(bench: Benchmark, base: BenchClip, level: str, labels: np.ndarray, select: np.ndarray):
     """(training rows used, class text [C, D], per-row caption embeddings or None, loss) of a level: the class
-    texts for T0 / T1, each image's own caption for T2-T4 (rows without one are left out and counted)."""
+    texts for T0 / T1, each image's own caption for T2-T4 (rows without one are left out and counted; the class
+    text is then ``select``, the SELECT_LEVEL table)."""
     cands = np.asarray(bench.candidates())
     if level in ("t0", "t1"):
         text, _ = bench.zero_shot.class_embeddings(base, level, cands)
@@ -34,7 +35,7 @@ def _texts(bench: Benchmark, base: BenchClip, level: str, labels: np.ndarray):
     if not len(rows):
         return rows, None, None, "captions"
     emb = bench.cache.texts(base, uniq)[index]
-    return rows, bench.zero_shot.class_embeddings(base, SELECT_LEVEL, cands)[0], emb, "captions"
+    return rows, select, emb, "captions"
 
 
 def adapter_rows(bench: Benchmark, base: BenchClip) -> list[dict]:
@@ -50,7 +51,7 @@ def adapter_rows(bench: Benchmark, base: BenchClip) -> list[dict]:
         {"model": base.label, "train_level": "none", "method": "frozen base, no adapter", "results": evaluate(xt),
          "setting": base.setting()}]
     for level in bench.adapter_levels:
-        used, text, captions, loss = _texts(bench, base, level, y)
+        used, text, captions, loss = _texts(bench, base, level, y, select)
         name = f"{base.label} + CLIP-Adapter"
         if not len(used) or not len(val.keys):
             why = (f"no CLIP-Adapter at {level.upper()}: "

@@ -270,13 +270,11 @@ def text_level_report(ds: Mapping[str, datasets.Dataset], caption_level: Optiona
                 text, used = T.resolve_caption(texts, lv)
                 came_from[f"{lv}->{used if text else 'none'}"] += 1
         total = sum(came_from.values())
-        fell = sum(n for k, n in came_from.items() if k != UNKNOWN_LEVEL and k.split("->")[0] != k.split("->")[1])
+        fallbacks = {k: n for k, n in came_from.items() if k != UNKNOWN_LEVEL and k.split("->")[0] != k.split("->")[1]}
         splits[split] = {"rows": len(d), "present": {lv: present.get(lv, 0) for lv in T.LEVELS},
-                         "caption_from": dict(sorted(came_from.items())),
-                         "fallbacks": {k: n for k, n in came_from.items()
-                                       if k != UNKNOWN_LEVEL and k.split("->")[0] != k.split("->")[1]},
-                         "fallback_share": (fell / total) if total and source_caption_level != UNKNOWN_LEVEL
-                         else None}
+                         "caption_from": dict(sorted(came_from.items())), "fallbacks": fallbacks,
+                         "fallback_share": (sum(fallbacks.values()) / total)
+                         if total and source_caption_level != UNKNOWN_LEVEL else None}
     return {"caption_level": caption_level, "source_caption_level": source_caption_level, "splits": splits}
 
 

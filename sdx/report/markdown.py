@@ -435,11 +435,13 @@ def _same_bytes_lines(records: list[dict]) -> list[str]:
     """A warning when a support or validation image has the same bytes as a held-out image under another name."""
     support = sorted({n for r in records for n in r.get("same_bytes_as_held_out", [])})
     val = sorted({n for r in records for n in (r.get("validation") or {}).get("same_bytes_as_test", [])})
-    if not support and not val:
+    parts = []
+    if support:
+        parts.append(f"{len(support)} support image(s) ({', '.join(support[:5])}) equal a validation or test image")
+    if val:
+        parts.append(f"{len(val)} validation image(s) ({', '.join(val[:5])}) equal a test image")
+    if not parts:
         return []
-    parts = ([f"{len(support)} support image(s) ({', '.join(support[:5])}) equal a validation or test image"]
-             if support else []) + ([f"{len(val)} validation image(s) ({', '.join(val[:5])}) equal a test image"]
-                                   if val else [])
     return [(f"> **Duplicates in the data:** {'; '.join(parts)}, byte for byte under another name (`support_sets` "
              "in results.json lists them per cell). The splits are disjoint by name only there: the cells using "
              "them may read high."), ""]

@@ -39,11 +39,13 @@ def auto_workers(n_jobs: int) -> int:
     return 1 if torch.cuda.is_available() else max(1, min(n_jobs, cpu_count()))
 
 
-def _train(job: TrainingJob) -> dict[str, Any]:
+def _train(job: TrainingJob) -> tuple[dict[str, Any], float]:
+    """(the trainer's result, its wall seconds)."""
     from sdx.train import clip as train_clip  # heavy (transformers): in the process that trains
     from sdx.train import vit as train_vit
 
-    return (train_vit.main if job.kind == "vit" else train_clip.main)(list(job.argv))
+    start = time.perf_counter()
+    return (train_vit.main if job.kind == "vit" else train_clip.main)(list(job.argv)), time.perf_counter() - start
 
 
 def _worker_init(threads: int) -> None:
@@ -61,9 +63,8 @@ def _train_logged(job: TrainingJob, log_path: str) -> tuple[dict[str, Any], floa
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-    start = time.perf_counter()
     try:
-        return _train(job), time.perf_counter() - start
+        return _train(job)
     except BaseException:
         traceback.print_exc()  # into the log; the parent re-raises the exception itself
         raise
@@ -78,11 +79,7 @@ def run_trainings(jobs: Sequence[TrainingJob], workers: int, log_dir: Path) -> d
     order (put the longest first), each one's output in LOG_DIR/<name>.log; the first failure stops the rest and
     raises, naming the job and its log."""
     if workers <= 1:
-        out = {}
-        for job in jobs:
-            start = time.perf_counter()
-            out[job.name] = (_train(job), time.perf_counter() - start)
-        return out
+        return {job.name: _train(job) for job in jobs}
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, cpu_count() // workers)
     print(f"training {len(jobs)} models, {workers} at a time ({threads} thread(s) each); "
