@@ -543,6 +543,22 @@ def test_cli_verify_counts_mismatches_and_unverifiable(real_subset, tmp_path):
         _cli(["verify", "--data_dir", str(tmp_path), "--quiet"])
 
 
+def test_cli_verify_finds_masks_by_the_builders_stem_rule(real_subset, tmp_path):
+    recs = _mini_release(real_subset, tmp_path)
+    (tmp_path / "val-text.json").write_text(json.dumps(recs))
+    stems = [Path(r["image_name"]).stem for r in recs[:2]]
+    png = tmp_path / "val_mask" / f"{stems[0]}.png"       # saved as BMP: found by its stem, same pixels
+    Image.open(png).save(tmp_path / "val_mask" / f"{stems[0]}.bmp")
+    png.unlink()
+    Image.open(tmp_path / "val_mask" / f"{stems[1]}.png").save(tmp_path / "val_mask" / f"{stems[1]}.bmp")
+    report = _cli(["verify", "--data_dir", str(tmp_path), "--quiet", "--workers", "2"])
+    e = report["files"]["val-text.json"]
+    # the stem two masks share is unreadable (both named), never settled by directory order; the BMP verifies
+    assert (e["records"], e["verified"], e["no_attributes"], e["no_mask"], e["unreadable"]) == (6, 4, 1, 0, 1)
+    assert e["records_with_mismatch"] == 0
+    assert f"{stems[1]}.bmp" in e["unreadable_files"][0] and f"{stems[1]}.png" in e["unreadable_files"][0]
+
+
 def _write_pair(img_path: Path, mask_path: Path | None, value: int = 80, box=(10, 30, 12, 40)):
     img = np.full((64, 64), value, np.uint8)
     y0, y1, x0, x1 = box

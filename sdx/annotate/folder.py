@@ -306,12 +306,13 @@ def _same_field(field: str, want: Any, got: Any) -> bool:
 
 def _verify_chunk(jobs: list[tuple]) -> list[dict]:
     """The verify results of a chunk of (image, mask, record) jobs, the pairs with attributes and a mask analysed
-    together (``analyze_pairs``, rule fields only)."""
-    todo = [(image, mask, rec.get("class_name") or "?") for image, mask, rec in jobs
-            if isinstance(rec.get("structured_attributes"), dict) and mask is not None]
-    analysed = iter(analyze_pairs(todo, geometry=False))
-    return [_verify_result(rec, next(analysed) if isinstance(rec.get("structured_attributes"), dict)
-                           and mask is not None else None) for _, mask, rec in jobs]
+    together (``analyze_pairs``, rule fields only); a mask given as a ValueError is that record's error."""
+    def readable(mask: Any, rec: dict) -> bool:
+        return isinstance(rec.get("structured_attributes"), dict) and isinstance(mask, str)
+
+    analysed = iter(analyze_pairs([(image, mask, rec.get("class_name") or "?") for image, mask, rec in jobs
+                                   if readable(mask, rec)], geometry=False))
+    return [_verify_result(rec, next(analysed) if readable(mask, rec) else mask) for _, mask, rec in jobs]
 
 
 def _verify_result(rec: dict, res: dict | ValueError | None) -> dict:
@@ -350,7 +351,8 @@ def verify_release(data_dir: str | os.PathLike, *, splits: list[str] | None = No
                    quiet: bool = False, examples: int = 5) -> dict:
     """Recompute the rule-based T3 fields of every ``<split>-text.json`` in ``data_dir`` from its masks.
 
-    For each split file: image ``<split>/<image_name>``, mask ``<split>_mask/<stem>.png``. Compared per record:
+    For each split file: image ``<split>/<image_name>``, mask ``<split>_mask/<stem>.*`` (the builder's rule,
+    ``sdx.annotate.images.masks_by_stem``: any extension; a stem two masks share makes the record unreadable). Compared per record:
     Number of Defects, Position (cells, order, shares to 1e-6), Scale, Polarity, Saliency; also "Defect type"
     against class_name and template_sentence against the authors' template of the record's own T3.
     Records without structured_attributes, without a mask file, or whose image/mask cannot be read are counted
@@ -389,13 +391,18 @@ def _verify_file(data_dir: Path, path: Path, workers: int, quiet: bool,
     """(the report entry of one <split>-text.json, its mismatch counts per field)."""
     split = path.name[: -len("-text.json")]
     recs = _read_records(path)
+    finder = _MaskFinder(data_dir / f"{split}_mask")
     jobs = []
     for i, rec in enumerate(recs):
         if not isinstance(rec, dict) or not isinstance(rec.get("image_name"), str):
             raise ValueError(f"{path}: record {i} has no image_name")
-        stem = Path(rec["image_name"]).stem
-        mask = data_dir / f"{split}_mask" / f"{stem}.png"
-        jobs.append((str(data_dir / split / rec["image_name"]), str(mask) if mask.is_file() else None, rec))
+        image = data_dir / split / rec["image_name"]
+        try:
+            mask = finder.find(image, None)
+        except ValueError as exc:   # masks sharing the image's stem: unreadable, as the builder refuses them
+            jobs.append((str(image), exc, rec))
+            continue
+        jobs.append((str(image), None if mask is None else str(mask), rec))
     results = _map_chunks(_verify_chunk, jobs, workers, f"verify {path.name}", quiet)
     status = collections.Counter(r["status"] for r in results)
     mism = collections.Counter(f for r in results for f in r["mismatch"])
