@@ -352,9 +352,10 @@ def verify_release(data_dir: str | os.PathLike, *, splits: list[str] | None = No
     """Recompute the rule-based T3 fields of every ``<split>-text.json`` in ``data_dir`` from its masks.
 
     For each split file: image ``<split>/<image_name>``, mask ``<split>_mask/<stem>.*`` (the builder's rule,
-    ``sdx.annotate.images.masks_by_stem``: any extension; a stem two masks share makes the record unreadable). Compared per record:
-    Number of Defects, Position (cells, order, shares to 1e-6), Scale, Polarity, Saliency; also "Defect type"
-    against class_name and template_sentence against the authors' template of the record's own T3.
+    ``sdx.annotate.images.masks_by_stem``: any extension; a stem two masks share makes the record unreadable).
+    Compared per record: Number of Defects, Position (cells, order, shares to 1e-6), Scale, Polarity, Saliency;
+    also "Defect type" against class_name and template_sentence against the authors' template of the record's
+    own T3.
     Records without structured_attributes, without a mask file, or whose image/mask cannot be read are counted
     as unverifiable (never dropped silently). Returns {"files": {name: {...}}, "total": {...}}.
     """
