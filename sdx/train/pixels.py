@@ -47,11 +47,17 @@ class PixelBudget:
         return pixels
 
 
+def draw_flips(hflip: bool, vflip: bool) -> tuple[bool, bool]:
+    """(flip horizontally, flip vertically) for one image: each flip asked for happens with probability 0.5, drawn
+    from torch's global RNG, the horizontal one first; the one rule of the cached and the per-batch path."""
+    return hflip and float(torch.rand(1)) < 0.5, vflip and float(torch.rand(1)) < 0.5
+
+
 class CachedPixels(torch.utils.data.Dataset):
     """Rows of cached pixel values with their labels: {"pixel_values", "labels"}; `hflip` / `vflip` flip a row's
-    pixel values with probability 0.5 each, drawn from torch's global RNG in the order the per-batch transform
-    draws them. Flipping after the processor equals flipping before it for a resize without an off-centre crop
-    (tested on the project's processors), so flips keep the cache."""
+    pixel values as ``draw_flips`` draws them, the per-batch transform's rule. Flipping after the processor equals
+    flipping before it for a resize without an off-centre crop (tested on the project's processors), so flips keep
+    the cache."""
 
     def __init__(self, pixels: torch.Tensor, labels: Sequence[int], *, hflip: bool = False, vflip: bool = False):
         if len(pixels) != len(labels):
@@ -64,8 +70,9 @@ class CachedPixels(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         pixels = self.pixels[i]
-        if self.hflip and float(torch.rand(1)) < 0.5:
+        h, v = draw_flips(self.hflip, self.vflip)
+        if h:
             pixels = pixels.flip(-1)
-        if self.vflip and float(torch.rand(1)) < 0.5:
+        if v:
             pixels = pixels.flip(-2)
         return {"pixel_values": pixels, "labels": self.labels[i]}

@@ -36,7 +36,7 @@ from sdx.train.args import (
     with_defaults,
 )
 from sdx.train.job import Job, run_job
-from sdx.train.pixels import CachedPixels, PixelBudget
+from sdx.train.pixels import CachedPixels, PixelBudget, draw_flips
 from sdx.train.runmeta import weights_origin
 
 logger = logging.getLogger(__name__)
@@ -179,9 +179,10 @@ class ImageTransform:
     def augment(self, img):
         if self.random_crop:
             img = random_resized_crop(img, self.size, self.crop_scale)
-        if self.hflip and float(torch.rand(1)) < 0.5:
+        h, v = draw_flips(self.hflip, self.vflip)
+        if h:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        if self.vflip and float(torch.rand(1)) < 0.5:
+        if v:
             img = img.transpose(Image.FLIP_TOP_BOTTOM)
         return img
 
