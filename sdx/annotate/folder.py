@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import logging
 import multiprocessing
@@ -40,17 +41,13 @@ def _map_chunks(func, jobs: list, workers: int, desc: str, quiet: bool, size: in
     if workers and workers > 1:
         size = max(1, min(size, len(jobs) // (workers * 8) or 1))
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    parallel = bool(workers and workers > 1 and len(chunks) > 1)
     out: list = []
-    with tqdm(total=len(jobs), desc=desc, unit="image", disable=quiet) as bar:
-        if workers and workers > 1 and len(chunks) > 1:
-            with multiprocessing.get_context().Pool(workers) as pool:
-                for res in pool.imap(func, chunks):
-                    out.extend(res)
-                    bar.update(len(res))
-        else:
-            for res in map(func, chunks):
-                out.extend(res)
-                bar.update(len(res))
+    with tqdm(total=len(jobs), desc=desc, unit="image", disable=quiet) as bar, \
+            (multiprocessing.get_context().Pool(workers) if parallel else contextlib.nullcontext()) as pool:
+        for res in (pool.imap(func, chunks) if parallel else map(func, chunks)):
+            out.extend(res)
+            bar.update(len(res))
     return out
 
 
